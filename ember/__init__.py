@@ -1,0 +1,38 @@
+"""ember: compiled static graphs of actors for GPU pipelines, on a dynamic task/actor runtime.
+
+The API mirrors Ray's core, so ``import ember as ray`` ports a Ray program.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ember import exceptions
+from ember.dynamic.actor import ActorClass, ActorHandle, get_actor, kill, method
+from ember.dynamic.api import (available_resources, cancel, cluster_resources, get,
+                               get_gpu_ids, init, is_initialized, nodes, put, shutdown, wait)
+from ember.dynamic.object_ref import ObjectRef
+from ember.dynamic.remote_function import RemoteFunction
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ActorHandle", "ObjectRef", "available_resources", "cancel", "cluster_resources",
+    "exceptions", "get", "get_actor", "get_gpu_ids", "init", "is_initialized", "kill",
+    "method", "nodes", "put", "remote", "shutdown", "wait", "__version__",
+]
+
+
+def remote(*args: Any, **options: Any) -> Any:
+    """Make a function a task or a class an actor: ``@ember.remote`` or ``@ember.remote(...)``."""
+    if len(args) == 1 and not options and callable(args[0]):
+        return _make_remote(args[0], {})
+    if args:
+        raise TypeError("use @ember.remote or @ember.remote(num_cpus=..., ...) with keywords")
+    return lambda target: _make_remote(target, options)
+
+
+def _make_remote(target: Any, options: dict) -> Any:
+    if isinstance(target, type):
+        return ActorClass(target, options)
+    return RemoteFunction(target, options)

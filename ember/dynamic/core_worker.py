@@ -1,0 +1,365 @@
+"""The runtime inside every ember process (driver or worker): objects, ownership, get/put/wait.
+
+Note [ownership]: the process that creates an object (by ``put`` or by submitting the task that
+returns it) owns it. The owner keeps the object's state (pending, value inline, value in shared
+memory, error) and its reference count: local ``ObjectRef`` instances, borrowers (other processes
+holding refs) and refs *in transit* (serialized, not yet deserialized). When all three are zero
+the object is freed: its entry is dropped and its segment, if any, is removed by the node manager.
+
+Note [borrow order]: a process that deserializes a ref it does not own sends ``borrow`` to the
+owner before anything else it sends there; a process that serializes a borrowed ref first sends
+``transit``. Messages between two processes keep their order (messaging.py), so an owner never
+sees a borrower's release before the add that precedes it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+from typing import Any, Callable
+
+from ember.dynamic import shm
+from ember.dynamic.messaging import Endpoint
+from ember.dynamic.object_ref import ObjectRef
+from ember.dynamic.serialization import Serialized, deserialize, serialize
+from ember.exceptions import (GetTimeoutError, ObjectFreedError, ObjectLostError,
+                              RuntimeNotInitializedError)
+
+INLINE_MAX = 100 * 1024
+
+PENDING, INLINE, IN_SHM, FAILED = range(4)
+
+
+class Entry:
+    """What a process knows about one object."""
+
+    __slots__ = ("state", "payload", "owner", "owned", "event", "callbacks", "local",
+                 "borrowers", "transit", "pins")
+
+    def __init__(self, owner: str, owned: bool) -> None:
+        self.state = PENDING
+        self.payload: Any = None
+        self.owner = owner
+        self.owned = owned
+        self.event: threading.Event | None = None
+        self.callbacks: list[Callable[[], None]] = []
+        self.local = 0
+        self.borrowers: set[str] = set()
+        self.transit = 0
+        self.pins = 0
+
+
+_current: "CoreWorker | None" = None
+
+
+def current_core() -> "CoreWorker":
+    """The running process's CoreWorker."""
+    if _current is None:
+        raise RuntimeNotInitializedError("ember is not running; call ember.init() first")
+    return _current
+
+
+def set_current_core(core: "CoreWorker | None") -> None:
+    """Install (or clear) this process's CoreWorker."""
+    global _current
+    _current = core
+
+
+class CoreWorker:
+    """Objects and messaging of one process; submitters and executors build on it."""
+
+    def __init__(self, address: str, nm_address: str, gcs_address: str,
+                 worker_id: str | None) -> None:
+        self.address = address
+        self.nm_address = nm_address
+        self.gcs_address = gcs_address
+        self.worker_id = worker_id
+        self.endpoint = Endpoint(address, "driver" if worker_id is None else "worker")
+        self.lock = threading.RLock()
+        self.objects: dict[str, Entry] = {}
+        self._ids = itertools.count()
+        self._id_prefix = f"{os.getpid():x}{os.urandom(3).hex()}"
+        self.function_cache: dict[str, Any] = {}
+        self.exported: set[str] = set()
+        self.executing_task = threading.local()
+        self.death_listeners: list[Callable[[str, str | None, str], None]] = []
+        ep = self.endpoint
+        ep.on("get_object", self._on_get_object)
+        ep.on("borrow", self._on_borrow)
+        ep.on("unborrow", self._on_unborrow)
+        ep.on("transit", self._on_transit)
+        ep.on("object_value", self._on_object_value)
+        ep.on("worker_died", self._on_worker_died)
+
+    # ---- ids and lifecycle -------------------------------------------------------------------
+
+    def new_id(self) -> str:
+        """A new id, unique in the cluster."""
+        return f"{self._id_prefix}{next(self._ids):x}"
+
+    def start(self) -> None:
+        """Start receiving messages."""
+        self.endpoint.start()
+
+    def stop(self) -> None:
+        """Stop messaging; refs left alive no longer count."""
+        self.endpoint.stop()
+
+    # ---- reference counting ------------------------------------------------------------------
+
+    def add_local_ref(self, oid: str, owner: str) -> None:
+        """An ObjectRef for ``oid`` was created in this process."""
+        with self.lock:
+            entry = self.objects.get(oid)
+            if entry is None:
+                entry = self.objects[oid] = Entry(owner, owner == self.address)
+            entry.local += 1
+
+    def remove_local_ref(self, oid: str) -> None:
+        """An ObjectRef for ``oid`` was collected."""
+        try:
+            with self.lock:
+                entry = self.objects.get(oid)
+                if entry is None:
+                    return
+                entry.local -= 1
+                self._maybe_release(oid, entry)
+        except Exception:  # noqa: BLE001 - runs in __del__, possibly at interpreter exit
+            pass
+
+    def pin(self, oid: str) -> None:
+        """Keep an owned object alive until ``unpin`` (e.g. while a task uses it)."""
+        with self.lock:
+            entry = self.objects.get(oid)
+            if entry is not None:
+                entry.pins += 1
+
+    def unpin(self, oid: str) -> None:
+        """Undo one ``pin``."""
+        with self.lock:
+            entry = self.objects.get(oid)
+            if entry is not None:
+                entry.pins -= 1
+                self._maybe_release(oid, entry)
+
+    def note_serialized(self, ref: ObjectRef) -> None:
+        """A ref is being pickled: count it in transit at its owner (Note [borrow order])."""
+        if ref.owner == self.address:
+            with self.lock:
+                entry = self.objects.get(ref.id)
+                if entry is not None:
+                    entry.transit += 1
+        else:
+            self.endpoint.send(ref.owner, "transit", ref.id)
+
+    def note_deserialized(self, ref: ObjectRef) -> None:
+        """A ref was unpickled here: register as a borrower with its owner."""
+        if ref.owner == self.address:
+            with self.lock:
+                entry = self.objects.get(ref.id)
+                if entry is not None and entry.transit > 0:
+                    entry.transit -= 1
+            return
+        with self.lock:
+            first = self.objects[ref.id].local == 1
+        self.endpoint.send(ref.owner, "borrow", ref.id, self.address, first)
+
+    def _on_transit(self, oid: str) -> None:
+        with self.lock:
+            entry = self.objects.get(oid)
+            if entry is not None:
+                entry.transit += 1
+
+    def _on_borrow(self, oid: str, borrower: str, first: bool) -> None:
+        with self.lock:
+            entry = self.objects.get(oid)
+            if entry is None:
+                return
+            if entry.transit > 0:
+                entry.transit -= 1
+            if first:
+                entry.borrowers.add(borrower)
+
+    def _on_unborrow(self, oid: str, borrower: str) -> None:
+        with self.lock:
+            entry = self.objects.get(oid)
+            if entry is not None:
+                entry.borrowers.discard(borrower)
+                self._maybe_release(oid, entry)
+
+    def _maybe_release(self, oid: str, entry: Entry) -> None:
+        if entry.local > 0:
+            return
+        if not entry.owned:
+            del self.objects[oid]
+            self.endpoint.send(entry.owner, "unborrow", oid, self.address)
+            return
+        if entry.borrowers or entry.transit > 0 or entry.pins > 0 or entry.state == PENDING:
+            return
+        del self.objects[oid]
+        if entry.state == IN_SHM:
+            self.endpoint.send(self.nm_address, "obj_free", [oid])
+
+    # ---- storing values ----------------------------------------------------------------------
+
+    def put(self, value: Any) -> ObjectRef:
+        """Store ``value`` as a new object owned by this process."""
+        oid = self.new_id()
+        ser = serialize(value, "the value passed to ember.put")
+        ref = ObjectRef(oid, self.address, self)
+        state, payload = self.store_serialized(oid, ser)
+        self.resolve(oid, state, payload)
+        return ref
+
+    def store_serialized(self, oid: str, ser: Serialized) -> tuple[int, Any]:
+        """Place a serialized value: inline bytes when small, else its own shm segment."""
+        if ser.frame_size <= INLINE_MAX:
+            return INLINE, ser.to_bytes()
+        seg = shm.Segment.create(shm.segment_path("obj", oid), ser.frame_size)
+        try:
+            ser.write_into(seg.buf)
+        finally:
+            seg.close()
+        self.endpoint.send(self.nm_address, "obj_sealed", oid, ser.frame_size)
+        return IN_SHM, ser.frame_size
+
+    def resolve(self, oid: str, state: int, payload: Any) -> None:
+        """Record an object's outcome (value or error) and wake whoever waits for it."""
+        with self.lock:
+            entry = self.objects.get(oid)
+            if entry is None:
+                if state == IN_SHM and payload is not None:
+                    self.endpoint.send(self.nm_address, "obj_free", [oid])
+                return
+            entry.state = state
+            entry.payload = payload
+            callbacks, entry.callbacks = entry.callbacks, []
+            event = entry.event
+            self._maybe_release(oid, entry)
+        if event is not None:
+            event.set()
+        for callback in callbacks:
+            callback()
+
+    def when_ready(self, ref: ObjectRef, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (on some thread) once ``ref`` has a value or an error."""
+        with self.lock:
+            entry = self.objects.get(ref.id)
+            if entry is not None and entry.state == PENDING:
+                entry.callbacks.append(callback)
+                if not entry.owned:
+                    self._fetch(ref)
+                return
+        callback()
+
+    def is_ready(self, ref: ObjectRef) -> bool:
+        """Whether ``ref`` has a value or an error here, without waiting."""
+        entry = self.objects.get(ref.id)
+        return entry is not None and entry.state != PENDING
+
+    # ---- reading values ----------------------------------------------------------------------
+
+    def get(self, refs: list[ObjectRef], timeout: float | None) -> list[Any]:
+        """Wait for each ref and return the values; errors are raised."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for ref in refs:
+            if not self.is_ready(ref):
+                self.wait_ready(ref, deadline)
+        return [self.value_of(ref) for ref in refs]
+
+    def get_one(self, ref: ObjectRef, timeout: float | None) -> Any:
+        """Wait for one ref and return its value."""
+        if not self.is_ready(ref):
+            self.wait_ready(ref, None if timeout is None else time.monotonic() + timeout)
+        return self.value_of(ref)
+
+    def wait_ready(self, ref: ObjectRef, deadline: float | None) -> None:
+        """Block until ``ref`` is ready; GetTimeoutError past ``deadline``."""
+        with self.lock:
+            entry = self.objects.get(ref.id)
+            if entry is None:
+                raise ObjectFreedError(f"{ref} was freed; keep a reference while you need it")
+            if entry.state != PENDING:
+                return
+            if entry.event is None:
+                entry.event = threading.Event()
+            event = entry.event
+            if not entry.owned:
+                self._fetch(ref)
+        self._blocked(True)
+        try:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not event.wait(remaining):
+                raise GetTimeoutError(
+                    f"get timed out after waiting for {ref}; the task that makes it may still "
+                    f"be running. Raise the timeout, or use ember.wait to poll.")
+        finally:
+            self._blocked(False)
+
+    def _blocked(self, blocked: bool) -> None:
+        if self.worker_id is not None and getattr(self.executing_task, "active", False):
+            self.endpoint.send(self.nm_address, "worker_blocked", self.worker_id, blocked)
+
+    def value_of(self, ref: ObjectRef) -> Any:
+        """The value of a ready ref (raises its error)."""
+        entry = self.objects.get(ref.id)
+        if entry is None:
+            raise ObjectFreedError(f"{ref} was freed; keep a reference while you need it")
+        if entry.state == INLINE:
+            return deserialize(entry.payload, f"the value of {ref}")
+        if entry.state == IN_SHM:
+            return self.read_shm(ref.id)
+        if entry.state == FAILED:
+            raise entry.payload
+        raise ObjectLostError(f"{ref} has no value yet")
+
+    def read_shm(self, oid: str) -> Any:
+        """Map an object's segment (restoring it from spill if needed) and read it zero-copy."""
+        path = shm.segment_path("obj", oid)
+        for _ in range(2):
+            try:
+                seg = shm.Segment.open(path)
+            except FileNotFoundError:
+                if not self.endpoint.call(self.nm_address, "obj_restore", oid):
+                    break
+                continue
+            return deserialize(seg.buf.toreadonly(), f"object {oid}")
+        raise ObjectLostError(f"object {oid} is gone from the object store (freed or lost)")
+
+    # ---- borrowed objects: asking the owner --------------------------------------------------
+
+    def _fetch(self, ref: ObjectRef) -> None:
+        self.endpoint.send(ref.owner, "get_object", self.address, ref.id)
+
+    def _on_get_object(self, reply_to: str, oid: str) -> None:
+        """A borrower asks for a value: answer now, or once the value exists."""
+        with self.lock:
+            entry = self.objects.get(oid)
+            if entry is None:
+                self.endpoint.send(reply_to, "object_value", oid, FAILED, ObjectFreedError(
+                    f"object {oid} was freed by its owner"))
+                return
+            if entry.state == PENDING:
+                entry.callbacks.append(lambda: self._on_get_object(reply_to, oid))
+                return
+            state, payload = entry.state, entry.payload
+        self.endpoint.send(reply_to, "object_value", oid, state, payload)
+
+    def _on_object_value(self, oid: str, state: int, payload: Any) -> None:
+        self.resolve(oid, state, payload)
+
+    # ---- process deaths ----------------------------------------------------------------------
+
+    def _on_worker_died(self, worker_id: str, address: str | None, reason: str) -> None:
+        if address is not None:
+            self.endpoint.forget_peer(address)
+            with self.lock:
+                lost = [oid for oid, e in self.objects.items()
+                        if not e.owned and e.state == PENDING and e.owner == address]
+            for oid in lost:
+                self.resolve(oid, FAILED, ObjectLostError(
+                    f"object {oid} is lost: its owner process died ({reason})"))
+        for listener in self.death_listeners:
+            listener(worker_id, address, reason)

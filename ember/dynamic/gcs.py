@@ -1,0 +1,119 @@
+"""The Global Control Store: cluster metadata in one process, with pub/sub of changes.
+
+Tables (in a ``gcs_storage`` backend): ``nodes``, ``actors`` (actor id -> info dict),
+``named_actors`` ("namespace/name" -> actor id), ``functions`` (id -> pickled code), ``jobs``,
+``kv`` (user key-value). Subscribers of a channel receive ``("pub", channel, key, value)``.
+Run as ``python -m ember.dynamic.gcs <address> <ready_address> <storage_url>``.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from typing import Any
+
+from ember.dynamic.gcs_storage import open_storage
+from ember.dynamic.messaging import Endpoint
+from ember.dynamic.process import bind_to_parent
+
+
+class GcsServer:
+    """The GCS's handlers over its storage backend."""
+
+    def __init__(self, address: str, storage_url: str | None) -> None:
+        self.storage = open_storage(storage_url)
+        self.endpoint = Endpoint(address, "gcs")
+        self.subscribers: dict[str, set[str]] = {}
+        self.done = threading.Event()
+        ep = self.endpoint
+        ep.on("kv_put", self.kv_put)
+        ep.on("kv_get", self.kv_get)
+        ep.on("kv_del", self.kv_del)
+        ep.on("kv_items", self.kv_items)
+        ep.on("register_actor", self.register_actor)
+        ep.on("update_actor", self.update_actor)
+        ep.on("get_named_actor", self.get_named_actor)
+        ep.on("subscribe", self.subscribe)
+        ep.on("shutdown", lambda: self.done.set())
+
+    def kv_put(self, reply_to: str, rid: int, table: str, key: str, value: Any,
+               overwrite: bool) -> None:
+        """Store a value; answer whether it was written."""
+        if not overwrite and self.storage.get(table, key) is not None:
+            self.endpoint.reply(reply_to, rid, False)
+            return
+        self.storage.put(table, key, value)
+        self.endpoint.reply(reply_to, rid, True)
+        self.publish(table, key, value)
+
+    def kv_get(self, reply_to: str, rid: int, table: str, key: str) -> None:
+        """Answer with the value under ``key`` or None."""
+        self.endpoint.reply(reply_to, rid, self.storage.get(table, key))
+
+    def kv_del(self, reply_to: str, rid: int, table: str, key: str) -> None:
+        """Remove a key; answer whether it existed."""
+        self.endpoint.reply(reply_to, rid, self.storage.delete(table, key))
+
+    def kv_items(self, reply_to: str, rid: int, table: str) -> None:
+        """Answer with every (key, value) of a table."""
+        self.endpoint.reply(reply_to, rid, self.storage.items(table))
+
+    def register_actor(self, reply_to: str, rid: int, actor_id: str, info: dict,
+                       get_if_exists: bool) -> None:
+        """Record an actor; for a named one answer the id of a live actor holding the name."""
+        name = info.get("name")
+        if name:
+            key = f"{info.get('namespace') or ''}/{name}"
+            existing = self.storage.get("named_actors", key)
+            if existing is not None:
+                state = (self.storage.get("actors", existing) or {}).get("state")
+                if state != "DEAD":
+                    self.endpoint.reply(reply_to, rid, self.storage.get("actors", existing))
+                    return
+            self.storage.put("named_actors", key, actor_id)
+        self.storage.put("actors", actor_id, info)
+        self.endpoint.reply(reply_to, rid, None)
+
+    def update_actor(self, actor_id: str, fields: dict) -> None:
+        """Merge ``fields`` into an actor's info; a DEAD actor gives up its name."""
+        info = dict(self.storage.get("actors", actor_id) or {})
+        info.update(fields)
+        self.storage.put("actors", actor_id, info)
+        if fields.get("state") == "DEAD" and info.get("name"):
+            key = f"{info.get('namespace') or ''}/{info['name']}"
+            if self.storage.get("named_actors", key) == actor_id:
+                self.storage.delete("named_actors", key)
+        self.publish("actors", actor_id, info)
+
+    def get_named_actor(self, reply_to: str, rid: int, name: str, namespace: str | None) -> None:
+        """Answer with the info of the live actor named ``name``, or None."""
+        actor_id = self.storage.get("named_actors", f"{namespace or ''}/{name}")
+        info = self.storage.get("actors", actor_id) if actor_id else None
+        self.endpoint.reply(reply_to, rid, info)
+
+    def subscribe(self, channel: str, address: str) -> None:
+        """Send changes of ``channel`` (a table name) to ``address`` from now on."""
+        self.subscribers.setdefault(channel, set()).add(address)
+
+    def publish(self, channel: str, key: str, value: Any) -> None:
+        """Tell every subscriber of ``channel`` about a change."""
+        for address in self.subscribers.get(channel, ()):
+            self.endpoint.send(address, "pub", channel, key, value)
+
+
+def main() -> None:
+    """Entry point of the GCS process."""
+    bind_to_parent()
+    address, ready_address, storage_url = sys.argv[1], sys.argv[2], sys.argv[3]
+    server = GcsServer(address, None if storage_url == "memory" else storage_url)
+    signal.signal(signal.SIGTERM, lambda *_: server.done.set())
+    server.endpoint.start()
+    server.endpoint.send(ready_address, "process_ready", "gcs", address)
+    server.done.wait()
+    server.endpoint.stop()
+    server.storage.close()
+
+
+if __name__ == "__main__":
+    main()

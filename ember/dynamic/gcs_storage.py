@@ -1,0 +1,68 @@
+"""Where the GCS keeps its tables: in memory (default) or in a SQLite file that survives restarts."""
+
+from __future__ import annotations
+
+import pickle
+import sqlite3
+from typing import Any
+
+
+class MemoryStorage:
+    """Tables as dicts in the GCS process; gone when it exits."""
+
+    def __init__(self) -> None:
+        self._tables: dict[str, dict[str, Any]] = {}
+
+    def put(self, table: str, key: str, value: Any) -> None:
+        """Store ``value`` under ``key``."""
+        self._tables.setdefault(table, {})[key] = value
+
+    def get(self, table: str, key: str) -> Any:
+        """Return the value under ``key`` or None."""
+        return self._tables.get(table, {}).get(key)
+
+    def delete(self, table: str, key: str) -> bool:
+        """Remove ``key``; return whether it was there."""
+        return self._tables.get(table, {}).pop(key, None) is not None
+
+    def items(self, table: str) -> list[tuple[str, Any]]:
+        """Return every (key, value) of ``table``."""
+        return list(self._tables.get(table, {}).items())
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+class SqliteStorage(MemoryStorage):
+    """Tables in a SQLite file, read back when a GCS restarts over the same file."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS kv (tbl TEXT, key TEXT, value BLOB, "
+                         "PRIMARY KEY (tbl, key))")
+        for tbl, key, value in self._db.execute("SELECT tbl, key, value FROM kv"):
+            super().put(tbl, key, pickle.loads(value))
+
+    def put(self, table: str, key: str, value: Any) -> None:
+        super().put(table, key, value)
+        self._db.execute("INSERT OR REPLACE INTO kv VALUES (?, ?, ?)",
+                         (table, key, pickle.dumps(value, protocol=5)))
+
+    def delete(self, table: str, key: str) -> bool:
+        self._db.execute("DELETE FROM kv WHERE tbl = ? AND key = ?", (table, key))
+        return super().delete(table, key)
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def open_storage(url: str | None) -> MemoryStorage:
+    """Open the backend named by ``url``: None or "memory", or "sqlite:///path/to/file"."""
+    if url in (None, "", "memory"):
+        return MemoryStorage()
+    if url.startswith("sqlite://"):
+        return SqliteStorage(url[len("sqlite://"):])
+    raise ValueError(f"unknown GCS storage {url!r}; use 'memory' or 'sqlite:///path'")

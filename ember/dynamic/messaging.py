@@ -1,0 +1,236 @@
+"""Messages between ember processes: one PULL socket per process, PUSH sockets to peers.
+
+Every process owns an ``Endpoint``: a ZeroMQ PULL socket bound at its ``ipc://`` address and an
+I/O thread that receives messages and calls the handler registered for their kind. Sending goes
+through one PUSH socket per peer (guarded by a lock), so messages from one process to another
+arrive in the order they were sent — the ownership protocol relies on that (Note [borrow order]
+in core_worker.py).
+
+A message is a tuple ``(kind, *fields)`` pickled with protocol 5, optionally followed by raw
+frames (large payloads travel as frames, without a copy into the pickle).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import os
+import pickle
+import threading
+import time
+from concurrent.futures import Future
+from typing import Any, Callable
+
+import zmq
+
+from ember.exceptions import GetTimeoutError
+
+Handler = Callable[..., None]
+_WAKE = b"\x00wake"
+
+
+class Endpoint:
+    """A process's mailbox: receive on ``address``, send to any peer address."""
+
+    def __init__(self, address: str, name: str = "endpoint") -> None:
+        self.address = address
+        self.context = zmq.Context.instance()
+        self._pull = self.context.socket(zmq.PULL)
+        self._pull.setsockopt(zmq.LINGER, 0)
+        self._pull.setsockopt(zmq.RCVHWM, 0)
+        self._pull.bind(address)
+        self._wake_addr = f"inproc://wake-{id(self)}"
+        self._wake_pull = self.context.socket(zmq.PULL)
+        self._wake_pull.bind(self._wake_addr)
+        self._wake_push = self.context.socket(zmq.PUSH)
+        self._wake_push.connect(self._wake_addr)
+        self._wake_lock = threading.Lock()
+        self._handlers: dict[str, Handler] = {}
+        self._fd_callbacks: dict[int, Callable[[], None]] = {}
+        self._peers: dict[str, tuple[zmq.Socket, threading.Lock]] = {}
+        self._peers_lock = threading.Lock()
+        self._requests: dict[int, Future] = {}
+        self._request_ids = itertools.count(1)
+        self._timers: list[tuple[float, int, Callable[[], None]]] = []
+        self._timer_ids = itertools.count()
+        self._calls: list[Callable[[], None]] = []
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name=f"ember-{name}-io", daemon=True)
+        self.on("reply", self._on_reply)
+
+    def start(self) -> None:
+        """Start the I/O thread."""
+        self._thread.start()
+
+    def on(self, kind: str, handler: Handler) -> None:
+        """Call ``handler(*fields, frames=...)``-less: ``handler(*fields)`` for messages of ``kind``."""
+        self._handlers[kind] = handler
+
+    def send(self, address: str, kind: str, *fields: Any, frames: tuple = ()) -> None:
+        """Send one message to ``address``; never blocks on a slow or absent peer."""
+        sock, lock = self._peer(address)
+        data = pickle.dumps((kind, *fields), protocol=5)
+        with lock:
+            if frames:
+                sock.send_multipart((data, *frames), copy=False)
+            else:
+                sock.send(data, copy=False)
+
+    def request(self, address: str, kind: str, *fields: Any) -> Future:
+        """Send a request whose handler answers with ``reply``; return the answer's Future."""
+        rid = next(self._request_ids)
+        fut: Future = Future()
+        self._requests[rid] = fut
+        self.send(address, kind, self.address, rid, *fields)
+        return fut
+
+    def call(self, address: str, kind: str, *fields: Any, timeout: float | None = 30.0) -> Any:
+        """Send a request and wait for its answer (raises what the answer carries)."""
+        fut = self.request(address, kind, *fields)
+        try:
+            return fut.result(timeout)
+        except TimeoutError:
+            raise GetTimeoutError(
+                f"no answer to {kind!r} from {address} within {timeout} s; is the ember "
+                f"process there still alive?") from None
+
+    def reply(self, reply_to: str, rid: int, value: Any = None, error: BaseException | None = None
+              ) -> None:
+        """Answer request ``rid`` of ``reply_to`` with a value or an error."""
+        self.send(reply_to, "reply", rid, value, error)
+
+    def _on_reply(self, rid: int, value: Any, error: BaseException | None) -> None:
+        fut = self._requests.pop(rid, None)
+        if fut is None:
+            return
+        if error is not None:
+            fut.set_exception(error)
+        else:
+            fut.set_result(value)
+
+    def call_soon(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the I/O thread."""
+        with self._wake_lock:
+            self._calls.append(fn)
+            self._wake_push.send(_WAKE)
+
+    def call_later(self, delay: float, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the I/O thread after ``delay`` seconds (timers, not polling)."""
+        self.call_soon(lambda: heapq.heappush(
+            self._timers, (time.monotonic() + delay, next(self._timer_ids), fn)))
+
+    def watch_fd(self, fd: int, callback: Callable[[], None]) -> None:
+        """Call ``callback`` on the I/O thread once ``fd`` becomes readable (e.g. a pidfd)."""
+        self.call_soon(lambda: self._fd_callbacks.__setitem__(fd, callback))
+
+    def forget_peer(self, address: str) -> None:
+        """Close the PUSH socket to a peer that is gone."""
+        with self._peers_lock:
+            entry = self._peers.pop(address, None)
+        if entry is not None:
+            with entry[1]:
+                entry[0].close(linger=0)
+
+    def stop(self) -> None:
+        """Stop the I/O thread and close every socket; idempotent."""
+        if self._stopping:
+            return
+        self._stopping = True
+        if self._thread.is_alive():
+            with self._wake_lock:
+                self._wake_push.send(_WAKE)
+            if threading.current_thread() is not self._thread:
+                self._thread.join(timeout=5)
+        with self._peers_lock:
+            peers, self._peers = list(self._peers.values()), {}
+        for sock, lock in peers:
+            with lock:
+                sock.close(linger=0)
+        self._pull.close(linger=0)
+        self._wake_pull.close(linger=0)
+        self._wake_push.close(linger=0)
+        if self.address.startswith("ipc://"):
+            try:
+                os.unlink(self.address[len("ipc://"):])
+            except FileNotFoundError:
+                pass
+        for fut in list(self._requests.values()):
+            if not fut.done():
+                fut.set_exception(ConnectionError("ember endpoint stopped"))
+
+    def _peer(self, address: str) -> tuple[zmq.Socket, threading.Lock]:
+        entry = self._peers.get(address)
+        if entry is None:
+            with self._peers_lock:
+                entry = self._peers.get(address)
+                if entry is None:
+                    sock = self.context.socket(zmq.PUSH)
+                    sock.setsockopt(zmq.LINGER, 0)
+                    sock.setsockopt(zmq.SNDHWM, 0)
+                    sock.connect(address)
+                    entry = (sock, threading.Lock())
+                    self._peers[address] = entry
+        return entry
+
+    def _run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._pull, zmq.POLLIN)
+        poller.register(self._wake_pull, zmq.POLLIN)
+        watched: set[int] = set()
+        while not self._stopping:
+            timeout = None
+            if self._timers:
+                timeout = max(0.0, (self._timers[0][0] - time.monotonic()) * 1000)
+            for fd in self._fd_callbacks.keys() - watched:
+                poller.register(fd, zmq.POLLIN)
+                watched.add(fd)
+            events = dict(poller.poll(timeout))
+            if self._stopping:
+                break
+            if self._pull in events:
+                self._drain()
+            if self._wake_pull in events:
+                self._run_calls()
+            for fd in [fd for fd in watched if fd in events]:
+                poller.unregister(fd)
+                watched.discard(fd)
+                callback = self._fd_callbacks.pop(fd)
+                self._guard(callback)
+            now = time.monotonic()
+            while self._timers and self._timers[0][0] <= now:
+                _, _, fn = heapq.heappop(self._timers)
+                self._guard(fn)
+
+    def _run_calls(self) -> None:
+        while True:
+            try:
+                self._wake_pull.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+        with self._wake_lock:
+            calls, self._calls = self._calls, []
+        for fn in calls:
+            self._guard(fn)
+
+    def _drain(self) -> None:
+        pull = self._pull
+        for _ in range(256):
+            try:
+                parts = pull.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            kind, *fields = pickle.loads(parts[0].buffer)
+            handler = self._handlers.get(kind)
+            if handler is None:
+                continue
+            if len(parts) > 1:
+                fields.append([p.buffer for p in parts[1:]])
+            self._guard(handler, *fields)
+
+    @staticmethod
+    def _guard(fn: Callable[..., None], *args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception:  # noqa: BLE001 - one bad message must not stop the I/O thread
+            import traceback
+            traceback.print_exc()

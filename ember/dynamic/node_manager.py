@@ -1,0 +1,262 @@
+"""The node manager: worker pool, resource leases, process deaths and the object store of a node.
+
+Callers ask it for a *lease* on a worker that fits a resource request, then send tasks to that
+worker directly (the node manager is not on the per-task path). It starts workers on demand
+(at most one per CPU for pooled work, plus one per actor), notices every worker's exit through
+a pidfd, and tells all registered processes about it (``worker_died``). It owns the session's
+shared memory: on exit, also after SIGTERM from a dead driver, it removes every segment.
+Run as ``python -m ember.dynamic.node_manager <address> <ready_address> <gcs_address> <config>``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+
+from ember.dynamic import shm
+from ember.dynamic.messaging import Endpoint
+from ember.dynamic.object_store import ObjectStore
+from ember.dynamic.process import bind_to_parent, pidfd, remove_session_dir, session_dir, spawn
+from ember.dynamic.resources import NodeResources
+from ember.exceptions import SchedulingError
+
+
+@dataclass
+class Worker:
+    """One worker process as the node manager sees it."""
+
+    worker_id: str
+    proc: subprocess.Popen
+    address: str | None = None
+    lease: "LeaseRequest | None" = None
+    actor_id: str | None = None
+    blocked: bool = False
+    killed: bool = False
+
+
+@dataclass
+class LeaseRequest:
+    """A caller's request for a worker that fits ``resources``."""
+
+    reply_to: str
+    rid: int
+    resources: dict[str, float]
+    actor_id: str | None
+    owner: str
+    gpu_ids: list[int] = field(default_factory=list)
+
+
+class NodeManager:
+    """Handlers of the node manager process."""
+
+    def __init__(self, address: str, gcs_address: str, config: dict) -> None:
+        self.sid = shm.session_id()
+        self.dir = session_dir(self.sid)
+        self.gcs_address = gcs_address
+        self.resources = NodeResources(config["resources"])
+        self.max_pool = max(1, int(config["resources"].get("CPU", 1)))
+        self.store = ObjectStore(int(config["object_store_memory"]),
+                                 os.path.join(self.dir, "spill"))
+        os.makedirs(self.store.spill_dir, exist_ok=True)
+        self.workers: dict[str, Worker] = {}
+        self.idle: deque[Worker] = deque()
+        self.pending: deque[LeaseRequest] = deque()
+        self.starting = 0
+        self.clients: dict[str, int] = {}
+        self.worker_ids = itertools.count()
+        self.done = threading.Event()
+        self.endpoint = ep = Endpoint(address, "node-manager")
+        ep.on("worker_ready", self.worker_ready)
+        ep.on("register_client", self.register_client)
+        ep.on("request_lease", self.request_lease)
+        ep.on("return_lease", self.return_lease)
+        ep.on("kill_worker", self.kill_worker)
+        ep.on("worker_blocked", self.worker_blocked)
+        ep.on("obj_sealed", self.store.sealed)
+        ep.on("obj_free", lambda ids: [self.store.free(oid) for oid in ids])
+        ep.on("obj_restore", lambda reply_to, rid, oid: ep.reply(reply_to, rid,
+                                                                   self.store.restore(oid)))
+        ep.on("resources", lambda reply_to, rid: ep.reply(
+            reply_to, rid, (self.resources.total, self.resources.available, self.store.stats())))
+        ep.on("shutdown", lambda: self.done.set())
+        for _ in range(int(config.get("prestart", 0))):
+            self.start_worker()
+
+    def start_worker(self) -> None:
+        """Spawn one worker process; it reports back with ``worker_ready``."""
+        wid = f"{os.getpid():x}w{next(self.worker_ids)}"
+        proc = spawn("ember.dynamic.worker", [self.endpoint.address, self.gcs_address, wid])
+        worker = Worker(wid, proc)
+        self.workers[wid] = worker
+        self.starting += 1
+        fd = pidfd(proc.pid)
+        if fd is not None:
+            self.endpoint.watch_fd(fd, lambda: self.worker_exited(worker, fd))
+
+    def worker_ready(self, worker_id: str, address: str) -> None:
+        """A started worker is listening; give it to a waiting request or keep it idle."""
+        worker = self.workers.get(worker_id)
+        if worker is None:
+            return
+        worker.address = address
+        self.starting -= 1
+        self.clients[address] = worker.proc.pid
+        self.idle.append(worker)
+        self.schedule()
+
+    def register_client(self, address: str, pid: int) -> None:
+        """A driver announces itself to receive ``worker_died`` messages."""
+        self.clients[address] = pid
+
+    def request_lease(self, reply_to: str, rid: int, resources: dict, actor_id: str | None,
+                      owner: str) -> None:
+        """Queue a lease request, or refuse one that no node could ever hold."""
+        if not self.resources.feasible(resources):
+            self.endpoint.reply(reply_to, rid, error=SchedulingError(
+                f"no node has the resources {resources}; this node has "
+                f"{self.resources.total}. Ask for less, or start ember with more "
+                f"(ember.init(num_cpus=..., num_gpus=..., resources=...))."))
+            return
+        self.pending.append(LeaseRequest(reply_to, rid, resources, actor_id, owner))
+        self.schedule()
+
+    def schedule(self) -> None:
+        """Grant waiting leases while resources and idle workers allow; start missing workers."""
+        needed_actor = needed_pool = 0
+        for req in list(self.pending):
+            gpu_ids = self.resources.try_acquire(req.resources)
+            if gpu_ids is None:
+                continue
+            worker = self._idle_worker()
+            if worker is None:
+                self.resources.release(req.resources, gpu_ids)
+                if req.actor_id:
+                    needed_actor += 1
+                else:
+                    needed_pool += 1
+                continue
+            self.pending.remove(req)
+            req.gpu_ids = gpu_ids
+            worker.lease = req
+            worker.actor_id = req.actor_id
+            self.endpoint.reply(req.reply_to, req.rid,
+                                (worker.worker_id, worker.address, gpu_ids))
+        running_pool = self._pool_size() - self.starting
+        wanted = needed_actor + min(needed_pool, self.max_pool - running_pool)
+        for _ in range(wanted - self.starting):
+            self.start_worker()
+
+    def return_lease(self, worker_id: str) -> None:
+        """A caller is done with a worker: free its resources and make it idle."""
+        worker = self.workers.get(worker_id)
+        if worker is None or worker.lease is None:
+            return
+        self._release(worker)
+        if worker.actor_id is None:
+            self.idle.append(worker)
+        self.schedule()
+
+    def worker_blocked(self, worker_id: str, blocked: bool) -> None:
+        """A worker waits in ``get``: lend its CPU to others until it runs again."""
+        worker = self.workers.get(worker_id)
+        if worker is None or worker.lease is None or worker.blocked == blocked:
+            return
+        worker.blocked = blocked
+        cpus = {"CPU": worker.lease.resources.get("CPU", 0.0)}
+        if blocked:
+            self.resources.release(cpus, [])
+            self.max_pool += 1
+            self.schedule()
+        else:
+            self.max_pool -= 1
+            for k, v in cpus.items():
+                self.resources.available[k] = self.resources.available.get(k, 0.0) - v
+
+    def kill_worker(self, worker_id: str, force: bool = True) -> None:
+        """End a worker (``ember.kill`` of an actor, forced cancel)."""
+        worker = self.workers.get(worker_id)
+        if worker is not None:
+            worker.killed = True
+            worker.proc.send_signal(signal.SIGKILL if force else signal.SIGTERM)
+
+    def worker_exited(self, worker: Worker, fd: int) -> None:
+        """A worker process ended: free what it held and tell everyone."""
+        os.close(fd)
+        worker.proc.wait()
+        self.workers.pop(worker.worker_id, None)
+        if worker.address is None:
+            self.starting -= 1
+        else:
+            self.clients.pop(worker.address, None)
+            self.endpoint.forget_peer(worker.address)
+        if worker in self.idle:
+            self.idle.remove(worker)
+        if worker.lease is not None:
+            self._release(worker)
+        reason = "killed by ember.kill" if worker.killed else (
+            f"exited with code {worker.proc.returncode}")
+        for address in list(self.clients):
+            self.endpoint.send(address, "worker_died", worker.worker_id, worker.address, reason)
+        if worker.actor_id is not None:
+            self.endpoint.send(self.gcs_address, "update_actor", worker.actor_id,
+                               {"state": "DEAD", "death_cause": reason})
+        self.schedule()
+
+    def shutdown(self) -> None:
+        """End every worker and remove the session's shared memory and folder."""
+        procs = [w.proc for w in self.workers.values()]
+        for proc in procs:
+            proc.kill()
+        for proc in procs:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+        self.endpoint.stop()
+        shm.cleanup_session(self.sid)
+        remove_session_dir(self.sid)
+
+    def _release(self, worker: Worker) -> None:
+        lease = worker.lease
+        worker.lease = None
+        if lease is None:
+            return
+        resources = dict(lease.resources)
+        if worker.blocked:
+            worker.blocked = False
+            self.max_pool -= 1
+            resources.pop("CPU", None)
+        self.resources.release(resources, lease.gpu_ids)
+
+    def _idle_worker(self) -> Worker | None:
+        while self.idle:
+            worker = self.idle.popleft()
+            if worker.worker_id in self.workers:
+                return worker
+        return None
+
+    def _pool_size(self) -> int:
+        return sum(1 for w in self.workers.values() if w.actor_id is None and not w.blocked)
+
+
+def main() -> None:
+    """Entry point of the node manager process."""
+    bind_to_parent()
+    address, ready_address, gcs_address, config = sys.argv[1:5]
+    manager = NodeManager(address, gcs_address, json.loads(config))
+    signal.signal(signal.SIGTERM, lambda *_: manager.done.set())
+    manager.endpoint.start()
+    manager.endpoint.send(ready_address, "process_ready", "node_manager", address)
+    manager.done.wait()
+    manager.shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""The node's object store: accounting of shared-memory objects, the memory cap and spilling.
+
+Objects live in /dev/shm segments named after their id (``shm.segment_path("obj", id)``): the
+process that makes a value writes the segment itself and reports it (``sealed``), so a put never
+waits on this store. When the total passes the cap, the oldest objects are copied to the spill
+folder and their segments unlinked; processes that already map them keep valid views. A reader
+that finds no segment asks for ``restore``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections import OrderedDict
+
+from ember.dynamic import shm
+
+
+class ObjectStore:
+    """Bookkeeping for one node's objects; lives in the node manager process."""
+
+    def __init__(self, capacity: int, spill_dir: str) -> None:
+        self.capacity = capacity
+        self.spill_dir = spill_dir
+        self.in_memory: OrderedDict[str, int] = OrderedDict()
+        self.spilled: dict[str, int] = {}
+        self.used = 0
+
+    def sealed(self, object_id: str, size: int) -> None:
+        """Account a new segment and spill older objects if the cap is passed."""
+        self.in_memory[object_id] = size
+        self.used += size
+        self._spill_over_cap(keep=object_id)
+
+    def free(self, object_id: str) -> None:
+        """Delete an object wherever it is."""
+        size = self.in_memory.pop(object_id, None)
+        if size is not None:
+            self.used -= size
+        else:
+            self.spilled.pop(object_id, None)
+            _remove(self._spill_path(object_id))
+        _remove(shm.segment_path("obj", object_id))
+
+    def restore(self, object_id: str) -> bool:
+        """Bring a spilled object back into shared memory; False if it is unknown."""
+        if object_id in self.in_memory:
+            return True
+        size = self.spilled.pop(object_id, None)
+        if size is None:
+            return False
+        path = shm.segment_path("obj", object_id)
+        tmp = path + ".restoring"
+        shutil.copyfile(self._spill_path(object_id), tmp)
+        os.rename(tmp, path)
+        _remove(self._spill_path(object_id))
+        self.sealed(object_id, size)
+        return True
+
+    def stats(self) -> dict[str, int]:
+        """Numbers for ``ember status`` and tests."""
+        return {"used": self.used, "capacity": self.capacity, "objects": len(self.in_memory),
+                "spilled": len(self.spilled)}
+
+    def _spill_over_cap(self, keep: str) -> None:
+        while self.used > self.capacity:
+            victim = next((oid for oid in self.in_memory if oid != keep), None)
+            if victim is None:
+                return
+            size = self.in_memory.pop(victim)
+            src = shm.segment_path("obj", victim)
+            try:
+                shutil.copyfile(src, self._spill_path(victim))
+            except FileNotFoundError:
+                self.used -= size
+                continue
+            os.unlink(src)
+            self.used -= size
+            self.spilled[victim] = size
+
+    def _spill_path(self, object_id: str) -> str:
+        return os.path.join(self.spill_dir, object_id)
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

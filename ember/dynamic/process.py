@@ -1,0 +1,71 @@
+"""Starting and watching ember's own OS processes (GCS, node manager, workers).
+
+Every child is started with ``python -m <module>`` and arranges at start-up to receive SIGTERM
+when its parent dies (``bind_to_parent``), so a driver killed with SIGKILL takes its GCS, node
+manager and workers with it; the node manager then removes the session's shared memory.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+
+_PR_SET_PDEATHSIG = 1
+
+
+def session_dir(sid: str) -> str:
+    """Return (and create) the folder holding a session's sockets and spill files."""
+    path = os.path.join(tempfile.gettempdir(), "ember", f"session_{sid}")
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def remove_session_dir(sid: str) -> None:
+    """Remove a session's folder and everything in it."""
+    shutil.rmtree(os.path.join(tempfile.gettempdir(), "ember", f"session_{sid}"),
+                  ignore_errors=True)
+
+
+def spawn(module: str, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start ``python -m module args`` as a child that dies with this process."""
+    full_env = dict(os.environ)
+    if env:
+        full_env.update(env)
+    full_env["EMBER_PARENT_PID"] = str(os.getpid())
+    return subprocess.Popen([sys.executable, "-m", module, *args], env=full_env,
+                            stdin=subprocess.DEVNULL, close_fds=True)
+
+
+def bind_to_parent() -> None:
+    """Ask the kernel for SIGTERM when the parent dies; exit now if it is already gone."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+    expected = int(os.environ.get("EMBER_PARENT_PID", "0"))
+    if expected and os.getppid() != expected:
+        os._exit(0)
+
+
+def pidfd(pid: int) -> int | None:
+    """Return a pidfd that becomes readable when ``pid`` exits, or None where unsupported."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
+
+
+def is_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+        return state not in (b"Z", b"X")
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False

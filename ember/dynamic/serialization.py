@@ -1,0 +1,132 @@
+"""Turn values into bytes and back: cloudpickle with pickle protocol 5 out-of-band buffers.
+
+A serialized value is a small pickle stream (``meta``) plus the raw buffers of any numpy arrays
+or tensors it holds. Laid out in one contiguous frame, the buffers can be read back zero-copy:
+``loads_frame`` over a read-only memoryview gives read-only numpy arrays that view the frame.
+
+Frame layout (little endian)::
+
+    u32 nbuf | u32 reserved | u64 meta_len | u64 buf_len * nbuf | meta | pad | buf0 | pad | buf1 ...
+
+Buffers start at 64-byte aligned offsets from the frame start.
+"""
+
+from __future__ import annotations
+
+import pickle
+import struct
+from typing import Any
+
+import cloudpickle
+
+from ember.exceptions import SerializationError
+
+ALIGN = 64
+_HEAD = struct.Struct("<IIQ")
+
+
+def _align(n: int) -> int:
+    return (n + ALIGN - 1) & ~(ALIGN - 1)
+
+
+class Serialized:
+    """A value in pickled form: the pickle stream and its out-of-band buffers."""
+
+    __slots__ = ("meta", "buffers", "frame_size")
+
+    def __init__(self, meta: bytes, buffers: list[memoryview]) -> None:
+        self.meta = meta
+        self.buffers = buffers
+        size = _align(_HEAD.size + 8 * len(buffers) + len(meta))
+        for buf in buffers:
+            size = _align(size + buf.nbytes)
+        self.frame_size = size
+
+    def write_into(self, dest: memoryview) -> int:
+        """Write the frame into ``dest`` (at least ``frame_size`` bytes); return bytes used."""
+        nbuf = len(self.buffers)
+        _HEAD.pack_into(dest, 0, nbuf, 0, len(self.meta))
+        offset = _HEAD.size
+        for buf in self.buffers:
+            struct.pack_into("<Q", dest, offset, buf.nbytes)
+            offset += 8
+        dest[offset:offset + len(self.meta)] = self.meta
+        offset = _align(offset + len(self.meta))
+        for buf in self.buffers:
+            n = buf.nbytes
+            dest[offset:offset + n] = buf
+            offset = _align(offset + n)
+        return offset
+
+    def to_bytes(self) -> bytes:
+        """Return the whole frame as one bytes object (for values that travel inline)."""
+        out = bytearray(self.frame_size)
+        self.write_into(memoryview(out))
+        return bytes(out)
+
+
+def serialize(value: Any, what: str = "value") -> Serialized:
+    """Pickle ``value`` with out-of-band buffers; raise SerializationError naming ``what``."""
+    buffers: list[memoryview] = []
+
+    def keep(buf: pickle.PickleBuffer) -> bool:
+        buffers.append(buf.raw())
+        return False
+
+    try:
+        meta = cloudpickle.dumps(value, protocol=5, buffer_callback=keep)
+    except Exception as exc:  # noqa: BLE001 - any pickling failure becomes one clear error
+        culprit = find_unpicklable(value)
+        raise SerializationError(
+            f"Could not serialize {what}: {culprit} cannot be pickled ({type(exc).__name__}: "
+            f"{exc}). Pass a picklable value, or create the object inside the remote function "
+            f"or actor instead of sending it.") from exc
+    return Serialized(meta, buffers)
+
+
+def deserialize(frame: memoryview | bytes, what: str = "value") -> Any:
+    """Unpickle a frame made by ``Serialized.write_into``; buffers are views of ``frame``."""
+    view = frame if isinstance(frame, memoryview) else memoryview(frame)
+    nbuf, _, meta_len = _HEAD.unpack_from(view, 0)
+    offset = _HEAD.size
+    lengths = struct.unpack_from(f"<{nbuf}Q", view, offset)
+    offset += 8 * nbuf
+    meta = view[offset:offset + meta_len]
+    offset = _align(offset + meta_len)
+    buffers = []
+    for n in lengths:
+        buffers.append(view[offset:offset + n])
+        offset = _align(offset + n)
+    try:
+        return pickle.loads(meta, buffers=buffers)
+    except Exception as exc:  # noqa: BLE001
+        raise SerializationError(
+            f"Could not deserialize {what} ({type(exc).__name__}: {exc}). Make sure the module "
+            f"that defines its type can be imported in every process.") from exc
+
+
+def dumps(value: Any, what: str = "value") -> bytes:
+    """Serialize ``value`` into one bytes frame."""
+    return serialize(value, what).to_bytes()
+
+
+def find_unpicklable(value: Any, depth: int = 0) -> str:
+    """Describe the innermost part of ``value`` that cannot be pickled."""
+    parts: list[tuple[str, Any]] = []
+    if depth < 4:
+        if isinstance(value, dict):
+            parts = [(f"[{k!r}]", v) for k, v in value.items()]
+        elif isinstance(value, (list, tuple, set, frozenset)):
+            parts = [(f"[{i}]", v) for i, v in enumerate(value)]
+        elif hasattr(value, "__dict__") and not isinstance(value, type):
+            parts = [(f".{k}", v) for k, v in vars(value).items()]
+    for label, part in parts:
+        try:
+            cloudpickle.dumps(part, protocol=5)
+        except Exception:  # noqa: BLE001
+            inner = find_unpicklable(part, depth + 1)
+            return f"{label} of {type(value).__name__} -> {inner}" if inner else label
+    text = repr(value)
+    if len(text) > 80:
+        text = text[:77] + "..."
+    return f"{text} (type {type(value).__module__}.{type(value).__qualname__})"

@@ -1,0 +1,364 @@
+"""Submitting calls: tasks over leased workers, actor calls straight to the actor's process.
+
+Normal tasks of one resource shape share a ``LeasePool``: the pool asks the node manager for
+leases, keeps up to ``PIPELINE_DEPTH`` tasks in flight on each leased worker, and returns a lease
+after it has been idle for ``IDLE_LEASE_S``. Actor calls go to the actor's address in submission
+order. Results come back as ``task_done`` messages; a worker's death fails or retries its calls.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from ember.dynamic.core_worker import FAILED, CoreWorker
+from ember.dynamic.object_ref import ObjectRef
+from ember.dynamic.task_spec import PendingCall, encode_args, release_args, resolve_refs
+from ember.exceptions import (ActorDiedError, TaskCancelledError, TaskError,
+                              WorkerCrashedError)
+
+PIPELINE_DEPTH = 4
+MAX_LEASES = 64
+IDLE_LEASE_S = 0.2
+
+
+@dataclass
+class Lease:
+    """A worker leased from the node manager."""
+
+    worker_id: str
+    address: str
+    gpu_ids: list[int]
+    inflight: dict[str, PendingCall] = field(default_factory=dict)
+    idle_since: int = 0
+
+
+class LeasePool:
+    """Leases and queued tasks of one resource shape."""
+
+    def __init__(self, submitter: "Submitter", resources: dict[str, float]) -> None:
+        self.submitter = submitter
+        self.resources = resources
+        self.queue: deque[PendingCall] = deque()
+        self.leases: dict[str, Lease] = {}
+        self.requesting = False
+        self.generation = 0
+
+    def enqueue(self, call: PendingCall) -> None:
+        """Queue a task whose arguments are ready, and dispatch what can go."""
+        self.queue.append(call)
+        self.pump()
+
+    def pump(self) -> None:
+        """Dispatch queued tasks onto leases; ask for another lease if work is waiting."""
+        core = self.submitter.core
+        while self.queue:
+            lease = min(self.leases.values(), key=lambda l: len(l.inflight), default=None)
+            if lease is None or len(lease.inflight) >= PIPELINE_DEPTH:
+                break
+            call = self.queue.popleft()
+            if call.cancelled:
+                continue
+            self.submitter.dispatch(call, lease.address, lease.gpu_ids)
+            lease.inflight[call.task_id] = call
+        if self.queue and not self.requesting and len(self.leases) < MAX_LEASES:
+            self.requesting = True
+            fut = core.endpoint.request(core.nm_address, "request_lease", self.resources, None,
+                                        core.address)
+            fut.add_done_callback(self._granted)
+
+    def _granted(self, fut) -> None:
+        with self.submitter.lock:
+            self.requesting = False
+            try:
+                worker_id, address, gpu_ids = fut.result()
+            except Exception as exc:  # noqa: BLE001 - e.g. SchedulingError: fail the queue
+                queued, self.queue = list(self.queue), deque()
+                for call in queued:
+                    self.submitter.finish(call, [(FAILED, exc)] * len(call.return_ids))
+                return
+            self.leases[worker_id] = Lease(worker_id, address, gpu_ids)
+            self.pump()
+            self._maybe_return(worker_id)
+
+    def task_finished(self, call: PendingCall) -> None:
+        """A task of this pool ended: refill its worker or let the lease go idle."""
+        lease = next((l for l in self.leases.values() if call.task_id in l.inflight), None)
+        if lease is not None:
+            del lease.inflight[call.task_id]
+            self.pump()
+            self._maybe_return(lease.worker_id)
+
+    def _maybe_return(self, worker_id: str) -> None:
+        lease = self.leases.get(worker_id)
+        if lease is None or lease.inflight or self.queue:
+            return
+        self.generation += 1
+        generation = self.generation
+        core = self.submitter.core
+
+        def give_back() -> None:
+            with self.submitter.lock:
+                if (self.generation == generation and not lease.inflight and not self.queue
+                        and self.leases.get(worker_id) is lease):
+                    del self.leases[worker_id]
+                    core.endpoint.send(core.nm_address, "return_lease", worker_id)
+
+        core.endpoint.call_later(IDLE_LEASE_S, give_back)
+
+    def worker_died(self, worker_id: str, reason: str) -> None:
+        """A leased worker died: retry or fail its tasks."""
+        lease = self.leases.pop(worker_id, None)
+        if lease is None:
+            return
+        for call in lease.inflight.values():
+            if call.cancelled:
+                self.submitter.finish(call, [(FAILED, TaskCancelledError(
+                    f"task {call.task_id} was cancelled"))] * len(call.return_ids))
+            elif call.retries_left != 0:
+                call.retries_left -= 1
+                self.queue.append(call)
+            else:
+                self.submitter.finish(call, [(FAILED, WorkerCrashedError(
+                    f"the worker running task {call.task_id} died ({reason}) and the task has "
+                    f"no retries left; raise max_retries to retry it"))] * len(call.return_ids))
+        self.pump()
+
+
+@dataclass
+class ActorState:
+    """What a process that holds an actor handle knows of the actor."""
+
+    actor_id: str
+    address: str | None = None
+    worker_id: str | None = None
+    dead: BaseException | None = None
+    queue: deque = field(default_factory=deque)
+    inflight: dict[str, PendingCall] = field(default_factory=dict)
+    ready: threading.Event = field(default_factory=threading.Event)
+    creation: PendingCall | None = None
+    restarts_left: int = 0
+    max_task_retries: int = 0
+
+
+class Submitter:
+    """All calls this process has submitted and not yet seen finish."""
+
+    def __init__(self, core: CoreWorker) -> None:
+        self.core = core
+        self.lock = core.lock
+        self.calls: dict[str, PendingCall] = {}
+        self.pools: dict[tuple, LeasePool] = {}
+        self.actors: dict[str, ActorState] = {}
+        core.endpoint.on("task_done", self._on_task_done)
+        core.death_listeners.append(self._on_worker_died)
+
+    # ---- submission --------------------------------------------------------------------------
+
+    def submit_task(self, function_id: str, what: str, args: tuple, kwargs: dict,
+                    resources: dict[str, float], num_returns: int, max_retries: int,
+                    retry_exceptions: Any) -> list[ObjectRef]:
+        """Submit a task; return refs to its results."""
+        call, refs = self._new_call("task", function_id, what, args, kwargs, num_returns)
+        call.retries_left = max_retries
+        call.retry_exceptions = retry_exceptions
+        key = tuple(sorted(resources.items()))
+        with self.lock:
+            pool = self.pools.get(key)
+            if pool is None:
+                pool = self.pools[key] = LeasePool(self, resources)
+            call.pool_key = key
+            self._when_args_ready(call, lambda: pool.enqueue(call))
+        return refs
+
+    def submit_actor_call(self, actor: ActorState, method: str, args: tuple, kwargs: dict,
+                          num_returns: int) -> list[ObjectRef]:
+        """Submit a method call on an actor; calls run in submission order."""
+        call, refs = self._new_call("actor_call", method, f"{method}", args, kwargs, num_returns)
+        call.body = (actor.actor_id,) + (call.body,)
+        call.retries_left = actor.max_task_retries
+        with self.lock:
+            if actor.dead is not None:
+                self.finish(call, [(FAILED, actor.dead)] * num_returns)
+                return refs
+            actor.queue.append(call)
+            self._when_args_ready(call, lambda: self.flush_actor(actor))
+        return refs
+
+    def create_actor(self, actor: ActorState, class_id: str, what: str, args: tuple,
+                     kwargs: dict, resources: dict[str, float], options: dict) -> None:
+        """Lease a dedicated worker for an actor and send it the constructor call."""
+        call, _ = self._new_call("create_actor", class_id, what, args, kwargs, 0)
+        call.body = (actor.actor_id, call.body, options)
+        actor.creation = call
+        with self.lock:
+            self.actors[actor.actor_id] = actor
+            self._when_args_ready(call, lambda: self._lease_actor(actor, resources))
+
+    def _lease_actor(self, actor: ActorState, resources: dict[str, float]) -> None:
+        core = self.core
+        fut = core.endpoint.request(core.nm_address, "request_lease", resources,
+                                    actor.actor_id, core.address)
+
+        def granted(fut) -> None:
+            with self.lock:
+                try:
+                    worker_id, address, gpu_ids = fut.result()
+                except Exception as exc:  # noqa: BLE001 - cannot place the actor
+                    self.actor_died(actor, ActorDiedError(
+                        f"actor {actor.actor_id} could not be created: {exc}"))
+                    actor.ready.set()
+                    return
+                actor.worker_id, actor.address = worker_id, address
+                self.dispatch(actor.creation, address, gpu_ids)
+                actor.inflight[actor.creation.task_id] = actor.creation
+                core.endpoint.send(core.gcs_address, "update_actor", actor.actor_id, {
+                    "state": "ALIVE", "address": address, "worker_id": worker_id})
+                actor.ready.set()
+                self.flush_actor(actor)
+
+        fut.add_done_callback(granted)
+
+    def flush_actor(self, actor: ActorState) -> None:
+        """Send queued calls whose arguments are ready, in order, once the actor has an address."""
+        if actor.address is None:
+            return
+        while actor.queue and actor.queue[0].ready:
+            call = actor.queue.popleft()
+            self.dispatch(call, actor.address, [])
+            actor.inflight[call.task_id] = call
+
+    def _new_call(self, kind: str, target: str, what: str, args: tuple, kwargs: dict,
+                  num_returns: int) -> tuple[PendingCall, list[ObjectRef]]:
+        core = self.core
+        task_id = core.new_id()
+        return_ids = [f"{task_id}.{i}" for i in range(num_returns)]
+        refs = [ObjectRef(rid, core.address, core) for rid in return_ids]
+        body, arg_refs, pinned = encode_args(core, args, kwargs, what)
+        call = PendingCall(task_id, kind, target, body, arg_refs, return_ids, pinned=pinned)
+        self.calls[task_id] = call
+        return call, refs
+
+    def _when_args_ready(self, call: PendingCall, then) -> None:
+        pending = [ref for ref in call.deps()
+                   if ref.owner == self.core.address and not self.core.is_ready(ref)]
+        if not pending:
+            call.ready = True
+            then()
+            return
+        remaining = [len(pending)]
+
+        def one_ready() -> None:
+            with self.lock:
+                remaining[0] -= 1
+                if remaining[0] == 0:
+                    call.ready = True
+                    then()
+
+        for ref in pending:
+            self.core.when_ready(ref, one_ready)
+
+    def dispatch(self, call: PendingCall, address: str, gpu_ids: list[int]) -> None:
+        """Send a call whose arguments are ready to ``address``."""
+        resolved, error = resolve_refs(self.core, call.arg_refs)
+        if error is not None:
+            self.finish(call, [(FAILED, error)] * len(call.return_ids))
+            return
+        call.address = address
+        call.gpu_ids = gpu_ids
+        self.core.endpoint.send(address, call.kind, call.task_id, call.target, call.body,
+                                resolved, call.return_ids, self.core.address, gpu_ids)
+
+    # ---- completion --------------------------------------------------------------------------
+
+    def _on_task_done(self, task_id: str, results: list) -> None:
+        with self.lock:
+            call = self.calls.get(task_id)
+            if call is None:
+                return
+            if call.kind == "create_actor":
+                self._actor_created(call, results)
+                return
+            error = results[0][1] if results and results[0][0] == FAILED else None
+            if (error is not None and call.kind == "task" and call.retries_left != 0
+                    and _should_retry(call.retry_exceptions, error)):
+                call.retries_left -= 1
+                self.pools[call.pool_key].task_finished(call)
+                self.pools[call.pool_key].enqueue(call)
+                return
+            self.finish(call, results)
+
+    def finish(self, call: PendingCall, results: list) -> None:
+        """Resolve a call's return objects and forget it."""
+        self.calls.pop(call.task_id, None)
+        release_args(self.core, call)
+        if call.kind == "task":
+            self.pools[call.pool_key].task_finished(call)
+        elif call.kind == "actor_call":
+            actor = self.actors.get(call.body[0])
+            if actor is not None:
+                actor.inflight.pop(call.task_id, None)
+        for oid, (state, payload) in zip(call.return_ids, results):
+            self.core.resolve(oid, state, payload)
+
+    def _actor_created(self, call: PendingCall, results: list) -> None:
+        actor = self.actors.get(call.body[0])
+        self.calls.pop(call.task_id, None)
+        release_args(self.core, call)
+        if actor is None:
+            return
+        actor.inflight.pop(call.task_id, None)
+        if results and results[0][0] == FAILED:
+            cause = results[0][1]
+            self.actor_died(actor, ActorDiedError(
+                f"actor {actor.actor_id} died in its constructor: {cause}"))
+            self.core.endpoint.send(self.core.nm_address, "kill_worker", actor.worker_id, True)
+
+    def actor_died(self, actor: ActorState, error: BaseException) -> None:
+        """Fail every pending and future call of a dead actor with ``error``."""
+        actor.dead = error
+        calls = list(actor.inflight.values()) + list(actor.queue)
+        actor.inflight.clear()
+        actor.queue.clear()
+        for call in calls:
+            if call.kind == "actor_call":
+                self.finish(call, [(FAILED, error)] * len(call.return_ids))
+            else:
+                self.calls.pop(call.task_id, None)
+                release_args(self.core, call)
+
+    def _on_worker_died(self, worker_id: str, address: str | None, reason: str) -> None:
+        with self.lock:
+            for pool in self.pools.values():
+                pool.worker_died(worker_id, reason)
+            for actor in self.actors.values():
+                if actor.dead is None and (actor.worker_id == worker_id or
+                                           (address is not None and actor.address == address)):
+                    self.actor_died(actor, ActorDiedError(
+                        f"the actor {actor.actor_id} is dead: its process {reason}. Calls on "
+                        f"it fail from now on; create a new actor (or set max_restarts)."))
+
+    def cancel(self, ref: ObjectRef, force: bool) -> None:
+        """Cancel the call that makes ``ref``: drop it if queued, else interrupt its worker."""
+        task_id = ref.id.rsplit(".", 1)[0]
+        with self.lock:
+            call = self.calls.get(task_id)
+            if call is None:
+                return
+            call.cancelled = True
+            error = TaskCancelledError(f"task {task_id} was cancelled with ember.cancel")
+            if call.address is None:
+                self.finish(call, [(FAILED, error)] * len(call.return_ids))
+                return
+            self.core.endpoint.send(call.address, "cancel", task_id, force)
+
+
+def _should_retry(retry_exceptions: Any, error: BaseException) -> bool:
+    if retry_exceptions is True:
+        return True
+    if not retry_exceptions:
+        return False
+    cause = error.cause if isinstance(error, TaskError) else error
+    return isinstance(cause, tuple(retry_exceptions))

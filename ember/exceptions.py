@@ -1,0 +1,145 @@
+"""The one exception hierarchy of ember: every error a user can catch lives here."""
+
+from __future__ import annotations
+
+
+class EmberError(Exception):
+    """Base class of every error ember raises on purpose."""
+
+
+class RuntimeNotInitializedError(EmberError):
+    """The runtime is not running (``ember.init`` was not called or ``shutdown`` ran)."""
+
+
+class ReinitError(EmberError, RuntimeError):
+    """``ember.init`` was called while the runtime is already running."""
+
+
+class SerializationError(EmberError, TypeError):
+    """A value could not be pickled or unpickled; the message names the object."""
+
+
+class TaskError(EmberError):
+    """An exception raised inside a remote task or actor method.
+
+    ``TaskError.wrap`` builds an instance that is also an instance of the original exception class,
+    so ``except ValueError`` keeps working across process boundaries.
+    """
+
+    def __init__(self, message: str, cause: BaseException | None = None,
+                 remote_traceback: str = "") -> None:
+        super().__init__(message)
+        self.cause = cause
+        self.remote_traceback = remote_traceback
+
+    def __str__(self) -> str:
+        return self.args[0] if self.args else ""
+
+    def __reduce__(self):
+        return (_rebuild_task_error, (self.args[0], self.cause, self.remote_traceback))
+
+    @staticmethod
+    def wrap(cause: BaseException, where: str, remote_traceback: str) -> "TaskError":
+        """Return a TaskError that is also an instance of ``type(cause)``."""
+        message = (f"{type(cause).__name__}: {cause}\n\n"
+                   f"raised in {where}; remote traceback:\n{remote_traceback}")
+        cls = type(cause)
+        if isinstance(cause, TaskError) or cls in (Exception, BaseException):
+            return TaskError(message, cause, remote_traceback)
+        try:
+            dual = _dual_class(cls)
+            err = dual.__new__(dual)
+            TaskError.__init__(err, message, cause, remote_traceback)
+            err.__dict__.update(getattr(cause, "__dict__", {}))
+            return err
+        except TypeError:
+            return TaskError(message, cause, remote_traceback)
+
+
+_DUAL_CLASSES: dict[type, type] = {}
+
+
+def _dual_class(cls: type) -> type:
+    dual = _DUAL_CLASSES.get(cls)
+    if dual is None:
+        dual = type(f"TaskError({cls.__name__})", (TaskError, cls),
+                    {"__module__": __name__, "__str__": TaskError.__str__,
+                     "__reduce__": TaskError.__reduce__})
+        _DUAL_CLASSES[cls] = dual
+    return dual
+
+
+def _rebuild_task_error(message: str, cause: BaseException | None, tb: str) -> TaskError:
+    if cause is None:
+        return TaskError(message, None, tb)
+    err = TaskError.wrap(cause, "", tb)
+    err.args = (message,)
+    return err
+
+
+class WorkerCrashedError(EmberError):
+    """The worker process running a task died, and the task ran out of retries."""
+
+
+class ActorError(EmberError):
+    """Base class of errors about an actor."""
+
+
+class ActorDiedError(ActorError):
+    """The actor's process is dead (killed, crashed, or its creation failed)."""
+
+
+class ActorNotFoundError(ActorError, ValueError):
+    """No live actor has the requested name."""
+
+
+class GetTimeoutError(EmberError, TimeoutError):
+    """``get`` or ``wait`` ran past its timeout."""
+
+
+class ObjectLostError(EmberError):
+    """An object's value is gone and cannot be rebuilt."""
+
+
+class ObjectFreedError(ObjectLostError):
+    """An object was read after it had been freed."""
+
+
+class TaskCancelledError(EmberError):
+    """The task was cancelled with ``ember.cancel`` before it finished."""
+
+
+class SchedulingError(EmberError):
+    """A task or actor asks for resources that no node in the cluster has."""
+
+
+class OutOfMemoryError(EmberError, MemoryError):
+    """The object store is full and nothing can be spilled."""
+
+
+class ChannelError(EmberError):
+    """Base class of errors raised by a channel of a compiled graph."""
+
+
+class ChannelClosedError(ChannelError):
+    """The channel was closed (the graph was torn down)."""
+
+
+class ChannelTimeoutError(ChannelError, TimeoutError):
+    """A channel read or write ran past its timeout."""
+
+
+class ChannelValueTooLargeError(ChannelError, ValueError):
+    """A value does not fit in a channel that may not grow."""
+
+
+class CompileError(EmberError, ValueError):
+    """A graph cannot be compiled; the message names the offending node."""
+
+
+class DAGTeardownError(EmberError, RuntimeError):
+    """A compiled graph was used after ``teardown()``."""
+
+
+class TensorTransportError(EmberError):
+    """A tensor could not travel through its GPU transport (shape, dtype or device mismatch)."""
