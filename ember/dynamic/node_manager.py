@@ -86,8 +86,7 @@ class NodeManager:
         ep.on("resources", lambda reply_to, rid: ep.reply(
             reply_to, rid, (self.resources.total, self.resources.available, self.store.stats())))
         ep.on("shutdown", lambda: self.done.set())
-        for _ in range(int(config.get("prestart", 0))):
-            self.start_worker()
+        self.prestart = int(config.get("prestart", 0))
 
     def start_worker(self) -> None:
         """Spawn one worker process; it reports back with ``worker_ready``."""
@@ -254,6 +253,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: manager.done.set())
     manager.endpoint.start()
     manager.endpoint.send(ready_address, "process_ready", "node_manager", address)
+    manager.endpoint.call_soon(lambda: [manager.start_worker() for _ in range(manager.prestart)])
     manager.done.wait()
     manager.shutdown()
 

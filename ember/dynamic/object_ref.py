@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import asyncio
 
 
 class ObjectRef:
@@ -39,8 +41,9 @@ class ObjectRef:
     def __hash__(self) -> int:
         return hash(self.id)
 
-    def future(self) -> asyncio.Future:
+    def future(self) -> "asyncio.Future":
         """An asyncio future of the value, for the running event loop."""
+        import asyncio
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
 
@@ -59,7 +62,7 @@ class ObjectRef:
         return self.future().__await__()
 
 
-def _settle(fut: asyncio.Future, value: Any, exc: BaseException | None) -> None:
+def _settle(fut: "asyncio.Future", value: Any, exc: BaseException | None) -> None:
     if fut.done():
         return
     if exc is not None:
