@@ -19,6 +19,7 @@ _NEEDS_TORCH = {
     "Communicator": "ember.gpu.communicator",
     "CommunicatorRegistry": "ember.gpu.communicator",
     "TorchCommunicator": "ember.gpu.communicator",
+    "close_stores": "ember.gpu.communicator",
     "communicator_registry": "ember.gpu.communicator",
     "connect_store": "ember.gpu.communicator",
     "host_store": "ember.gpu.communicator",

@@ -1,0 +1,178 @@
+"""Tensors apart from their value: split a value into metadata and tensors, rebuild it, check type hints."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import sys
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ember.exceptions import TensorTransportError
+
+if TYPE_CHECKING:
+    import torch
+
+    from ember.gpu.communicator import Communicator
+
+AUTO, IPC, NCCL, CPU = "auto", "ipc", "nccl", "cpu"
+TRANSPORTS = (AUTO, IPC, NCCL, CPU)
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorMeta:
+    """What a receiver needs to allocate a tensor: shape, dtype and the sender's device."""
+
+    shape: tuple[int, ...]
+    dtype: "torch.dtype"
+    device: str
+
+    @classmethod
+    def of(cls, tensor: "torch.Tensor") -> "TensorMeta":
+        """The metadata of ``tensor``."""
+        return cls(tuple(tensor.shape), tensor.dtype, str(tensor.device))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of a contiguous tensor with this shape and dtype."""
+        count = 1
+        for dim in self.shape:
+            count *= dim
+        return count * self.dtype.itemsize
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorPlaceholder:
+    """Stands in the metadata skeleton for the tensor at ``index`` of the tensor list."""
+
+    index: int
+
+
+# Note [what split_tensors descends into]
+# Lists, tuples (named tuples too), dicts and dataclass instances are walked; their tensors are
+# replaced by TensorPlaceholder(i). Any other object is left as it is (and so travels, tensors and
+# all, through the CPU channel's pickling). Containers without tensors are returned unchanged, not
+# copied, so the skeleton of a tensor-free value is the value itself.
+def split_tensors(value: Any, select: Callable[["torch.Tensor"], bool] | None = None,
+                  ) -> tuple[Any, list["torch.Tensor"]]:
+    """Return (skeleton with placeholders, tensors) for the selected tensors nested in ``value``."""
+    torch = sys.modules.get("torch")
+    if torch is None:  # no tensor can exist in a process that never imported torch
+        return value, []
+    tensors: list[torch.Tensor] = []
+
+    def walk(item: Any) -> Any:
+        if isinstance(item, torch.Tensor):
+            if select is not None and not select(item):
+                return item
+            tensors.append(item)
+            return TensorPlaceholder(len(tensors) - 1)
+        return _map_children(item, walk)
+
+    return walk(value), tensors
+
+
+def merge_tensors(skeleton: Any, tensors: Sequence["torch.Tensor"]) -> Any:
+    """Rebuild the value that ``split_tensors`` took apart, putting ``tensors`` back in place."""
+    if not tensors:
+        return skeleton
+
+    def walk(item: Any) -> Any:
+        if isinstance(item, TensorPlaceholder):
+            if item.index >= len(tensors):
+                raise TensorTransportError(f"placeholder for tensor {item.index} but only "
+                                           f"{len(tensors)} tensors arrived")
+            return tensors[item.index]
+        return _map_children(item, walk)
+
+    return walk(skeleton)
+
+
+def _map_children(item: Any, fn: Callable[[Any], Any]) -> Any:
+    """Apply ``fn`` to the children of a container (see Note [what split_tensors descends into])."""
+    if isinstance(item, list):
+        new = [fn(child) for child in item]
+        return item if all(a is b for a, b in zip(new, item)) else new
+    if isinstance(item, tuple):
+        children = [fn(child) for child in item]
+        if all(a is b for a, b in zip(children, item)):
+            return item
+        return type(item)(*children) if hasattr(item, "_fields") else type(item)(children)
+    if isinstance(item, dict):
+        mapped = {key: fn(child) for key, child in item.items()}
+        if all(mapped[key] is child for key, child in item.items()):
+            return item
+        new = copy.copy(item)  # keeps the dict subclass (OrderedDict, defaultdict)
+        new.update(mapped)
+        return new
+    if dataclasses.is_dataclass(item) and not isinstance(item, type):
+        changed = {}
+        for field in dataclasses.fields(item):
+            child = getattr(item, field.name)
+            new_child = fn(child)
+            if new_child is not child:
+                changed[field.name] = new_child
+        if not changed:
+            return item
+        new = copy.copy(item)
+        for name, child in changed.items():
+            object.__setattr__(new, name, child)  # also works on frozen dataclasses
+        return new
+    return item
+
+
+class TorchTensorType:
+    """A type hint for tensors on a graph edge: fixed shape/dtype (checked at run time) and a transport.
+
+    Mirrors Ray's ``TorchTensorType``. ``shape`` entries may be None for a free dimension;
+    ``transport`` is "auto", "ipc", "nccl", "cpu", or a user ``Communicator`` to send through.
+    """
+
+    def __init__(self, shape: Sequence[int | None] | None = None, dtype: "torch.dtype | None" = None,
+                 transport: "str | Communicator" = AUTO) -> None:
+        if isinstance(transport, str) and transport not in TRANSPORTS:
+            raise ValueError(f"transport {transport!r} is not one of {TRANSPORTS} or a Communicator")
+        self.shape = None if shape is None else tuple(shape)
+        self.dtype = dtype
+        self.transport = transport
+
+    @property
+    def static(self) -> bool:
+        """Whether shape and dtype are fully known ahead, so metadata need not travel per value."""
+        return self.shape is not None and None not in self.shape and self.dtype is not None
+
+    def meta(self, device: str) -> TensorMeta:
+        """The metadata of every tensor on this edge; only for a ``static`` hint."""
+        if not self.static:
+            raise ValueError(f"{self!r} does not fix both shape and dtype")
+        return TensorMeta(tuple(int(dim) for dim in self.shape), self.dtype, device)
+
+    def check(self, meta: "TensorMeta | torch.Tensor", where: str = "") -> None:
+        """Raise TensorTransportError when ``meta`` (or a tensor) breaks this hint; ``where`` names the edge."""
+        if not isinstance(meta, TensorMeta):
+            meta = TensorMeta.of(meta)
+        at = f" at {where}" if where else ""
+        if self.dtype is not None and meta.dtype != self.dtype:
+            raise TensorTransportError(
+                f"tensor{at} has dtype {meta.dtype} but its type hint declares {self.dtype}; "
+                f"convert it (tensor.to({self.dtype})) or fix the hint {self!r}")
+        if self.shape is not None:
+            ok = len(meta.shape) == len(self.shape) and all(
+                want is None or want == got for want, got in zip(self.shape, meta.shape))
+            if not ok:
+                raise TensorTransportError(
+                    f"tensor{at} has shape {tuple(meta.shape)} but its type hint declares "
+                    f"{self.shape}; reshape it or fix the hint {self!r}")
+
+    def __repr__(self) -> str:
+        transport = self.transport if isinstance(self.transport, str) else type(self.transport).__name__
+        return f"TorchTensorType(shape={self.shape}, dtype={self.dtype}, transport={transport!r})"
+
+
+def check_tensors(metas: Sequence["TensorMeta | torch.Tensor"], hint: TorchTensorType | None,
+                  where: str = "") -> None:
+    """Check every received tensor against ``hint`` (no-op without a hint)."""
+    if hint is None:
+        return
+    for i, meta in enumerate(metas):
+        hint.check(meta, f"{where} tensor {i}" if where else f"tensor {i}")
