@@ -28,7 +28,9 @@ class TaskError(EmberError):
 
     def __init__(self, message: str, cause: BaseException | None = None,
                  remote_traceback: str = "") -> None:
-        super().__init__(message)
+        # Not super(): in a dual class it would reach the original class's __init__, whose
+        # signature is unknown. Its attributes are copied by ``wrap`` instead.
+        Exception.__init__(self, message)
         self.cause = cause
         self.remote_traceback = remote_traceback
 

@@ -95,6 +95,9 @@ def init(num_cpus: int | None = None, num_gpus: int | None = None,
                 raise EmberError(f"the {name} process did not start within 30 s; see its "
                                  f"output above")
         core.endpoint.send(nm_address, "register_client", address, os.getpid())
+        core.endpoint.call(gcs_address, "kv_put", "jobs", sid, {
+            "driver_pid": os.getpid(), "driver_address": address, "namespace": namespace,
+            "start_time": time.time()}, True)
         set_runtime(core, Submitter(core))
         _driver = Driver(sid, core, procs, config)
         atexit.register(shutdown)

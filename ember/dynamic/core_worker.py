@@ -4,7 +4,12 @@ Note [ownership]: the process that creates an object (by ``put`` or by submittin
 returns it) owns it. The owner keeps the object's state (pending, value inline, value in shared
 memory, error) and its reference count: local ``ObjectRef`` instances, borrowers (other processes
 holding refs) and refs *in transit* (serialized, not yet deserialized). When all three are zero
-the object is freed: its entry is dropped and its segment, if any, is removed by the node manager.
+the object is freed: its entry is dropped and its segment, if any, removed (Note [who unlinks]).
+
+Note [who unlinks]: the owner unlinks a freed object's segment itself, at once, and then tells
+the node manager, which drops it from its accounting and deletes a spilled copy. Freeing never
+waits on the node manager, so a busy node manager cannot make /dev/shm grow (a loop of puts
+outruns it easily on a loaded machine). Processes that still map the segment keep their views.
 
 Note [borrow order]: a process that deserializes a ref it does not own sends ``borrow`` to the
 owner before anything else it sends there; a process that serializes a borrowed ref first sends
@@ -28,6 +33,7 @@ from ember.exceptions import (GetTimeoutError, ObjectFreedError, ObjectLostError
                               RuntimeNotInitializedError)
 
 INLINE_MAX = 100 * 1024
+RESTORE_ATTEMPTS = 10
 
 PENDING, INLINE, IN_SHM, FAILED = range(4)
 
@@ -200,7 +206,13 @@ class CoreWorker:
             return
         del self.objects[oid]
         if entry.state == IN_SHM:
-            self.endpoint.send(self.nm_address, "obj_free", [oid])
+            self.free_segments([oid])
+
+    def free_segments(self, oids: list[str]) -> None:
+        """Remove freed objects' segments and their spilled copies (Note [who unlinks])."""
+        for oid in oids:
+            shm.unlink(shm.segment_path("obj", oid))
+        self.endpoint.send(self.nm_address, "obj_free", oids)
 
     # ---- storing values ----------------------------------------------------------------------
 
@@ -231,7 +243,7 @@ class CoreWorker:
             entry = self.objects.get(oid)
             if entry is None:
                 if state == IN_SHM and payload is not None:
-                    self.endpoint.send(self.nm_address, "obj_free", [oid])
+                    self.free_segments([oid])
                 return
             entry.state = state
             entry.payload = payload
@@ -318,7 +330,9 @@ class CoreWorker:
     def read_shm(self, oid: str) -> Any:
         """Map an object's segment (restoring it from spill if needed) and read it zero-copy."""
         path = shm.segment_path("obj", oid)
-        for _ in range(2):
+        # A restore for another reader can spill this object again before we map it (the cap
+        # may hold only a few objects): ask again, a bounded number of times.
+        for _ in range(RESTORE_ATTEMPTS):
             try:
                 seg = shm.Segment.open(path)
             except FileNotFoundError:

@@ -252,6 +252,8 @@ def main() -> None:
     manager = NodeManager(address, gcs_address, json.loads(config))
     signal.signal(signal.SIGTERM, lambda *_: manager.done.set())
     manager.endpoint.start()
+    manager.endpoint.request(gcs_address, "kv_put", "nodes", manager.sid, {
+        "address": address, "resources": manager.resources.total, "pid": os.getpid()}, True)
     manager.endpoint.send(ready_address, "process_ready", "node_manager", address)
     manager.endpoint.call_soon(lambda: [manager.start_worker() for _ in range(manager.prestart)])
     manager.done.wait()

@@ -4,7 +4,8 @@ Objects live in /dev/shm segments named after their id (``shm.segment_path("obj"
 process that makes a value writes the segment itself and reports it (``sealed``), so a put never
 waits on this store. When the total passes the cap, the oldest objects are copied to the spill
 folder and their segments unlinked; processes that already map them keep valid views. A reader
-that finds no segment asks for ``restore``.
+that finds no segment asks for ``restore``. A freed object's owner has already unlinked its
+segment (Note [who unlinks] in core_worker.py): ``free`` settles the accounts and the spill folder.
 """
 
 from __future__ import annotations
@@ -33,14 +34,12 @@ class ObjectStore:
         self._spill_over_cap(keep=object_id)
 
     def free(self, object_id: str) -> None:
-        """Delete an object wherever it is."""
+        """Forget a freed object; delete its spilled copy if it has one."""
         size = self.in_memory.pop(object_id, None)
         if size is not None:
             self.used -= size
-        else:
-            self.spilled.pop(object_id, None)
+        elif self.spilled.pop(object_id, None) is not None:
             _remove(self._spill_path(object_id))
-        _remove(shm.segment_path("obj", object_id))
 
     def restore(self, object_id: str) -> bool:
         """Bring a spilled object back into shared memory; False if it is unknown."""
@@ -71,10 +70,10 @@ class ObjectStore:
             src = shm.segment_path("obj", victim)
             try:
                 shutil.copyfile(src, self._spill_path(victim))
-            except FileNotFoundError:
+            except FileNotFoundError:  # freed meanwhile by its owner
                 self.used -= size
                 continue
-            os.unlink(src)
+            _remove(src)
             self.used -= size
             self.spilled[victim] = size
 

@@ -37,8 +37,20 @@ def spawn(module: str, args: list[str], env: dict[str, str] | None = None) -> su
     if env:
         full_env.update(env)
     full_env["EMBER_PARENT_PID"] = str(os.getpid())
+    full_env["PYTHONPATH"] = os.pathsep.join(_user_import_path())
     return subprocess.Popen([sys.executable, "-m", module, *args], env=full_env,
                             stdin=subprocess.DEVNULL, close_fds=True)
+
+
+def _user_import_path() -> list[str]:
+    """This process's import folders outside the interpreter's own (script, project, tests).
+
+    Children get them through PYTHONPATH, so a worker can unpickle what the driver can import:
+    functions and classes pickled by reference to the driver's modules.
+    """
+    prefixes = {os.path.realpath(p) + os.sep for p in (sys.prefix, sys.base_prefix)}
+    return [os.path.abspath(p) for p in sys.path
+            if p and not any(os.path.realpath(p).startswith(pre) for pre in prefixes)]
 
 
 def bind_to_parent() -> None:

@@ -56,7 +56,7 @@ class Segment:
             mm = mmap.mmap(fd, max(size, 1))
         except BaseException:
             os.close(fd)
-            _unlink(path)
+            unlink(path)
             raise
         os.close(fd)
         return cls(path, size, mm)
@@ -82,10 +82,11 @@ class Segment:
 
     def unlink(self) -> None:
         """Remove the name; processes that map it keep their view."""
-        _unlink(self.path)
+        unlink(self.path)
 
 
-def _unlink(path: str) -> None:
+def unlink(path: str) -> None:
+    """Remove a segment's name if it exists; processes that map it keep their view."""
     try:
         os.unlink(path)
     except FileNotFoundError:
@@ -96,5 +97,5 @@ def cleanup_session(sid: str) -> int:
     """Unlink every segment of session ``sid``; return how many were removed."""
     paths = glob.glob(os.path.join(SHM_DIR, f"ember_{sid}_*"))
     for path in paths:
-        _unlink(path)
+        unlink(path)
     return len(paths)

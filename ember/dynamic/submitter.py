@@ -32,7 +32,7 @@ class Lease:
     address: str
     gpu_ids: list[int]
     inflight: dict[str, PendingCall] = field(default_factory=dict)
-    idle_since: int = 0
+    idle_generation: int = 0  # bumped each time the lease goes idle; its timer checks it
 
 
 class LeasePool:
@@ -44,7 +44,6 @@ class LeasePool:
         self.queue: deque[PendingCall] = deque()
         self.leases: dict[str, Lease] = {}
         self.requesting = False
-        self.generation = 0
 
     def enqueue(self, call: PendingCall) -> None:
         """Queue a task whose arguments are ready, and dispatch what can go."""
@@ -95,13 +94,13 @@ class LeasePool:
         lease = self.leases.get(worker_id)
         if lease is None or lease.inflight or self.queue:
             return
-        self.generation += 1
-        generation = self.generation
+        lease.idle_generation += 1
+        generation = lease.idle_generation
         core = self.submitter.core
 
         def give_back() -> None:
             with self.submitter.lock:
-                if (self.generation == generation and not lease.inflight and not self.queue
+                if (lease.idle_generation == generation and not lease.inflight and not self.queue
                         and self.leases.get(worker_id) is lease):
                     del self.leases[worker_id]
                     core.endpoint.send(core.nm_address, "return_lease", worker_id)
@@ -283,7 +282,7 @@ class Submitter:
                 return
             error = results[0][1] if results and results[0][0] == FAILED else None
             if (error is not None and call.kind == "task" and call.retries_left != 0
-                    and _should_retry(call.retry_exceptions, error)):
+                    and not call.cancelled and _should_retry(call.retry_exceptions, error)):
                 call.retries_left -= 1
                 self.pools[call.pool_key].task_finished(call)
                 self.pools[call.pool_key].enqueue(call)

@@ -80,7 +80,7 @@ def release_args(core: CoreWorker, call: "PendingCall") -> None:
         core.unpin(oid)
     call.pinned = []
     if call.body[0] == "s":
-        core.endpoint.send(core.nm_address, "obj_free", [call.body[1]])
+        core.free_segments([call.body[1]])
 
 
 def resolve_refs(core: CoreWorker, arg_refs: list[tuple[Any, ObjectRef]]

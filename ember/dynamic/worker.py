@@ -9,7 +9,6 @@ Run as ``python -m ember.dynamic.worker <nm_address> <gcs_address> <worker_id>``
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import inspect
 import os
 import pickle
@@ -52,7 +51,9 @@ class WorkerProcess:
         self.pool: ThreadPoolExecutor | None = None
         self.running_task: str | None = None
         self.cancelled: set[str] = set()
-        self.gpu_ids: list[int] = []
+        self.interrupting: str | None = None
+        signal.signal(signal.SIGUSR1, self._interrupt)
+        self.gpu_ids: list[int] | None = None  # None: CUDA_VISIBLE_DEVICES not yet set
         ep = self.core.endpoint
         for kind in ("task", "actor_call", "create_actor"):
             ep.on(kind, lambda *fields, kind=kind: self.inbox.put((kind, fields)))
@@ -94,7 +95,8 @@ class WorkerProcess:
             self.cancelled.discard(task_id)
             return _failed(TaskCancelledError(f"task {task_id} was cancelled"), return_ids)
         self.core.executing_task.active = True
-        self.running_task = task_id
+        if threading.current_thread() is threading.main_thread():
+            self.running_task = task_id  # only a task on the main thread can be interrupted
         try:
             fn = target()
             args, kwargs = decode_args(self.core, body, resolved)
@@ -237,11 +239,20 @@ class WorkerProcess:
         if force:
             os.kill(os.getpid(), signal.SIGKILL)
         if self.running_task == task_id:
-            ctypes.pythonapi.PyThreadState_SetAsyncExc(
-                ctypes.c_ulong(threading.main_thread().ident),
-                ctypes.py_object(TaskCancelledError))
+            self.interrupting = task_id
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1)
         else:
             self.cancelled.add(task_id)
+
+    def _interrupt(self, *_: Any) -> None:
+        """SIGUSR1 handler: raise TaskCancelledError in the task ``cancel`` interrupts.
+
+        A signal (unlike an asynchronous exception) also breaks blocking calls such as
+        ``time.sleep``; a late signal for a task that already ended is ignored.
+        """
+        task_id, self.interrupting = self.interrupting, None
+        if task_id is not None and task_id == self.running_task:
+            raise TaskCancelledError(f"task {task_id} was cancelled")
 
 
 def _failed(error: BaseException, return_ids: list[str]) -> list:

@@ -1,0 +1,70 @@
+"""A driver that exits or is killed takes its whole session with it: processes, shared memory."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+DRIVER = textwrap.dedent("""
+    import sys, time
+    import numpy as np
+    import ember
+    from ember.dynamic import shm
+
+    ember.init(num_cpus=2)
+
+    @ember.remote
+    class Holder:
+        def __init__(self, value):
+            self.value = value
+
+        def size(self):
+            return self.value.nbytes
+
+    @ember.remote
+    def forever():
+        time.sleep(600)
+
+    big = ember.put(np.ones(4 << 20))  # 32 MiB in shared memory
+    actors = [Holder.remote(big) for _ in range(2)]
+    assert ember.get([a.size.remote() for a in actors]) == [32 << 20] * 2
+    running = forever.remote()
+    print(shm.session_id(), flush=True)
+    if sys.argv[1] == "exit":
+        sys.stdin.readline()  # exits without ember.shutdown() once the test has looked
+    else:
+        time.sleep(600)
+""")
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("end", ["sigkill", "exit"])
+def test_driver_end_leaves_nothing(leftovers, tmp_path, end):
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER)
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    proc = subprocess.Popen([sys.executable, str(script), end], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, env=env, text=True)
+    try:
+        sid = proc.stdout.readline().strip()
+        assert sid, "the driver did not start"
+        files, procs = leftovers({sid}, timeout=0)
+        assert files and len(procs) >= 4, (files, procs)  # gcs, node manager, 2 actors, ...
+        if end == "exit":
+            proc.stdin.write("bye\n")
+            proc.stdin.flush()
+            assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        proc.stdin.close()
+        proc.stdout.close()
+    files, procs = leftovers({sid}, timeout=5)
+    assert files == [], f"shared memory of the killed driver is left: {files}"
+    assert procs == [], f"processes of the killed driver are left: {procs}"

@@ -1,0 +1,133 @@
+"""Object memory: values are freed when no reference is left; a capped store spills to disk."""
+
+from __future__ import annotations
+
+import glob
+import os
+import time
+
+import numpy as np
+import pytest
+
+import ember
+from ember.dynamic import shm
+from ember.dynamic.api import runtime
+
+
+def _segments() -> list[str]:
+    return glob.glob(os.path.join(shm.SHM_DIR, f"ember_{shm.session_id()}_*"))
+
+
+@pytest.fixture
+def small_store():
+    ember.init(num_cpus=2, object_store_memory=50 * 1024 * 1024)
+    yield
+    ember.shutdown()
+
+
+@pytest.mark.timeout(120)
+def test_put_get_loop_does_not_grow_memory(small_store):
+    core, _ = runtime()
+    array = np.random.default_rng(0).random(1 << 17)  # 1 MiB
+    baseline = len(core.objects)
+    most_segments = most_objects = 0
+    for i in range(10_000):
+        out = ember.get(ember.put(array))
+        assert out[7] == array[7]
+        if i % 100 == 0:
+            most_segments = max(most_segments, len(_segments()))
+            most_objects = max(most_objects, len(core.objects))
+    del out
+    assert most_segments <= 5, f"{most_segments} segments alive in /dev/shm"
+    assert most_objects <= baseline + 5, f"{most_objects} entries in the object table"
+    stats = ember.nodes()[0]["ObjectStore"]
+    assert stats["used"] <= 2 * array.nbytes + (1 << 20)
+    assert stats["spilled"] == 0
+
+
+@pytest.mark.timeout(120)
+def test_task_results_and_arguments_are_freed(small_store):
+    core, _ = runtime()
+
+    @ember.remote
+    def twice(x):
+        return x * 2
+
+    array = np.ones(1 << 17)
+    for _ in range(200):
+        out = ember.get(twice.remote(ember.put(array)))
+        assert out[0] == 2
+    del out
+    assert len(core.objects) <= 5
+    for _ in range(100):
+        if len(_segments()) <= 2:
+            break
+        time.sleep(0.05)
+    assert len(_segments()) <= 2
+
+
+@pytest.mark.timeout(120)
+def test_spilling_over_the_cap_and_restore(small_store):
+    arrays = [np.full(20 * 1024 * 1024 // 8, i, dtype=np.float64) for i in range(10)]
+    refs = [ember.put(a) for a in arrays]
+    stats = ember.nodes()[0]["ObjectStore"]
+    assert stats["spilled"] >= 7, stats
+    assert stats["used"] <= stats["capacity"]
+    for ref, array in zip(refs, arrays):
+        np.testing.assert_array_equal(ember.get(ref), array)
+
+    @ember.remote
+    def first(x):
+        return float(x[0])
+
+    # Readers in several processes restore at once; each restore may spill what another
+    # reader has just restored.
+    for _ in range(2):
+        firsts = [first.remote(r) for r in refs]
+        np.testing.assert_array_equal(ember.get(refs[3]), arrays[3])
+        assert ember.get(firsts) == [float(i) for i in range(10)]
+    spill_dir = os.path.join(ember.nodes()[0]["NodeManagerAddress"][len("ipc://"):]
+                             .rsplit("/", 1)[0], "spill")
+    del refs, ref
+    deadline = time.monotonic() + 10
+    while os.listdir(spill_dir) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert os.listdir(spill_dir) == []
+
+
+@pytest.mark.timeout(60)
+def test_small_values_inline_large_values_in_shared_memory(small_store):
+    before = len(_segments())
+    small = ember.put(np.zeros(1000))  # 8 KB: inline
+    assert len(_segments()) == before
+    big = ember.put(np.zeros(1 << 16))  # 512 KiB: its own segment
+    assert len(_segments()) == before + 1
+    del small, big
+    assert len(_segments()) == before
+
+
+@pytest.mark.timeout(60)
+def test_borrowed_ref_keeps_the_value_alive(small_store):
+    @ember.remote
+    class Keeper:
+        def keep(self, refs):
+            self.refs = refs
+
+        def total(self):
+            return float(ember.get(self.refs[0]).sum())
+
+        def drop(self):
+            self.refs = None
+
+    keeper = Keeper.remote()
+    ref = ember.put(np.ones(1 << 17))
+    ember.get(keeper.keep.remote([ref]))
+    del ref
+    before = len(_segments())
+    assert before == 1
+    assert ember.get(keeper.total.remote()) == float(1 << 17)
+    ember.get(keeper.drop.remote())
+    deadline = time.monotonic() + 5
+    while _segments() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert _segments() == []
