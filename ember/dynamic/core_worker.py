@@ -229,7 +229,12 @@ class CoreWorker:
         """Place a serialized value: inline bytes when small, else its own shm segment."""
         if ser.frame_size <= INLINE_MAX:
             return INLINE, ser.to_bytes()
-        seg = shm.Segment.create(shm.segment_path("obj", oid), ser.frame_size)
+        path = shm.segment_path("obj", oid)
+        try:
+            seg = shm.Segment.create(path, ser.frame_size)
+        except FileExistsError:
+            shm.unlink(path)  # left by an attempt of a retried task that died before reporting
+            seg = shm.Segment.create(path, ser.frame_size)
         try:
             ser.write_into(seg.buf)
         finally:
