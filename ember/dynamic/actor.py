@@ -64,7 +64,7 @@ class ActorClass:
         actor_id = core.new_id()
         info = {"actor_id": actor_id, "name": opts["name"], "namespace": opts["namespace"],
                 "class_name": self._cls.__name__, "methods": self._methods, "state": "PENDING",
-                "owner": core.address}
+                "owner": core.address, "restartable": int(opts["max_restarts"]) != 0}
         if opts["name"]:
             existing = core.endpoint.call(core.gcs_address, "register_actor", actor_id, info,
                                           opts["get_if_exists"])
@@ -155,7 +155,7 @@ class ActorHandle:
         if state.address is None and state.creation is not None:
             state = self._wait_started()
         return (_rebuild_handle, (self._actor_id, self._class_name, self._methods,
-                                  state.address, state.worker_id))
+                                  state.address, state.worker_id, state.restartable))
 
     def __repr__(self) -> str:
         return f"Actor({self._class_name}, {self._actor_id})"
@@ -168,20 +168,24 @@ class ActorHandle:
 
 
 def _rebuild_handle(actor_id: str, class_name: str, methods: dict, address: str | None,
-                    worker_id: str | None) -> ActorHandle:
+                    worker_id: str | None, restartable: bool = False) -> ActorHandle:
     _, submitter = api.runtime()
     state = submitter.actors.get(actor_id)
     if state is None:
-        state = ActorState(actor_id, address=address, worker_id=worker_id)
+        state = ActorState(actor_id, address=address, worker_id=worker_id,
+                           restartable=restartable)
         state.ready.set()
         submitter.actors[actor_id] = state
+        if restartable:
+            submitter.watch_actor(state)
     return ActorHandle(actor_id, class_name, methods, state)
 
 
 def handle_from_info(info: dict) -> ActorHandle:
     """A handle for the actor described by a GCS record."""
     return _rebuild_handle(info["actor_id"], info["class_name"], info["methods"],
-                           info.get("address"), info.get("worker_id"))
+                           info.get("address"), info.get("worker_id"),
+                           bool(info.get("restartable")))
 
 
 def get_actor(name: str, namespace: str | None = None, timeout: float = 10.0) -> ActorHandle:
@@ -199,15 +203,18 @@ def get_actor(name: str, namespace: str | None = None, timeout: float = 10.0) ->
 
 
 def kill(handle: ActorHandle, no_restart: bool = True) -> None:
-    """End an actor's process now; its pending and later calls raise ActorDiedError."""
+    """End an actor's process now; with ``no_restart`` its calls raise ActorDiedError from now on."""
     if not isinstance(handle, ActorHandle):
         raise TypeError(f"ember.kill takes an actor handle, not {type(handle).__name__}")
     core, submitter = api.runtime()
     state = handle._wait_started()
-    with submitter.lock:
-        if state.dead is None:
-            submitter.actor_died(state, ActorDiedError(
-                f"actor {handle._actor_id} ({handle._class_name}) was killed with ember.kill"))
+    if no_restart:
+        with submitter.lock:
+            if state.dead is None:
+                submitter.actor_died(state, ActorDiedError(
+                    f"actor {handle._actor_id} ({handle._class_name}) was killed with "
+                    f"ember.kill"))
+        core.endpoint.send(core.gcs_address, "update_actor", handle._actor_id,
+                           {"state": "DEAD"})
     if state.worker_id is not None:
         core.endpoint.send(core.nm_address, "kill_worker", state.worker_id, True)
-    core.endpoint.send(core.gcs_address, "update_actor", handle._actor_id, {"state": "DEAD"})

@@ -203,9 +203,6 @@ class NodeManager:
             f"exited with code {worker.proc.returncode}")
         for address in list(self.clients):
             self.endpoint.send(address, "worker_died", worker.worker_id, worker.address, reason)
-        if worker.actor_id is not None:
-            self.endpoint.send(self.gcs_address, "update_actor", worker.actor_id,
-                               {"state": "DEAD", "death_cause": reason})
         self.schedule()
 
     def shutdown(self) -> None:

@@ -18,17 +18,22 @@ import tempfile
 _PR_SET_PDEATHSIG = 1
 
 
+def _session_path(sid: str) -> str:
+    # "ember-sessions", not "ember": a folder named like the package in /tmp would shadow it
+    # for scripts run from /tmp.
+    return os.path.join(tempfile.gettempdir(), "ember-sessions", f"session_{sid}")
+
+
 def session_dir(sid: str) -> str:
     """Return (and create) the folder holding a session's sockets and spill files."""
-    path = os.path.join(tempfile.gettempdir(), "ember", f"session_{sid}")
+    path = _session_path(sid)
     os.makedirs(path, exist_ok=True)
     return path
 
 
 def remove_session_dir(sid: str) -> None:
     """Remove a session's folder and everything in it."""
-    shutil.rmtree(os.path.join(tempfile.gettempdir(), "ember", f"session_{sid}"),
-                  ignore_errors=True)
+    shutil.rmtree(_session_path(sid), ignore_errors=True)
 
 
 def spawn(module: str, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:

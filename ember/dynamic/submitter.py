@@ -138,8 +138,13 @@ class ActorState:
     inflight: dict[str, PendingCall] = field(default_factory=dict)
     ready: threading.Event = field(default_factory=threading.Event)
     creation: PendingCall | None = None
+    resources: dict[str, float] = field(default_factory=dict)
     restarts_left: int = 0
     max_task_retries: int = 0
+    restartable: bool = False
+
+    def __post_init__(self) -> None:
+        self.restartable = self.restartable or self.restarts_left != 0
 
 
 class Submitter:
@@ -151,7 +156,9 @@ class Submitter:
         self.calls: dict[str, PendingCall] = {}
         self.pools: dict[tuple, LeasePool] = {}
         self.actors: dict[str, ActorState] = {}
+        self.subscribed = False
         core.endpoint.on("task_done", self._on_task_done)
+        core.endpoint.on("pub", self._on_actor_update)
         core.death_listeners.append(self._on_worker_died)
 
     # ---- submission --------------------------------------------------------------------------
@@ -192,6 +199,7 @@ class Submitter:
         call, _ = self._new_call("create_actor", class_id, what, args, kwargs, 0)
         call.body = (actor.actor_id, call.body, options)
         actor.creation = call
+        actor.resources = resources
         with self.lock:
             self.actors[actor.actor_id] = actor
             self._when_args_ready(call, lambda: self._lease_actor(actor, resources))
@@ -305,7 +313,8 @@ class Submitter:
     def _actor_created(self, call: PendingCall, results: list) -> None:
         actor = self.actors.get(call.body[0])
         self.calls.pop(call.task_id, None)
-        release_args(self.core, call)
+        if actor is None or not actor.restartable:
+            release_args(self.core, call)  # a restartable actor keeps them for its next start
         if actor is None:
             return
         actor.inflight.pop(call.task_id, None)
@@ -318,6 +327,9 @@ class Submitter:
     def actor_died(self, actor: ActorState, error: BaseException) -> None:
         """Fail every pending and future call of a dead actor with ``error``."""
         actor.dead = error
+        actor.ready.set()
+        if actor.creation is not None and actor.restartable:
+            release_args(self.core, actor.creation)
         calls = list(actor.inflight.values()) + list(actor.queue)
         actor.inflight.clear()
         actor.queue.clear()
@@ -335,9 +347,58 @@ class Submitter:
             for actor in self.actors.values():
                 if actor.dead is None and (actor.worker_id == worker_id or
                                            (address is not None and actor.address == address)):
-                    self.actor_died(actor, ActorDiedError(
-                        f"the actor {actor.actor_id} is dead: its process {reason}. Calls on "
-                        f"it fail from now on; create a new actor (or set max_restarts)."))
+                    self._actor_lost(actor, reason)
+
+    def _actor_lost(self, actor: ActorState, reason: str) -> None:
+        if not actor.restartable or (actor.creation is not None and actor.restarts_left == 0):
+            self.actor_died(actor, ActorDiedError(
+                f"the actor {actor.actor_id} is dead: its process {reason}. Calls on it fail "
+                f"from now on; create a new actor (or set max_restarts)."))
+            if actor.creation is not None:
+                self.core.endpoint.send(self.core.gcs_address, "update_actor", actor.actor_id,
+                                        {"state": "DEAD"})
+            return
+        actor.address = actor.worker_id = None
+        actor.ready.clear()
+        calls = [c for c in actor.inflight.values() if c.kind == "actor_call"]
+        actor.inflight.clear()
+        for call in reversed(calls):
+            if call.retries_left != 0:
+                call.retries_left -= 1
+                actor.queue.appendleft(call)
+            else:
+                self.finish(call, [(FAILED, ActorDiedError(
+                    f"the actor {actor.actor_id} died ({reason}) while running this call; it "
+                    f"is restarting. Set max_task_retries to retry such calls."))] *
+                    len(call.return_ids))
+        if actor.creation is None:
+            return  # the owner restarts it; the GCS tells us its new address
+        if actor.restarts_left > 0:
+            actor.restarts_left -= 1
+        self.calls[actor.creation.task_id] = actor.creation
+        self.core.endpoint.send(self.core.gcs_address, "update_actor", actor.actor_id,
+                                {"state": "RESTARTING"})
+        self._lease_actor(actor, actor.resources)
+
+    def watch_actor(self, actor: ActorState) -> None:
+        """Follow a restartable actor that another process owns through GCS updates."""
+        if not self.subscribed:
+            self.subscribed = True
+            self.core.endpoint.send(self.core.gcs_address, "subscribe", "actors",
+                                    self.core.address)
+
+    def _on_actor_update(self, channel: str, actor_id: str, info: dict) -> None:
+        with self.lock:
+            actor = self.actors.get(actor_id)
+            if channel != "actors" or actor is None or actor.creation is not None:
+                return
+            if info.get("state") == "DEAD" and actor.dead is None:
+                self.actor_died(actor, ActorDiedError(f"the actor {actor_id} is dead and will "
+                                                      f"not restart"))
+            elif info.get("state") == "ALIVE" and info.get("address") != actor.address:
+                actor.address, actor.worker_id = info["address"], info.get("worker_id")
+                actor.ready.set()
+                self.flush_actor(actor)
 
     def cancel(self, ref: ObjectRef, force: bool) -> None:
         """Cancel the call that makes ``ref``: drop it if queued, else interrupt its worker."""

@@ -281,3 +281,36 @@ def test_actor_with_resources():
     h = Holder.remote()
     assert ember.get(h.gpus.remote()) == []
     ember.kill(h)
+
+
+@ember.remote
+def add_through_task(handle):
+    return ember.get(handle.add.remote(1))
+
+
+@pytest.mark.timeout(60)
+def test_max_restarts_restarts_the_actor_then_gives_up():
+    actor = Counter.options(max_restarts=1, max_task_retries=1).remote()
+    assert ember.get(actor.add.remote(5)) == 5
+    first = ember.get(actor.pid.remote())
+    os.kill(first, signal.SIGKILL)
+    assert ember.get(actor.add.remote(1), timeout=20) == 1  # a fresh instance
+    second = ember.get(actor.pid.remote())
+    assert second != first
+    os.kill(second, signal.SIGKILL)
+    with pytest.raises(ActorDiedError):
+        ember.get(actor.add.remote(1), timeout=20)
+
+
+@pytest.mark.timeout(60)
+def test_restarted_actor_is_found_by_other_handle_holders():
+    actor = Counter.options(max_restarts=2).remote()
+    assert ember.get(add_through_task.remote(actor)) == 1
+    os.kill(ember.get(actor.pid.remote()), signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while True:  # the call that meets the dying process fails; later ones reach the new one
+        try:
+            assert ember.get(add_through_task.remote(actor), timeout=20) == 1
+            break
+        except TaskError:
+            assert time.monotonic() < deadline
