@@ -1,0 +1,1 @@
+"""ember's benchmark suite: the same workloads on ember and on Ray (see README.md)."""

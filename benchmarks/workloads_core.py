@@ -1,0 +1,166 @@
+"""Dynamic-layer workloads: init, tasks, actor calls, put/get — the same code for ember and ray."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import time
+from types import ModuleType
+
+import numpy as np
+
+from benchmarks.harness import (
+    ACTOR_OPTIONS,
+    GB,
+    MiB,
+    Config,
+    Echo,
+    Row,
+    latency_row,
+    rate_row,
+    sample_latencies,
+    spawned,
+    workload,
+)
+
+SMALL = b"x" * 100  # the 100-byte value of every "small" row
+
+_INIT_SNIPPET = """
+import importlib, time
+rt = importlib.import_module({name!r})
+start = time.perf_counter()
+rt.init()
+elapsed = time.perf_counter() - start
+print("INIT_S=%r" % elapsed, flush=True)
+rt.shutdown()
+"""
+
+
+def noop() -> None:
+    """The task body of the core_tasks rows."""
+    return None
+
+
+@workload("init_s", needs_init=False)
+def init_s(rt: ModuleType, cfg: Config) -> list[Row]:
+    """Seconds of rt.init() in a fresh interpreter (median of a few runs; import not counted)."""
+    times = []
+    for _ in range(cfg.n(3, 1)):
+        proc = subprocess.run(
+            [sys.executable, "-c", _INIT_SNIPPET.format(name=rt.__name__)],
+            capture_output=True, text=True, timeout=120, env=os.environ.copy(),
+        )
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("INIT_S=")]
+        if proc.returncode != 0 or not lines:
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+            raise RuntimeError(f"init subprocess exited {proc.returncode}: {' | '.join(tail)}")
+        times.append(float(lines[-1].split("=", 1)[1]))
+    return [Row("init_s", "s", round(statistics.median(times), 3))]
+
+
+@workload()
+def core_tasks_sync(rt: ModuleType, cfg: Config) -> list[Row]:
+    """No-op tasks submitted and awaited one at a time; tasks/s."""
+    task = rt.remote(noop)
+    n = cfg.n(1000, 100)
+
+    def run() -> None:
+        for _ in range(n):
+            rt.get(task.remote())
+
+    return [rate_row("core_tasks_sync", "tasks/s", n, run, reps=cfg.n(3, 1))]
+
+
+@workload()
+def core_tasks_async(rt: ModuleType, cfg: Config) -> list[Row]:
+    """10k no-op tasks submitted, then gathered with one get; tasks/s."""
+    task = rt.remote(noop)
+    n = cfg.n(10_000, 1000)
+
+    def run() -> None:
+        rt.get([task.remote() for _ in range(n)])
+
+    return [rate_row("core_tasks_async", "tasks/s", n, run, reps=cfg.n(3, 1))]
+
+
+@workload()
+def core_actor_calls_async(rt: ModuleType, cfg: Config) -> list[Row]:
+    """10k calls on one actor submitted, then gathered; calls/s."""
+    n = cfg.n(10_000, 1000)
+    with spawned(rt, Echo, 1, **ACTOR_OPTIONS) as [actor]:
+
+        def run() -> None:
+            rt.get([actor.echo.remote(None) for _ in range(n)])
+
+        return [rate_row("core_actor_calls_async", "calls/s", n, run, reps=cfg.n(3, 1))]
+
+
+@workload()
+def dyn_actor_echo_small(rt: ModuleType, cfg: Config) -> list[Row]:
+    """get(a.echo.remote(100 bytes)) one at a time; p50/p99 µs."""
+    with spawned(rt, Echo, 1, **ACTOR_OPTIONS) as [actor]:
+        assert rt.get(actor.echo.remote(SMALL)) == SMALL
+        samples = sample_latencies(
+            lambda: rt.get(actor.echo.remote(SMALL)), cfg.n(200, 20), cfg.n(2000, 200)
+        )
+    return [latency_row("dyn_actor_echo_small", samples)]
+
+
+@workload()
+def core_put_small(rt: ModuleType, cfg: Config) -> list[Row]:
+    """rt.put of a 100-byte value; calls/s."""
+    n = cfg.n(10_000, 1000)
+
+    def run() -> None:
+        for _ in range(n):
+            rt.put(SMALL)
+
+    return [rate_row("core_put_small", "calls/s", n, run, reps=cfg.n(3, 1))]
+
+
+@workload()
+def core_get_small(rt: ModuleType, cfg: Config) -> list[Row]:
+    """rt.get of one put 100-byte value, repeatedly; calls/s."""
+    n = cfg.n(10_000, 1000)
+    ref = rt.put(SMALL)
+    assert rt.get(ref) == SMALL
+
+    def run() -> None:
+        for _ in range(n):
+            rt.get(ref)
+
+    return [rate_row("core_get_small", "calls/s", n, run, reps=cfg.n(3, 1))]
+
+
+@workload("core_put_get_100mb.put", "core_put_get_100mb.get", "numpy_copy_100mb")
+def core_put_get_100mb(rt: ModuleType, cfg: Config) -> list[Row]:
+    """put then get of a 100 MiB numpy array (GB/s each), beside a plain np.copy of it."""
+    arr = np.arange(100 * MiB // 8, dtype=np.float64)
+    put_s, get_s, copy_s = [], [], []
+    for rep in range(1 + cfg.n(5, 2)):  # the first rep is warmup
+        start = time.perf_counter()
+        ref = rt.put(arr)
+        mid = time.perf_counter()
+        out = rt.get(ref)
+        end = time.perf_counter()
+        assert out.shape == arr.shape and out[-1] == arr[-1]
+        del out, ref
+        start_copy = time.perf_counter()
+        copy = np.copy(arr)
+        end_copy = time.perf_counter()
+        del copy
+        if rep:
+            put_s.append(mid - start)
+            get_s.append(end - mid)
+            copy_s.append(end_copy - start_copy)
+
+    def gbps(times: list[float]) -> float:
+        return round(arr.nbytes / GB / statistics.median(times), 2)
+
+    return [
+        Row("core_put_get_100mb.put", "GB/s", gbps(put_s)),
+        Row("core_put_get_100mb.get", "GB/s", gbps(get_s), note="zero-copy read expected"),
+        Row("numpy_copy_100mb", "GB/s", gbps(copy_s), note="reference: np.copy, same run"),
+    ]
