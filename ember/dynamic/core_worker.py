@@ -28,6 +28,7 @@ from typing import Any, Callable
 from ember.dynamic import shm
 from ember.dynamic.messaging import Endpoint
 from ember.dynamic.object_ref import ObjectRef
+from ember.dynamic.segment_writer import SegmentWriter
 from ember.dynamic.serialization import Serialized, deserialize, serialize
 from ember.exceptions import (GetTimeoutError, ObjectFreedError, ObjectLostError,
                               RuntimeNotInitializedError)
@@ -88,6 +89,7 @@ class CoreWorker:
         self._ids = itertools.count()
         self._id_prefix = f"{os.getpid():x}{os.urandom(3).hex()}"
         self.function_cache: dict[str, Any] = {}
+        self.segments = SegmentWriter()
         self.exported: set[str] = set()
         self.executing_task = threading.local()
         self.death_listeners: list[Callable[[str, str | None, str], None]] = []
@@ -111,6 +113,7 @@ class CoreWorker:
 
     def stop(self) -> None:
         """Stop messaging; refs left alive no longer count."""
+        self.segments.close()
         self.endpoint.stop()
 
     # ---- reference counting ------------------------------------------------------------------
@@ -231,14 +234,10 @@ class CoreWorker:
             return INLINE, ser.to_bytes()
         path = shm.segment_path("obj", oid)
         try:
-            seg = shm.Segment.create(path, ser.frame_size)
+            self.segments.write(path, ser)
         except FileExistsError:
             shm.unlink(path)  # left by an attempt of a retried task that died before reporting
-            seg = shm.Segment.create(path, ser.frame_size)
-        try:
-            ser.write_into(seg.buf)
-        finally:
-            seg.close()
+            self.segments.write(path, ser)
         self.endpoint.send(self.nm_address, "obj_sealed", oid, ser.frame_size)
         return IN_SHM, ser.frame_size
 

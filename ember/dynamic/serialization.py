@@ -13,6 +13,7 @@ Buffers start at 64-byte aligned offsets from the frame start.
 
 from __future__ import annotations
 
+import os
 import pickle
 import struct
 from typing import Any
@@ -42,21 +43,35 @@ class Serialized:
             size = _align(size + buf.nbytes)
         self.frame_size = size
 
-    def write_into(self, dest: memoryview) -> int:
-        """Write the frame into ``dest`` (at least ``frame_size`` bytes); return bytes used."""
+    def head(self) -> bytes:
+        """The frame's header and pickle stream, padded to where the first buffer starts."""
         nbuf = len(self.buffers)
-        _HEAD.pack_into(dest, 0, nbuf, 0, len(self.meta))
-        offset = _HEAD.size
+        lengths = struct.pack(f"<{nbuf}Q", *(buf.nbytes for buf in self.buffers))
+        head = _HEAD.pack(nbuf, 0, len(self.meta)) + lengths + self.meta
+        return head + bytes(_align(len(head)) - len(head))
+
+    def pieces(self) -> list[tuple[int, memoryview | bytes]]:
+        """(offset, bytes) of every part of the frame, in order."""
+        head = self.head()
+        parts: list[tuple[int, memoryview | bytes]] = [(0, head)]
+        offset = len(head)
         for buf in self.buffers:
-            struct.pack_into("<Q", dest, offset, buf.nbytes)
-            offset += 8
-        dest[offset:offset + len(self.meta)] = self.meta
-        offset = _align(offset + len(self.meta))
-        for buf in self.buffers:
-            n = buf.nbytes
-            dest[offset:offset + n] = buf
-            offset = _align(offset + n)
-        return offset
+            parts.append((offset, buf))
+            offset = _align(offset + buf.nbytes)
+        return parts
+
+    def write_into(self, dest: memoryview) -> None:
+        """Write the frame into ``dest`` (at least ``frame_size`` bytes)."""
+        for offset, part in self.pieces():
+            dest[offset:offset + len(part)] = part
+
+    def write_to_fd(self, fd: int) -> None:
+        """Write the frame into a file with pwrite (no page faults in this process)."""
+        for offset, part in self.pieces():
+            view = memoryview(part)
+            done = 0
+            while done < view.nbytes:
+                done += os.pwrite(fd, view[done:], offset + done)
 
     def to_bytes(self) -> bytes:
         """Return the whole frame as one bytes object (for values that travel inline)."""
