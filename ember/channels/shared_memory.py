@@ -1,0 +1,534 @@
+"""A channel between processes on one node: a ring of slots in shared memory, waited on by futex.
+
+Layout of the channel's segment (``ember_<session>_chan_<id>``), native (little) endian::
+
+    control line  magic, version, num_readers, num_slots, max_size, closed flag
+    N+1 lines     one per reader, then the writer's: seq (u64: values acked / written), pid,
+                  start time, futex word (u32), sleeping flag (u32)
+    slot table    per slot: generation, offset, length (of the frame), capacity
+    slot data     generation 0 of every slot, page aligned after the header
+
+A slot that has grown lives in its own segment, ``<channel name>_s<slot>_g<generation>``.
+Each 64-byte line has one writer process, so processes do not share cache lines they write.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import struct
+import time
+import uuid
+import weakref
+from typing import Any, Callable
+
+from ember.channels import futex
+from ember.channels.interface import (DEFAULT_NUM_SLOTS, Channel, ChannelReader, ChannelType,
+                                      ChannelWriter)
+from ember.dynamic.serialization import deserialize, serialize
+from ember.dynamic.shm import Segment, segment_path, unlink
+from ember.exceptions import (ActorDiedError, ChannelClosedError, ChannelTimeoutError,
+                              ChannelValueTooLargeError)
+
+DEFAULT_SLOT_CAPACITY = 64 * 1024
+_MAGIC = 0x52424D45  # b"EMBR"
+_VERSION = 1
+_PAGE = 4096
+_NO_LIMIT = (1 << 64) - 1
+_U32 = 0xFFFFFFFF
+_NBUF = struct.Struct("<I")   # first field of a serialized frame: its number of zero-copy buffers
+
+# Note [channel waiting]
+# ~~~~~~~~~~~~~~~~~~~~~~
+# A blocked call first polls its condition _SPIN_POLLS times (a few microseconds: the peer often
+# answers within a round trip), then sleeps on the futex word of the party it waits for (the
+# writer's word for a reader, the lagging reader's word for the writer) in slices of _SLICE_S.
+# Lost wake-ups are impossible: the waiter sets its ``sleeping`` flag and loads the word *before*
+# checking its condition, and the kernel sleeps only while the word still holds that value. A
+# party that changes a condition stores it, bumps its word, then (after a full fence) wakes the
+# word only if some waiter's ``sleeping`` flag is set. Fence on one side, futex_wait's own barrier
+# on the other: either the waker sees the flag, or the sleeper's kernel sees the new word. So a
+# write or an ack costs a wake system call only when someone actually sleeps.
+# Between slices the waiter checks that the peer it waits on is still alive (pid and start time,
+# so a recycled pid does not count): a dead peer is ActorDiedError within a slice or two.
+# Memory order: payload and slot record are stored before the sequence counter that publishes
+# them, and read after it; x86-64 keeps stores in order and loads in order (TSO), which is what
+# this relies on. A weakly ordered CPU (aarch64) would need fences between them as well.
+_SPIN_POLLS = 10
+_SLICE_S = 0.1
+
+# Note [zero-copy lifetime]
+# ~~~~~~~~~~~~~~~~~~~~~~~~~
+# read() returns numpy arrays (and other out-of-band buffers) as read-only views of the slot, so
+# the reader keeps the slot until its next read() or release() and only then acks it (bumps its
+# read sequence). A value read stays valid until that next call; copy it to keep it longer. A value
+# without such buffers (plain Python objects) is a full copy already, and is acked at once. The
+# writer reuses slot seq % K only when every reader acked seq - K, so with K slots the writer can
+# run K values ahead of the slowest reader; a reader holding one value still lets K - 1 more in.
+
+
+class _Control(ctypes.Structure):
+    _fields_ = [("magic", ctypes.c_uint32), ("version", ctypes.c_uint32),
+                ("num_readers", ctypes.c_uint32), ("num_slots", ctypes.c_uint32),
+                ("max_size", ctypes.c_uint64), ("closed", ctypes.c_uint32),
+                ("_pad", ctypes.c_uint8 * 36)]
+
+
+class _Line(ctypes.Structure):
+    """One party's line: its sequence (values written or acked), identity, futex word, and
+    whether it sleeps on another party's word (see Note [channel waiting])."""
+
+    _fields_ = [("seq", ctypes.c_uint64), ("pid", ctypes.c_uint64),
+                ("start_time", ctypes.c_uint64), ("word", ctypes.c_uint32),
+                ("sleeping", ctypes.c_uint32), ("_pad", ctypes.c_uint8 * 32)]
+
+
+class _SlotRecord(ctypes.Structure):
+    _fields_ = [("generation", ctypes.c_uint64), ("offset", ctypes.c_uint64),
+                ("length", ctypes.c_uint64), ("capacity", ctypes.c_uint64)]
+
+
+assert ctypes.sizeof(_Control) == 64 and ctypes.sizeof(_Line) == 64
+
+
+def _round_up(n: int, to: int) -> int:
+    return (n + to - 1) // to * to
+
+
+def _header_size(num_readers: int, num_slots: int) -> int:
+    return _round_up(64 * (num_readers + 2) + ctypes.sizeof(_SlotRecord) * num_slots, _PAGE)
+
+
+def _start_time(pid: int) -> int | None:
+    """Return the start time (clock ticks since boot) of live process ``pid``; None if dead."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            data = stat.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    fields = data[data.rindex(b")") + 2:].split()
+    if fields[0] in (b"Z", b"X"):  # a zombie has died; only its parent has not reaped it yet
+        return None
+    return int(fields[19])
+
+
+def _slot_path(path: str, slot: int, generation: int) -> str:
+    """Return the path of the segment of ``slot`` once it has grown to ``generation`` (> 0)."""
+    return f"{path}_s{slot}_g{generation}"
+
+
+class _Mapping:
+    """One process's map of a channel header: ctypes views of its lines, slots and futex words."""
+
+    def __init__(self, segment: Segment) -> None:
+        self.segment = segment
+        mm = segment.mmap
+        self.control = _Control.from_buffer(mm, 0)
+        if self.control.magic != _MAGIC or self.control.version != _VERSION:
+            raise ValueError(f"{segment.path} is not an ember channel segment (version {_VERSION})")
+        num_readers, num_slots = self.control.num_readers, self.control.num_slots
+        # lines[0..N-1] are the readers', lines[N] the writer's (see the module docstring)
+        self.lines = [_Line.from_buffer(mm, 64 * (i + 1)) for i in range(num_readers + 1)]
+        self.word_addresses = [futex.word_address(mm, 64 * (i + 1) + _Line.word.offset)
+                               for i in range(num_readers + 1)]
+        table = 64 * (num_readers + 2)
+        self.reader_lines = self.lines[:-1]
+        self.writer_lines = self.lines[-1:]
+        self.writer_line = self.lines[-1]
+        self.slots = [_SlotRecord.from_buffer(mm, table + ctypes.sizeof(_SlotRecord) * i)
+                      for i in range(num_slots)]
+
+    def signal(self, party: int, waiters: list[_Line]) -> None:
+        """Bump the futex word of ``party``; wake it if one of ``waiters`` sleeps."""
+        line = self.lines[party]
+        line.word = (line.word + 1) & _U32
+        futex.fence()
+        for waiter in waiters:
+            if waiter.sleeping:
+                futex.wake(self.word_addresses[party])
+                return
+
+    def close(self) -> None:
+        """Set the closed flag, then bump every futex word and wake every sleeper."""
+        self.control.closed = 1
+        for party, line in enumerate(self.lines):
+            line.word = (line.word + 1) & _U32
+            futex.wake(self.word_addresses[party])
+
+    def unlink(self) -> None:
+        """Close the channel and unlink its segments; the memory goes with the last mapping."""
+        self.close()
+        for slot, record in enumerate(self.slots):
+            if record.generation:
+                unlink(_slot_path(self.segment.path, slot, record.generation))
+        self.segment.unlink()
+
+
+def _unlink_if_owner(mapping: _Mapping, owner_pid: int) -> None:
+    """Finalizer of a channel's creator: unlink, unless this is a forked child of the creator."""
+    if os.getpid() == owner_pid:
+        mapping.unlink()
+
+
+class SharedMemoryChannel(Channel):
+    """A channel in shared memory between processes of one node; pickle it to send it to a peer.
+
+    ``slot_capacity`` is the initial size of each of the ``num_slots`` slots; a larger value
+    grows its slot (a new segment the readers follow) up to ``max_size`` bytes (None: no limit;
+    ``max_size=slot_capacity`` forbids growth). See Note [zero-copy lifetime].
+
+    The object made here owns the segments: ``destroy()`` unlinks them, and so does its garbage
+    collection or its process's exit. Copies (unpickled elsewhere) and handles only map them.
+    """
+
+    def __init__(self, num_readers: int = 1, num_slots: int = DEFAULT_NUM_SLOTS,
+                 slot_capacity: int = DEFAULT_SLOT_CAPACITY, max_size: int | None = None) -> None:
+        if num_readers < 1 or num_slots < 1 or slot_capacity < 64:
+            raise ValueError(f"a channel needs num_readers >= 1, num_slots >= 1 and "
+                             f"slot_capacity >= 64, got num_readers={num_readers}, "
+                             f"num_slots={num_slots}, slot_capacity={slot_capacity}")
+        if max_size is not None and max_size < slot_capacity:
+            raise ValueError(f"max_size {max_size} is smaller than slot_capacity {slot_capacity}")
+        capacity = _round_up(slot_capacity, 64)
+        header = _header_size(num_readers, num_slots)
+        path = segment_path("chan", uuid.uuid4().hex[:12])
+        segment = Segment.create(path, header + capacity * num_slots)
+        control = _Control.from_buffer(segment.mmap, 0)
+        control.num_readers, control.num_slots = num_readers, num_slots
+        control.max_size = _NO_LIMIT if max_size is None else max_size
+        control.version = _VERSION
+        control.magic = _MAGIC
+        self._set_fields(path, num_readers, num_slots, max_size)
+        self._mapping = _Mapping(segment)
+        for i, record in enumerate(self._mapping.slots):
+            record.offset, record.capacity = header + capacity * i, capacity
+        # the creator owns the segments: destroy() frees them, else its collection or exit does
+        weakref.finalize(self, _unlink_if_owner, self._mapping, os.getpid())
+
+    def _set_fields(self, path: str, num_readers: int, num_slots: int,
+                    max_size: int | None) -> None:
+        self.path = path
+        self.num_readers = num_readers
+        self.num_slots = num_slots
+        self.max_size = max_size
+        self._mapping: _Mapping | None = None
+
+    @classmethod
+    def _unpickle(cls, path: str, num_readers: int, num_slots: int,
+                  max_size: int | None) -> "SharedMemoryChannel":
+        channel = cls.__new__(cls)
+        channel._set_fields(path, num_readers, num_slots, max_size)
+        return channel
+
+    def __reduce__(self) -> tuple:
+        return (SharedMemoryChannel._unpickle,
+                (self.path, self.num_readers, self.num_slots, self.max_size))
+
+    def __repr__(self) -> str:
+        return (f"SharedMemoryChannel({os.path.basename(self.path)!r}, "
+                f"num_readers={self.num_readers}, num_slots={self.num_slots})")
+
+    def writer(self) -> "SharedMemoryWriter":
+        """Return the writer handle; it attaches to this process when first used."""
+        return SharedMemoryWriter(self)
+
+    def reader(self, index: int = 0) -> "SharedMemoryReader":
+        """Return the handle of reader ``index``; it attaches to this process when first used."""
+        if not 0 <= index < self.num_readers:
+            raise ValueError(f"reader index {index} is out of range of {self.num_readers}")
+        return SharedMemoryReader(self, index)
+
+    def _map(self) -> _Mapping:
+        """Return this process's mapping of the header, opening the segment on first use."""
+        if self._mapping is None:
+            try:
+                self._mapping = _Mapping(Segment.open(self.path))
+            except FileNotFoundError:
+                raise ChannelClosedError(
+                    f"{self!r} was destroyed by its creator; it cannot be used any more") from None
+        return self._mapping
+
+    def close(self) -> None:
+        """Set the closed flag and wake every waiter in every process; idempotent, never blocks."""
+        try:
+            self._map().close()
+        except ChannelClosedError:
+            pass
+
+    def destroy(self) -> None:
+        """Close the channel and unlink its segments; the memory goes with the last mapping."""
+        try:
+            self._map().unlink()
+        except ChannelClosedError:
+            pass
+
+    def _wait(self, me: int, poll: Callable[[], int], timeout: float | None, what: str) -> None:
+        """Block party ``me`` until ``poll()`` returns -1 (see Note [channel waiting]).
+
+        Otherwise ``poll()`` returns the party (reader index, or num_readers for the writer)
+        whose futex word the caller sleeps on, and whose process must stay alive.
+        """
+        mapping = self._mapping
+        control = mapping.control
+        start = time.monotonic()
+        deadline = None if timeout is None else start + timeout
+        if timeout != 0:
+            for _ in range(_SPIN_POLLS):
+                if poll() < 0 or control.closed:
+                    break
+        next_liveness_check = start + _SLICE_S
+        my_line = mapping.lines[me]
+        my_line.sleeping = 1
+        try:
+            while True:
+                party = poll()
+                if party < 0:
+                    return
+                expected = mapping.lines[party].word
+                if control.closed:
+                    raise ChannelClosedError(
+                        f"{self!r} was closed; {what} is not possible any more")
+                again = poll()  # after loading the word: did the condition change meanwhile?
+                if again < 0:
+                    return
+                if again != party:
+                    continue
+                now = time.monotonic()
+                if now >= next_liveness_check:
+                    self._check_alive(party, what)
+                    next_liveness_check = now + _SLICE_S
+                if deadline is not None and now >= deadline:
+                    raise ChannelTimeoutError(self._timeout_message(party, what, timeout))
+                wait_s = _SLICE_S if deadline is None else min(_SLICE_S, deadline - now)
+                futex.wait(mapping.word_addresses[party], expected, wait_s)
+        finally:
+            my_line.sleeping = 0
+
+    def _check_alive(self, party: int, what: str) -> None:
+        line = self._mapping.lines[party]
+        pid = line.pid
+        if pid and _start_time(pid) != line.start_time and line.pid == pid:
+            role = "writer" if party == self.num_readers else f"reader {party}"
+            raise ActorDiedError(
+                f"the {role} process {pid} of {self!r} died while this process waited to {what}; "
+                f"the graph cannot go on, tear it down (its actor may be restarted)")
+
+    def _timeout_message(self, party: int, what: str, timeout: float | None) -> str:
+        if party == self.num_readers:
+            why = "no new value was written"
+        else:
+            why = (f"all {self.num_slots} slots hold values that reader {party} has not "
+                   f"released (read past) yet")
+        return (f"{what} on {self!r} timed out after {timeout} s: {why}; retry, or pass a "
+                f"longer timeout")
+
+    def _attach(self, party: int) -> _Line:
+        """Register this process as ``party`` (pid and start time) and return its line."""
+        line = self._map().lines[party]
+        pid = os.getpid()
+        line.start_time = _start_time(pid) or 0
+        line.pid = pid
+        return line
+
+
+class SharedMemoryWriter(ChannelWriter):
+    """The writing end of a SharedMemoryChannel; pickles as (channel, role)."""
+
+    def __init__(self, channel: SharedMemoryChannel) -> None:
+        self.channel = channel
+        self._mapping: _Mapping | None = None   # set by attach(), with the fields below
+        self._seq = 0
+        self._slot_views: list[tuple[int, Segment | None, memoryview] | None] = []
+        self._what = f"a value written to {channel!r}"
+
+    def __reduce__(self) -> tuple:
+        return (SharedMemoryWriter, (self.channel,))
+
+    def attach(self) -> None:
+        """Register this process as the writer (done by the first write otherwise)."""
+        if self._mapping is None:
+            channel = self.channel
+            self._line = channel._attach(channel.num_readers)
+            self._seq = self._line.seq
+            self._slot_views = [None] * channel.num_slots
+            self._mapping = channel._mapping
+
+    def write(self, value: Any, timeout: float | None = None) -> None:
+        """Serialize ``value`` into the next slot and publish it to every reader."""
+        if self._mapping is None:
+            self.attach()
+        channel, mapping = self.channel, self._mapping
+        if mapping.control.closed:
+            raise ChannelClosedError(f"{channel!r} was closed; write is not possible any more")
+        frame = serialize(value, self._what)
+        size = frame.frame_size
+        if size > mapping.control.max_size:
+            raise ChannelValueTooLargeError(
+                f"a value of {size} bytes does not fit in {channel!r}, whose max_size is "
+                f"{channel.max_size} bytes; create the channel with a larger max_size (or None)")
+        if self._lagging_reader() >= 0:
+            channel._wait(channel.num_readers, self._lagging_reader, timeout, "write")
+        seq = self._seq
+        slot = seq % channel.num_slots
+        frame.write_into(self._slot_view(slot, size))
+        mapping.slots[slot].length = size
+        self._line.seq = seq + 1            # publish: payload and record first, sequence last
+        self._seq = seq + 1
+        mapping.signal(channel.num_readers, mapping.reader_lines)
+
+    def _lagging_reader(self) -> int:
+        """Return a reader that still holds the slot the next write needs, or -1 if it is free."""
+        bound = self._seq - self.channel.num_slots
+        for index, line in enumerate(self._mapping.reader_lines):
+            if line.seq <= bound:
+                return index
+        return -1
+
+    def _slot_view(self, slot: int, size: int) -> memoryview:
+        """Return a writable view of ``slot``, growing it first if ``size`` bytes do not fit."""
+        record = self._mapping.slots[slot]
+        if size > record.capacity:
+            self._grow(slot, size)
+        cached = self._slot_views[slot]
+        if cached is None or cached[0] != record.generation:
+            cached = self._map_slot(slot, record)
+        return cached[2][:size]
+
+    def _map_slot(self, slot: int, record: _SlotRecord) -> tuple[int, Segment | None, memoryview]:
+        generation = record.generation
+        if generation == 0:
+            segment = None
+            view = self._mapping.segment.buf[record.offset:record.offset + record.capacity]
+        else:
+            segment = Segment.open(_slot_path(self.channel.path, slot, generation))
+            view = segment.buf
+        self._slot_views[slot] = (generation, segment, view)
+        return self._slot_views[slot]
+
+    def _grow(self, slot: int, size: int) -> None:
+        """Move ``slot`` (free: every reader acked it) into a new, larger segment."""
+        channel = self.channel
+        record = self._mapping.slots[slot]
+        capacity = _round_up(max(size, 2 * record.capacity), _PAGE)
+        if channel.max_size is not None:
+            capacity = max(size, min(capacity, channel.max_size))
+        generation = record.generation + 1
+        segment = Segment.create(_slot_path(channel.path, slot, generation), capacity)
+        old = self._slot_views[slot]
+        if record.generation:
+            unlink(_slot_path(channel.path, slot, record.generation))
+        if old is not None and old[1] is not None:
+            old[1].close()
+        self._slot_views[slot] = (generation, segment, segment.buf)
+        record.offset, record.capacity, record.generation = 0, capacity, generation
+        if self._mapping.control.closed:  # destroy() may have missed the new segment
+            segment.unlink()
+
+    def close(self) -> None:
+        """Close the whole channel."""
+        self.channel.close()
+
+
+class SharedMemoryReader(ChannelReader):
+    """One reading end of a SharedMemoryChannel; pickles as (channel, index)."""
+
+    def __init__(self, channel: SharedMemoryChannel, index: int) -> None:
+        self.channel = channel
+        self.index = index
+        self._mapping: _Mapping | None = None   # set by attach(), with the fields below
+        self._seq = 0          # values taken; the line's seq (values acked) is _seq or _seq - 1
+        self._holding = False
+        self._slot_views: list[tuple[int, Segment | None, memoryview] | None] = []
+        self._what = f"a value read from {channel!r}"
+
+    def __reduce__(self) -> tuple:
+        return (SharedMemoryReader, (self.channel, self.index))
+
+    def attach(self) -> None:
+        """Register this process as reader ``index`` (done by the first read otherwise)."""
+        if self._mapping is None:
+            channel = self.channel
+            self._line = channel._attach(self.index)
+            self._seq = self._line.seq
+            self._slot_views = [None] * channel.num_slots
+            self._writer_line = channel._mapping.writer_line
+            self._mapping = channel._mapping
+
+    def read(self, timeout: float | None = None) -> Any:
+        """Release the previous value, then return the next one (see Note [zero-copy lifetime])."""
+        if self._mapping is None:
+            self.attach()
+        if self._holding:
+            self.release()
+        channel, mapping = self.channel, self._mapping
+        if mapping.control.closed:
+            raise ChannelClosedError(f"{channel!r} was closed; read is not possible any more")
+        seq = self._seq
+        if self._writer_line.seq <= seq:
+            channel._wait(self.index, self._poll, timeout, "read")
+        slot = seq % channel.num_slots
+        record = mapping.slots[slot]
+        frame = self._slot_view(slot, record)[:record.length]
+        self._seq = seq + 1
+        self._holding = True
+        try:
+            value = deserialize(frame, self._what)
+        except BaseException:
+            self.release()
+            raise
+        if _NBUF.unpack_from(frame, 0)[0] == 0:
+            self.release()
+        return value
+
+    @property
+    def holding(self) -> bool:
+        """Whether the value last read has zero-copy views of the slot and is not yet released."""
+        return self._holding
+
+    def _poll(self) -> int:
+        return -1 if self._writer_line.seq > self._seq else self.channel.num_readers
+
+    def _slot_view(self, slot: int, record: _SlotRecord) -> memoryview:
+        """Return a read-only view of ``slot``, mapping its current generation if it moved."""
+        cached = self._slot_views[slot]
+        generation = record.generation
+        if cached is None or cached[0] != generation:
+            if cached is not None and cached[1] is not None:
+                cached[1].close()  # unmapped once the last value viewing it is freed
+            if generation == 0:
+                segment = None
+                buf = self._mapping.segment.buf
+                view = buf[record.offset:record.offset + record.capacity].toreadonly()
+            else:
+                segment = Segment.open(_slot_path(self.channel.path, slot, generation))
+                view = segment.buf.toreadonly()
+            cached = self._slot_views[slot] = (generation, segment, view)
+        return cached[2]
+
+    def release(self) -> None:
+        """Ack the value last read, so the writer may reuse its slot; its views may then change."""
+        if self._holding:
+            self._holding = False
+            self._line.seq = self._seq
+            self._mapping.signal(self.index, self._mapping.writer_lines)
+
+    def close(self) -> None:
+        """Close the whole channel."""
+        self.channel.close()
+
+
+class SharedMemoryType(ChannelType):
+    """The transport for an edge between two processes of one node."""
+
+    def __init__(self, slot_capacity: int = DEFAULT_SLOT_CAPACITY,
+                 max_size: int | None = None) -> None:
+        self.slot_capacity = slot_capacity
+        self.max_size = max_size
+
+    def create_channel(self, num_readers: int = 1, *,
+                       num_slots: int = DEFAULT_NUM_SLOTS) -> SharedMemoryChannel:
+        """Create a SharedMemoryChannel in this session's shared memory."""
+        return SharedMemoryChannel(num_readers, num_slots, self.slot_capacity, self.max_size)
+
+    def __repr__(self) -> str:
+        return f"SharedMemoryType(slot_capacity={self.slot_capacity}, max_size={self.max_size})"

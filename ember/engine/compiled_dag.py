@@ -1,0 +1,491 @@
+"""``CompiledDAG``: compile a bound graph, run executions over channels, hand out results.
+
+``compile_dag`` validates the graph, plans its channels and schedules, creates the channels,
+starts one executor loop per actor (and one in the driver for remote-function nodes), and
+returns a ``CompiledDAG``. ``execute`` writes the arguments into the input channel and returns
+a ``CompiledDAGRef``; ``get`` reads the output channels in execution order, keeping results
+that belong to other refs, so refs can be fetched in any order.
+
+Note [back-pressure]
+~~~~~~~~~~~~~~~~~~~~
+Every channel has ``max_inflight_executions`` slots. ``execute`` counts the executions whose
+results the driver has not read yet; at the limit it reads the oldest result into its buffer
+(waiting up to ``submit_timeout``) before it writes the next input, so the input write never
+waits for a slot and ``execute`` blocks instead of failing.
+
+Note [dead actors]
+~~~~~~~~~~~~~~~~~~
+A channel raises ``ActorDiedError`` when the process at its other end is gone; a loop that sees
+it closes every channel of the graph (Note [loop exit] in executor.py). The driver also checks
+the processes of all actors between the slices of its waits. Either way the graph is marked
+broken: every pending and later ``get`` and every ``execute`` raises ``ActorDiedError``, and
+``teardown`` still frees everything. Surviving actors stay usable, also for a new graph.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import logging
+import socket
+import threading
+import time
+import uuid
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from ember.channels.intra_process import IntraProcessType
+from ember.channels.shared_memory import SharedMemoryType
+from ember.dag.nodes import DAGNode
+from ember.engine import registry
+from ember.engine.executor import ExecutorLoop, RaisedError, start_actor_loop, stop_actor_loop
+from ember.engine.options import CompileOptions
+from ember.engine.plan import DRIVER, DRIVER_TASKS, SHARED_MEMORY, Plan, make_plan
+from ember.engine.refs import CompiledDAGFuture, CompiledDAGRef, CompiledDAGRefList, unwrap
+from ember.engine.schedule import Schedule, driver_schedule, dry_run, make_schedules
+from ember.engine.validate import input_check, validate
+from ember.exceptions import (ActorDiedError, ChannelClosedError, ChannelTimeoutError,
+                              CompileError, DAGTeardownError, EmberError)
+
+logger = logging.getLogger(__name__)
+
+_SLICE_S = 0.25          # how often a waiting driver checks the actors' processes
+_HOST = socket.gethostname()
+_IMMUTABLE = (bytes, str, int, float, bool, type(None))
+
+
+def compile_dag(root: DAGNode, **options: Any) -> "CompiledDAG":
+    """Compile the graph ending at ``root`` (see ``CompileOptions`` for the options)."""
+    return CompiledDAG(root, CompileOptions.from_kwargs(options))
+
+
+def channel_type(transport: str, options: CompileOptions):
+    """The ChannelType of a transport named in a plan (the one place that maps the two)."""
+    if transport == SHARED_MEMORY:
+        return SharedMemoryType(slot_capacity=options.buffer_size_bytes)
+    return IntraProcessType()
+
+
+_GRAPH_COUNTER = itertools.count()
+
+
+class CompiledDAG:
+    """A compiled graph: ``execute`` / ``execute_async`` runs it, ``teardown`` frees it."""
+
+    def __init__(self, root: DAGNode, options: CompileOptions) -> None:
+        t0 = time.perf_counter()
+        self._options = options
+        self._graph_id = f"{next(_GRAPH_COUNTER)}-{uuid.uuid4().hex[:8]}"
+        self._torn_down = False
+        self._broken: BaseException | None = None
+        self._channels: dict[int, Any] = {}
+        self._driver_loop: ExecutorLoop | None = None
+        self._actor_procs: dict[str, tuple[str, int]] = {}
+        self._pool: ThreadPoolExecutor | None = None
+        self._submit_lock = threading.Lock()
+        self._read_lock = threading.Lock()
+        self._teardown_lock = threading.Lock()
+        self._results_lock = threading.Lock()      # guards _results (never held while waiting)
+        self._next_submit = 0
+        self._next_read = 0
+        self._results: dict[int, list] = {}      # seq -> (ok, value) per output, None: taken
+        self._partial: dict[int, Any] = {}       # output node -> value, of the execution read
+        self._dropped: deque[tuple[int, int]] = deque()   # (seq, output) of refs dropped
+        self._dropped_unread: set[tuple[int, int]] = set()
+
+        graph = validate(root)
+        plan = make_plan(graph)
+        schedules = make_schedules(plan)
+        dry_run(plan, schedules)
+        self._plan: Plan = plan
+        self._schedules: dict[str, Schedule] = schedules
+        self._driver_schedule = driver_schedule(plan)
+        self._input_check = input_check(graph)
+        self._num_outputs = len(graph.outputs)
+        try:
+            self._start(plan, schedules)
+        except BaseException:
+            self.teardown()
+            raise
+        self.compile_time_s = time.perf_counter() - t0
+        registry.register(self)
+
+    # -- starting --------------------------------------------------------------------------------
+
+    def _start(self, plan: Plan, schedules: dict[str, Schedule]) -> None:
+        options = self._options
+        for cp in plan.channels:
+            if cp.transport == SHARED_MEMORY:
+                self._channels[cp.id] = channel_type(cp.transport, options).create_channel(
+                    len(cp.readers), num_slots=options.max_inflight_executions)
+        graph = plan.graph
+        n = len(graph.nodes)
+        pending = []
+        for actor_id, handle in plan.actors.items():
+            sched = schedules[actor_id]
+            used = {op.channel for op in sched.ops if op.channel >= 0}
+            channels = {cid: self._channels[cid] for cid in used}
+            ref = _run_in_actor(handle, start_actor_loop, self._graph_id, sched, channels, n,
+                                actor_id, _HOST)
+            pending.append((actor_id, ref))
+        problems = []
+        for actor_id, ref in pending:
+            reply = _get(ref, options.start_timeout)
+            if reply[0] == "ok":
+                self._actor_procs[actor_id] = (reply[1], reply[2])
+            else:
+                problems.append(reply[1])
+        if problems:
+            raise CompileError("; ".join(problems))
+        if DRIVER_TASKS in schedules:
+            sched = schedules[DRIVER_TASKS]
+            used = {op.channel for op in sched.ops if op.channel >= 0}
+            self._driver_loop = ExecutorLoop(self._graph_id, sched,
+                                             {cid: self._channels[cid] for cid in used},
+                                             None, "the driver's task thread", n)
+            self._driver_loop.start()
+        input_cid = plan.remote.get(graph.input)
+        self._input_writer = self._channels[input_cid].writer() if input_cid is not None else None
+        self._output_readers: list[tuple[int, Any]] = []
+        for op in self._driver_schedule.ops:
+            if op.kind == "READ":
+                self._output_readers.append((op.node, self._channels[op.channel].reader(op.reader)))
+        for _, reader in self._output_readers:
+            reader.attach()
+        if self._input_writer is not None:
+            self._input_writer.attach()
+
+    # -- executing -------------------------------------------------------------------------------
+
+    def execute(self, *args: Any, **kwargs: Any) -> CompiledDAGRef | CompiledDAGRefList:
+        """Start one execution with these arguments and return its ref (for a MultiOutputNode,
+        a list of refs, one per output, as Ray does; its ``get()`` gets them all). Returns at
+        once unless ``max_inflight_executions`` are pending, then waits (Note [back-pressure])."""
+        if self._torn_down or self._broken is not None:
+            self._check_usable()
+        self._input_check(args, kwargs)
+        timeout = self._options.submit_timeout
+        with self._submit_lock:
+            deadline = None
+            if self._next_submit - self._next_read >= self._options.max_inflight_executions:
+                deadline = None if timeout is None else time.monotonic() + timeout
+                self._wait_for_room(deadline, timeout)
+            try:
+                self._input_writer.write((args, kwargs), timeout if deadline is None
+                                         else _remaining(deadline, None))
+            except ChannelTimeoutError:
+                raise self._submit_timeout_error(timeout) from None
+            except ChannelClosedError:
+                self._check_usable()
+                raise
+            seq = self._next_submit
+            self._next_submit = seq + 1
+        if self._num_outputs == 1 and not self._plan.graph.multi_output:
+            return CompiledDAGRef(self, seq, 0)
+        return CompiledDAGRefList(CompiledDAGRef(self, seq, i) for i in range(self._num_outputs))
+
+    def _wait_for_room(self, deadline: float | None, timeout: float | None) -> None:
+        """Read the oldest results into the buffer until fewer than the limit are pending."""
+        limit = self._options.max_inflight_executions
+        while self._next_submit - self._next_read >= limit:
+            if not self._read_lock.acquire(timeout=_remaining(deadline, -1)):
+                raise self._submit_timeout_error(timeout)
+            try:
+                if self._next_submit - self._next_read >= limit:
+                    self._read_next(deadline, timeout, submitting=True)
+            finally:
+                self._read_lock.release()
+        self._check_usable()
+
+    def execute_async(self, *args: Any, **kwargs: Any) -> CompiledDAGFuture:
+        """Start one execution like ``execute``; ``await`` the returned future for the value
+        (the list of values for a MultiOutputNode). Under back-pressure it waits like
+        ``execute`` before it returns."""
+        return CompiledDAGFuture(self.execute(*args, **kwargs))
+
+    def _submit_timeout_error(self, timeout: float | None) -> ChannelTimeoutError:
+        return ChannelTimeoutError(
+            f"execute waited {timeout} s for room: max_inflight_executions="
+            f"{self._options.max_inflight_executions} executions are pending and the oldest has "
+            f"not finished; get results sooner, or compile with a larger submit_timeout or "
+            f"max_inflight_executions")
+
+    def _get(self, seq: int, index: int, timeout: float | None) -> Any:
+        """Return output ``index`` of execution ``seq`` (for ``CompiledDAGRef.get``)."""
+        if seq not in self._results:
+            self._wait_for(seq, timeout)
+        return unwrap(self._take(seq, index))
+
+    def _wait_for(self, seq: int, timeout: float | None) -> None:
+        """Read results (in execution order) until execution ``seq``'s is in the buffer."""
+        if timeout is None:
+            timeout = self._options.get_timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while seq not in self._results:
+            if seq < self._next_read:
+                raise EmberError(f"the result of execution {seq} was already handed out")
+            self._check_pending(seq)
+            if not self._read_lock.acquire(timeout=_remaining(deadline, -1)):
+                raise self._get_timeout_error(seq, timeout)
+            try:
+                while seq not in self._results and seq >= self._next_read:
+                    self._check_pending(seq)
+                    self._read_next(deadline, timeout, submitting=False, waiting_for=seq)
+            finally:
+                self._read_lock.release()
+
+    def _take(self, seq: int, index: int, missing_ok: bool = False) -> tuple[bool, Any] | None:
+        """Hand out output ``index`` of a buffered execution; forget the execution once every
+        output was handed out (or its ref dropped)."""
+        with self._results_lock:
+            parts = self._results.get(seq)
+            part = parts[index] if parts is not None else None
+            if part is None:
+                if missing_ok:
+                    return None
+                raise EmberError(f"output {index} of execution {seq} was already handed out")
+            parts[index] = None
+            if not any(parts):
+                del self._results[seq]
+        return part
+
+    def _check_pending(self, seq: int) -> None:
+        if seq in self._results:
+            return
+        if self._broken is not None:
+            raise _copy_error(self._broken)
+        if self._torn_down:
+            raise DAGTeardownError(f"the compiled graph was torn down before execution {seq} "
+                                   f"finished; compile the graph again to run it")
+
+    def _get_timeout_error(self, seq: int, timeout: float | None) -> ChannelTimeoutError:
+        return ChannelTimeoutError(
+            f"execution {seq} of the compiled graph did not finish within {timeout} s; it is "
+            f"still running: call get again, or pass a longer timeout")
+
+    def _read_next(self, deadline: float | None, timeout: float | None, submitting: bool,
+                   waiting_for: int = -1) -> None:
+        """Read the outputs of the oldest unread execution into the result buffer (under the
+        read lock). A timeout keeps what was read, so the next call goes on from there."""
+        seq = self._next_read
+        for node, reader in self._output_readers:
+            if node in self._partial:
+                continue
+            self._partial[node] = self._read_output(reader, deadline, timeout, submitting,
+                                                    waiting_for)
+        parts: list[tuple[bool, Any] | None] = []
+        for node in self._plan.graph.outputs:
+            value = self._partial[node]
+            parts.append((False, value.exc) if type(value) is RaisedError else (True, value))
+        self._partial.clear()
+        self._results[seq] = parts       # before _next_read moves: see _wait_for
+        self._next_read = seq + 1
+        while self._dropped:  # refs dropped without get: their outputs are not kept
+            dropped, index = self._dropped.popleft()
+            if dropped >= self._next_read:
+                self._dropped_unread.add((dropped, index))
+            else:
+                self._take(dropped, index, missing_ok=True)
+        if self._dropped_unread:
+            for index in range(len(parts)):
+                if (seq, index) in self._dropped_unread:
+                    self._dropped_unread.discard((seq, index))
+                    self._take(seq, index, missing_ok=True)
+
+    def _read_output(self, reader: Any, deadline: float | None, timeout: float | None,
+                     submitting: bool, waiting_for: int) -> Any:
+        while True:
+            remaining = _remaining(deadline, None)
+            wait = _SLICE_S if remaining is None else min(_SLICE_S, remaining)
+            try:
+                value = reader.read(wait)
+            except ChannelTimeoutError:
+                self._check_actors()
+                if remaining is not None and remaining <= _SLICE_S:
+                    if submitting:
+                        raise self._submit_timeout_error(timeout) from None
+                    raise self._get_timeout_error(waiting_for, timeout) from None
+                continue
+            except ChannelClosedError:
+                if self._torn_down:
+                    raise DAGTeardownError("the compiled graph was torn down while a result was "
+                                           "awaited") from None
+                self._check_actors()
+                self._mark_broken(ActorDiedError(
+                    "a loop of the compiled graph ended because a process of the graph died or "
+                    "failed (see the actors' logs); tear the graph down and compile it again"))
+                raise _copy_error(self._broken) from None
+            except ActorDiedError as exc:
+                self._mark_broken(exc)
+                raise
+            # Note [driver copies]: a value with zero-copy buffers (numpy arrays) views the
+            # channel's slot, which is reused once released; the user keeps results as long as
+            # they like, so the driver keeps a copy. (``_holding`` tells that the reader still
+            # holds the slot; without it, copy to be safe.)
+            if getattr(reader, "_holding", True):
+                if type(value) not in _IMMUTABLE:
+                    value = copy.deepcopy(value)
+                reader.release()
+            return value
+
+    # -- failure ---------------------------------------------------------------------------------
+
+    def _check_actors(self) -> None:
+        """Raise ActorDiedError (and mark the graph broken) if an actor's process is gone."""
+        for actor_id, (host, pid) in self._actor_procs.items():
+            if host == _HOST and not _pid_alive(pid):
+                self._mark_broken(ActorDiedError(
+                    f"actor {actor_id} (pid {pid}) of the compiled graph died; the graph cannot "
+                    f"run any more: tear it down and compile a new one over live actors"))
+                raise _copy_error(self._broken)
+
+    def _mark_broken(self, exc: BaseException) -> None:
+        if self._broken is None:
+            self._broken = exc
+            for channel in self._channels.values():
+                try:
+                    channel.close()
+                except Exception:  # noqa: BLE001 - closing is best effort
+                    pass
+
+    def _check_usable(self) -> None:
+        if self._torn_down:
+            raise DAGTeardownError("this compiled graph was torn down; compile the graph again "
+                                   "to run it")
+        if self._broken is not None:
+            raise _copy_error(self._broken)
+
+    # -- teardown --------------------------------------------------------------------------------
+
+    def teardown(self) -> None:
+        """End every loop of the graph and free every channel; idempotent. Pending results
+        are lost (their ``get`` raises DAGTeardownError); the actors stay usable."""
+        with self._teardown_lock:
+            if self._torn_down:
+                return
+            self._torn_down = True
+        registry.unregister(self)
+        for channel in self._channels.values():
+            try:
+                channel.close()
+            except Exception:  # noqa: BLE001 - closing is best effort
+                pass
+        wait = self._options.teardown_timeout
+        if self._driver_loop is not None:
+            self._driver_loop.stop(wait)
+        stops = []
+        for actor_id, handle in self._plan.actors.items():
+            proc = self._actor_procs.get(actor_id)
+            if proc is None or (proc[0] == _HOST and not _pid_alive(proc[1])):
+                continue
+            try:
+                stops.append((actor_id, _run_in_actor(handle, stop_actor_loop, self._graph_id,
+                                                         actor_id, wait)))
+            except Exception:  # noqa: BLE001 - an actor that cannot be reached has no loop
+                pass
+        deadline = time.monotonic() + wait + 5.0
+        for actor_id, ref in stops:
+            try:
+                if not _get(ref, max(0.1, deadline - time.monotonic())):
+                    logger.warning("the loop of compiled graph %s in actor %s did not end "
+                                   "within %s s (a method is still running)",
+                                   self._graph_id, actor_id, wait)
+            except Exception:  # noqa: BLE001 - a dead or busy actor: its loop sees the close
+                pass
+        for channel in self._channels.values():
+            try:
+                channel.destroy()
+            except Exception:  # noqa: BLE001
+                logger.exception("could not free channel %r", channel)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+
+    def __del__(self) -> None:
+        # A dropped graph frees its memory; its loops end when they see the channels closed.
+        if getattr(self, "_torn_down", True):
+            return
+        self._torn_down = True
+        for channel in getattr(self, "_channels", {}).values():
+            try:
+                channel.destroy()
+            except Exception:  # noqa: BLE001
+                pass
+
+    # -- inspection ------------------------------------------------------------------------------
+
+    @property
+    def plan(self) -> Plan:
+        """The plan: where each node runs and each channel (plain data)."""
+        return self._plan
+
+    @property
+    def schedules(self) -> dict[str, Schedule]:
+        """Every participant's schedule, the driver's included (plain data)."""
+        out = dict(self._schedules)
+        out[DRIVER] = self._driver_schedule
+        return out
+
+    def visualize(self, filename: str | None = None, format: str | None = None,
+                  view: bool = False) -> str:
+        """Return the graph (actors, methods, channels and transports) as Graphviz dot text;
+        with ``filename`` also write ``filename.dot`` and, with ``format`` ("png", "svg") and
+        Graphviz installed, ``filename.<format>``."""
+        from ember.engine.visualize import render
+        return render(self, filename=filename, format=format, view=view)
+
+    def __repr__(self) -> str:
+        state = "torn down" if self._torn_down else ("broken" if self._broken else "live")
+        return (f"CompiledDAG({self._graph_id}, {len(self._plan.graph.nodes)} nodes, "
+                f"{len(self._plan.actors)} actors, {state})")
+
+    def _async_pool(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            with self._teardown_lock:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(
+                        max_workers=self._options.max_inflight_executions + 1,
+                        thread_name_prefix=f"ember-dag-{self._graph_id}")
+        return self._pool
+
+
+# -- helpers --------------------------------------------------------------------------------------
+
+def _copy_error(exc: BaseException) -> BaseException:
+    """A fresh instance of a stored error, so each raise has its own traceback."""
+    try:
+        return type(exc)(*exc.args)
+    except Exception:  # noqa: BLE001
+        return exc
+
+
+def _remaining(deadline: float | None, none_value: Any) -> Any:
+    if deadline is None:
+        return none_value
+    return max(0.0, deadline - time.monotonic())
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            data = stat.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return data[data.rindex(b")") + 2:][:1] not in (b"Z", b"X")
+
+
+def _run_in_actor(handle: Any, fn: Any, *args: Any) -> Any:
+    """Run ``fn(actor_instance, *args)`` in the actor's process; return the ObjectRef."""
+    run = handle._ember_run
+    remote = getattr(run, "remote", None)
+    return remote(fn, *args) if remote is not None else run(fn, *args)
+
+
+def _get(ref: Any, timeout: float | None) -> Any:
+    """Wait for an ObjectRef of the dynamic layer (or anything with ``__ember_get__``)."""
+    if hasattr(ref, "__ember_get__"):
+        return ref.__ember_get__(timeout)
+    import ember
+    return ember.get(ref, timeout=timeout)
+
+

@@ -1,0 +1,353 @@
+"""The executor loop: one thread per participant and graph that repeats its schedule forever.
+
+Inside an actor the loop runs on a daemon thread started through ``handle._ember_run``, so the
+actor's ordinary methods stay callable, and several graphs can share an actor (one loop each).
+
+Note [errors as values]
+~~~~~~~~~~~~~~~~~~~~~~~
+An exception raised by a method becomes a ``RaisedError`` value that takes the place of the
+method's result: it is written downstream like any value, every node that receives one passes it
+on without running, and the driver raises it at ``get``. The loop itself keeps going, so the next
+execution works.
+
+Note [loop exit]
+~~~~~~~~~~~~~~~~
+A loop ends when a channel is closed (teardown) or when a channel reports a dead peer. In the
+second case it closes every channel it uses, which wakes every other loop and the driver at once:
+the graph is broken, and the driver turns that into ``ActorDiedError`` for every pending ``get``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import socket
+import threading
+import traceback
+from typing import Any, Callable
+
+from ember.engine.schedule import COMPUTE, READ, WRITE, NodeRef, NodeSpec, Schedule
+from ember.exceptions import (ActorDiedError, ChannelClosedError, EmberError, GetTimeoutError,
+                              SerializationError, TaskError)
+
+logger = logging.getLogger(__name__)
+
+
+class RaisedError:
+    """An exception travelling through the graph in place of a value (Note [errors as values])."""
+
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def __reduce__(self) -> tuple:
+        return (RaisedError, (self.exc,))
+
+    def __repr__(self) -> str:
+        return f"RaisedError({self.exc!r})"
+
+
+class ExecutorLoop:
+    """Runs one participant's schedule of one graph, once per execution, on its own thread."""
+
+    def __init__(self, graph_id: str, schedule: Schedule, channels: dict[int, Any],
+                 instance: Any, where: str, num_nodes: int) -> None:
+        self.graph_id = graph_id
+        self.schedule = schedule
+        self.where = where
+        self.error: BaseException | None = None
+        self._channels = channels
+        self._instance = instance
+        self._values: list[Any] = [None] * num_nodes     # this execution's value per node
+        self._nones = [None] * num_nodes
+        self._held: list[Any] = []
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self.on_exit: Callable[[], None] | None = None
+        self._readers: dict[tuple[int, int], Any] = {}
+        self._writers: dict[int, Any] = {}
+        for op in schedule.ops:
+            if op.kind == READ and (op.channel, op.reader) not in self._readers:
+                self._readers[(op.channel, op.reader)] = channels[op.channel].reader(op.reader)
+            elif op.kind == WRITE and op.channel not in self._writers:
+                self._writers[op.channel] = channels[op.channel].writer()
+        for handle in (*self._readers.values(), *self._writers.values()):
+            attach = getattr(handle, "attach", None)
+            if attach is not None:   # register this process now, so peers watch it at once
+                attach()
+        self._steps = [self._compile(op) for op in schedule.ops]
+
+    # -- building the steps ----------------------------------------------------------------------
+
+    def _compile(self, op) -> Callable[[], None]:
+        values, held = self._values, self._held
+        pos = op.node
+        if op.kind == READ:
+            reader = self._readers[(op.channel, op.reader)]
+
+            def read() -> None:
+                values[pos] = reader.read(None)
+                held.append(reader)
+            return read
+        if op.kind == WRITE:
+            writer = self._writers[op.channel]
+            where = self.where
+
+            def write() -> None:
+                try:
+                    writer.write(values[pos], None)
+                except SerializationError as exc:
+                    writer.write(RaisedError(TaskError.wrap(exc, where, traceback.format_exc())),
+                                 None)
+            return write
+        if op.kind == COMPUTE:
+            return self._compile_compute(pos, self.schedule.nodes[pos])
+        raise ValueError(f"unknown operation {op!r}")
+
+    def _compile_compute(self, pos: int, spec: NodeSpec) -> Callable[[], None]:
+        values = self._values
+        where = f"{spec.label} in {self.where}"
+        if spec.kind == "output":
+            parent, index = spec.args[0].pos, spec.index
+
+            def pick() -> None:
+                value = values[parent]
+                values[pos] = value if type(value) is RaisedError else value[index]
+            return pick
+        if spec.kind == "attribute":
+            source, key = spec.args[0].pos, spec.key
+
+            def attribute() -> None:
+                payload = values[source]
+                if type(payload) is RaisedError:
+                    values[pos] = payload
+                    return
+                args, kwargs = payload
+                values[pos] = args[key] if isinstance(key, int) else kwargs[key]
+            return attribute
+        if spec.kind == "method":
+            fn = getattr(self._instance, spec.name)
+            check = _returns_checker(spec)
+        elif spec.kind == "function":
+            fn = _task_runner(spec.function, lambda: self._stopping)
+            check = None
+        else:
+            raise ValueError(f"unknown node kind {spec.kind!r}")
+        get_args = _args_getter(values, spec.args, spec.kwargs)
+
+        def compute() -> None:
+            args, kwargs, error = get_args()
+            if error is not None:
+                values[pos] = error
+                return
+            try:
+                result = fn(*args, **kwargs)
+                if check is not None:
+                    check(result)
+            except ChannelClosedError:
+                raise
+            except TaskError as exc:
+                result = RaisedError(exc)
+            except Exception as exc:  # noqa: BLE001 - the user's error travels as a value
+                result = RaisedError(TaskError.wrap(exc, where, _user_traceback(exc)))
+            values[pos] = result
+        return compute
+
+    # -- running ---------------------------------------------------------------------------------
+
+    def run_once(self) -> None:
+        """Run one execution of the schedule."""
+        try:
+            for step in self._steps:
+                step()
+        finally:
+            self._values[:] = self._nones      # drop views of slots that go back to writers
+            held = self._held
+            try:
+                for reader in held:
+                    reader.release()
+            finally:
+                held.clear()
+
+    def run(self) -> None:
+        """Repeat the schedule until a channel closes (Note [loop exit])."""
+        try:
+            while not self._stopping:
+                self.run_once()
+        except ChannelClosedError:
+            pass
+        except BaseException as exc:  # noqa: BLE001 - a dead peer or a broken loop ends the graph
+            self.error = exc
+            if not isinstance(exc, ActorDiedError):
+                logger.error("executor loop of graph %s in %s failed:\n%s", self.graph_id,
+                             self.where, traceback.format_exc())
+            self.close_channels()
+        finally:
+            if self.on_exit is not None:
+                self.on_exit()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run, daemon=True,
+                                        name=f"ember-dag-{self.graph_id}")
+        self._thread.start()
+
+    def close_channels(self) -> None:
+        for channel in self._channels.values():
+            try:
+                channel.close()
+            except Exception:  # noqa: BLE001 - closing is best effort
+                pass
+
+    def stop(self, timeout: float | None) -> bool:
+        """Ask the loop to end, close its channels, wait up to ``timeout``; True if it ended."""
+        self._stopping = True
+        self.close_channels()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+            return not self._thread.is_alive()
+        return True
+
+
+def _user_traceback(exc: BaseException) -> str:
+    """The traceback of ``exc`` from the user's method on (without the loop's own frame)."""
+    tb = exc.__traceback__.tb_next if exc.__traceback__ is not None else None
+    return "".join(traceback.format_exception(type(exc), exc, tb))
+
+
+def _args_getter(values: list, args: tuple, kwargs: dict) -> Callable[[], tuple]:
+    """Return a function giving (args, kwargs, first RaisedError or None) for this execution."""
+    if len(args) == 1 and not kwargs and isinstance(args[0], NodeRef):
+        src, whole_input = args[0].pos, args[0].input
+
+        def one() -> tuple:
+            value = values[src]
+            if type(value) is RaisedError:
+                return (), {}, value
+            return ((value[0][0],) if whole_input else (value,)), {}, None
+        return one
+
+    def resolve(item: Any) -> Any:
+        if isinstance(item, NodeRef):
+            value = values[item.pos]
+            if item.input and type(value) is not RaisedError:
+                value = value[0][0]
+            return value
+        return item
+
+    def general() -> tuple:
+        call_args = [resolve(a) for a in args]
+        call_kwargs = {k: resolve(v) for k, v in kwargs.items()}
+        for value in call_args:
+            if type(value) is RaisedError:
+                return (), {}, value
+        for value in call_kwargs.values():
+            if type(value) is RaisedError:
+                return (), {}, value
+        return call_args, call_kwargs, None
+    return general
+
+
+def _returns_checker(spec: NodeSpec) -> Callable[[Any], None] | None:
+    if spec.num_returns <= 1:
+        return None
+    n = spec.num_returns
+
+    def check(result: Any) -> None:
+        if not isinstance(result, (tuple, list)) or len(result) != n:
+            raise ValueError(f"{spec.label} is declared with num_returns={n} but returned "
+                             f"{type(result).__name__} {result!r:.80}")
+    return check
+
+
+def _task_runner(remote_function: Any, stopping: Callable[[], bool]) -> Callable[..., Any]:
+    """Run a remote function as a dynamic task and wait for it (Note [function nodes])."""
+    import ember
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        ref = remote_function.remote(*args, **kwargs)
+        while True:
+            try:
+                return ember.get(ref, timeout=1.0)
+            except GetTimeoutError:
+                if stopping():
+                    raise ChannelClosedError("the graph was torn down while a task ran") from None
+    return run
+
+
+# -- loops inside actor processes -----------------------------------------------------------------
+
+_LOOPS: dict[tuple[str, str], ExecutorLoop] = {}   # (graph id, actor id) -> loop
+_LOOPS_LOCK = threading.Lock()
+
+
+def start_actor_loop(instance: Any, graph_id: str, schedule: Schedule, channels: dict[int, Any],
+                     num_nodes: int, actor_id: str, driver_host: str) -> tuple:
+    """Start this actor's loop of graph ``graph_id`` (run through ``_ember_run``).
+
+    Returns ``("ok", host name, pid)`` of the actor's process, which the driver watches, or
+    ``("compile-error", message)`` when a method does not exist or does not take the bound
+    arguments (the driver raises it as CompileError naming the node).
+    """
+    if socket.gethostname() != driver_host:
+        return ("compile-error",
+                f"actor {actor_id} runs on {socket.gethostname()}, not on the driver's node "
+                f"{driver_host}; compiled graphs use shared-memory channels, so every actor of "
+                f"the graph must live on the driver's node (cross-node channels are not built)")
+    problem = check_methods(instance, schedule)
+    if problem is not None:
+        return ("compile-error", problem)
+    where = f"actor {actor_id} (pid {os.getpid()})"
+    loop = ExecutorLoop(graph_id, schedule, channels, instance, where, num_nodes)
+    key = (graph_id, actor_id)
+    with _LOOPS_LOCK:
+        if key in _LOOPS:
+            raise EmberError(f"graph {graph_id} already has a loop in {where}")
+        _LOOPS[key] = loop
+
+    def forget() -> None:  # a loop that ends on its own (graph dropped or broken) leaves no trace
+        with _LOOPS_LOCK:
+            if _LOOPS.get(key) is loop:
+                del _LOOPS[key]
+    loop.on_exit = forget
+    loop.start()
+    return ("ok", socket.gethostname(), os.getpid())
+
+
+def check_methods(instance: Any, schedule: Schedule) -> str | None:
+    """Describe the first method node whose method is missing or whose bound arguments do not
+    match its signature; None if every one fits."""
+    for spec in schedule.nodes.values():
+        if spec.kind != "method":
+            continue
+        fn = getattr(instance, spec.name, None)
+        if fn is None:
+            return f"{spec.label}: the actor has no method {spec.name!r}"
+        try:
+            sig = inspect.signature(fn)
+        except (TypeError, ValueError):
+            continue
+        try:
+            sig.bind(*spec.args, **spec.kwargs)
+        except TypeError as exc:
+            return (f"{spec.label} is bound with {len(spec.args)} positional arguments "
+                    f"and keywords {sorted(spec.kwargs)}, which do not match the signature "
+                    f"{spec.name}{sig}: {exc}")
+    return None
+
+
+def stop_actor_loop(instance: Any, graph_id: str, actor_id: str, timeout: float) -> bool:
+    """End this actor's loop of graph ``graph_id``; True if it ended within ``timeout``."""
+    with _LOOPS_LOCK:
+        loop = _LOOPS.pop((graph_id, actor_id), None)
+    if loop is None:
+        return True
+    return loop.stop(timeout)
+
+
+def running_loops(instance: Any = None) -> list[str]:
+    """The ids of the graphs with a loop in this process (for tests and debugging)."""
+    with _LOOPS_LOCK:
+        return [gid for (gid, _), loop in _LOOPS.items()
+                if loop._thread is not None and loop._thread.is_alive()]

@@ -1,0 +1,96 @@
+"""What ``execute`` returns: ``CompiledDAGRef`` (``ref.get()``, ``ember.get(ref)``) and the
+awaitable ``CompiledDAGFuture`` of ``execute_async``."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any
+
+from ember.exceptions import ChannelClosedError, ChannelTimeoutError, DAGTeardownError, EmberError
+
+if TYPE_CHECKING:
+    from ember.engine.compiled_dag import CompiledDAG
+
+
+class CompiledDAGRef:
+    """One output of one execution of a compiled graph; ``get()`` or ``ember.get(ref)``."""
+
+    __slots__ = ("_dag", "_seq", "_index", "_value", "_done", "__weakref__")
+
+    def __init__(self, dag: CompiledDAG, seq: int, index: int = 0) -> None:
+        self._dag = dag
+        self._seq = seq
+        self._index = index
+        self._done = False
+        self._value: tuple[bool, Any] | None = None
+
+    def get(self, timeout: float | None = None) -> Any:
+        """Wait for the result and return it, or raise the method's error (a TaskError that is
+        also the original class), ChannelTimeoutError, ActorDiedError or DAGTeardownError."""
+        if not self._done:
+            try:
+                value = (True, self._dag._get(self._seq, self._index, timeout))
+            except (ChannelTimeoutError, ChannelClosedError, DAGTeardownError):
+                raise           # not the execution's outcome: it may still come, or never
+            except EmberError as exc:   # the execution's own error, or ActorDiedError
+                value = (False, exc)
+            self._value, self._done = value, True
+        return unwrap(self._value)
+
+    def __ember_get__(self, timeout: float | None = None) -> Any:
+        return self.get(timeout)
+
+    def __del__(self) -> None:
+        if not self._done:
+            try:
+                self._dag._dropped.append((self._seq, self._index))
+            except Exception:  # noqa: BLE001
+                pass
+
+    def __repr__(self) -> str:
+        return (f"CompiledDAGRef(graph={self._dag._graph_id}, execution={self._seq}, "
+                f"output={self._index})")
+
+
+class CompiledDAGRefList(list):
+    """The refs of a MultiOutputNode's outputs, one per output (as Ray returns them);
+    ``get()`` returns every value, raising the first error."""
+
+    def get(self, timeout: float | None = None) -> list:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        return [ref.get(None if deadline is None else max(0.0, deadline - time.monotonic()))
+                for ref in self]
+
+    def __ember_get__(self, timeout: float | None = None) -> list:
+        return self.get(timeout)
+
+
+class CompiledDAGFuture:
+    """The awaitable result of ``execute_async``: ``await future`` gives the value."""
+
+    __slots__ = ("_ref",)
+
+    def __init__(self, ref: CompiledDAGRef | CompiledDAGRefList) -> None:
+        self._ref = ref
+
+    def __await__(self):
+        loop = asyncio.get_running_loop()
+        refs = self._ref if isinstance(self._ref, list) else [self._ref]
+        return loop.run_in_executor(refs[0]._dag._async_pool(), self._ref.get).__await__()
+
+    def get(self, timeout: float | None = None) -> Any:
+        return self._ref.get(timeout)
+
+    def __ember_get__(self, timeout: float | None = None) -> Any:
+        return self._ref.get(timeout)
+
+    def __repr__(self) -> str:
+        return f"CompiledDAGFuture({self._ref!r})"
+
+
+def unwrap(result: tuple[bool, Any]) -> Any:
+    ok, value = result
+    if ok:
+        return value
+    raise value

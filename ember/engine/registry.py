@@ -1,0 +1,44 @@
+"""The live compiled graphs of this process, torn down at ``ember.shutdown`` and at exit."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+import weakref
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+_LIVE: "weakref.WeakSet[Any]" = weakref.WeakSet()
+
+
+def teardown_all() -> None:
+    """Tear down every live compiled graph (at ``ember.shutdown`` and at interpreter exit)."""
+    for dag in list(_LIVE):
+        try:
+            dag.teardown()
+        except Exception:  # noqa: BLE001
+            logger.exception("teardown of %r failed", dag)
+
+
+_hooks_lock = threading.Lock()
+_atexit_registered = False
+
+
+def register(dag: Any) -> None:
+    """Track ``dag`` so that ``ember.shutdown`` and interpreter exit tear it down."""
+    global _atexit_registered
+    from ember.dynamic.api import add_shutdown_hook, remove_shutdown_hook
+    _LIVE.add(dag)
+    with _hooks_lock:
+        if not _atexit_registered:
+            atexit.register(teardown_all)
+            _atexit_registered = True
+        remove_shutdown_hook(teardown_all)   # once per runtime, whatever shutdown did to the list
+        add_shutdown_hook(teardown_all)
+
+
+def unregister(dag: Any) -> None:
+    """Stop tracking ``dag`` (it was torn down)."""
+    _LIVE.discard(dag)

@@ -1,0 +1,211 @@
+"""Per-participant schedules as plain data: READ / COMPUTE / WRITE operations, and a dry run.
+
+A schedule is what one participant does for every execution, in order. An actor's executor loop
+repeats it forever; the driver's part is WRITE(input) in ``execute`` and READ(outputs) in
+``get``. ``NodeSpec`` says what a COMPUTE runs; both are picklable and travel into the actors.
+
+Note [schedule order]
+~~~~~~~~~~~~~~~~~~~~~
+Every schedule follows the graph's bind order (a topological order) and reads a value just
+before its first use. With channels of at least one slot this cannot deadlock: the smallest
+(execution, node) pair not yet done always has its inputs written and room to write its
+output, because whatever it waits for comes before it in that same order. ``dry_run`` checks
+it anyway, without processes, for a few executions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ember.exceptions import CompileError
+
+if TYPE_CHECKING:
+    from ember.engine.plan import Plan
+
+# The builders below import the graph and plan modules when called: an actor process only
+# unpickles schedules and must not pay for those imports on the compile's critical path.
+DRIVER = "driver"   # the driver participant; ember.engine.plan takes its DRIVER from here
+
+READ = "READ"
+COMPUTE = "COMPUTE"
+WRITE = "WRITE"
+
+
+@dataclass(frozen=True)
+class Op:
+    """One step of a schedule: READ a channel, COMPUTE a node, or WRITE a node's value."""
+
+    kind: str
+    node: int
+    channel: int = -1      # READ / WRITE: the channel id
+    reader: int = -1       # READ: this participant's reader index on the channel
+
+    def __repr__(self) -> str:
+        if self.kind == READ:
+            return f"R(c{self.channel}:n{self.node})"
+        if self.kind == WRITE:
+            return f"W(n{self.node}:c{self.channel})"
+        return f"C(n{self.node})"
+
+
+class NodeRef:
+    """A bound argument that is the value of node ``pos`` (``input`` for the InputNode itself)."""
+
+    __slots__ = ("pos", "input")
+
+    def __init__(self, pos: int, input: bool = False) -> None:
+        self.pos = pos
+        self.input = input
+
+    def __reduce__(self) -> tuple:
+        return (NodeRef, (self.pos, self.input))
+
+    def __repr__(self) -> str:
+        return f"n{self.pos}" + ("(input)" if self.input else "")
+
+
+@dataclass
+class NodeSpec:
+    """What a COMPUTE of one node runs, as plain data."""
+
+    kind: str                    # "method" | "output" | "function" | "attribute"
+    label: str                   # the node's description, for error messages
+    name: str = ""               # method: the method name
+    args: tuple = ()             # bound arguments: constants and NodeRefs
+    kwargs: dict = field(default_factory=dict)
+    num_returns: int = 1         # method: how many values it returns
+    index: int = 0               # output: which value of the parent; parent is args[0]
+    key: Any = None              # attribute: the positional index or keyword name
+    function: Any = None         # function: the remote function (driver only, never pickled)
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["function"] = None
+        return state
+
+
+@dataclass
+class Schedule:
+    """The operations of one participant for one execution, and the nodes it computes."""
+
+    participant: str
+    ops: list[Op]
+    nodes: dict[int, NodeSpec]
+
+    def __repr__(self) -> str:
+        return f"{self.participant}: " + " ".join(repr(op) for op in self.ops)
+
+
+def node_spec(plan: Plan, pos: int) -> NodeSpec:
+    """Describe node ``pos`` of the plan's graph for its executor."""
+    from ember.dag.nodes import (ClassMethodNode, ClassMethodOutputNode, FunctionNode,
+                                 InputAttributeNode, InputNode)
+    graph = plan.graph
+    node = graph.nodes[pos]
+
+    def ref(value: Any) -> Any:
+        if isinstance(value, InputNode):
+            return NodeRef(graph.position(value), input=True)
+        if hasattr(value, "_seq") and id(value) in graph.index:
+            return NodeRef(graph.position(value))
+        return value
+
+    args = tuple(ref(a) for a in node._bound_args)
+    kwargs = {k: ref(v) for k, v in node._bound_kwargs.items()}
+    label = node._describe()
+    if isinstance(node, ClassMethodNode):
+        return NodeSpec("method", label, name=node._method_name, args=args, kwargs=kwargs,
+                        num_returns=node._num_returns)
+    if isinstance(node, ClassMethodOutputNode):
+        return NodeSpec("output", label, args=args, index=node._index)
+    if isinstance(node, FunctionNode):
+        return NodeSpec("function", label, args=args, kwargs=kwargs,
+                        function=node._remote_function)
+    if isinstance(node, InputAttributeNode):
+        return NodeSpec("attribute", label, args=args, key=node._key)
+    raise TypeError(f"no COMPUTE for {label}")
+
+
+def make_schedules(plan: Plan) -> dict[str, Schedule]:
+    """Return the schedule of every participant but the driver (Note [schedule order])."""
+    graph = plan.graph
+    schedules: dict[str, Schedule] = {}
+    for participant in plan.participants:
+        if participant == DRIVER:
+            continue
+        ops: list[Op] = []
+        specs: dict[int, NodeSpec] = {}
+        have: set[int] = set()
+        for pos in range(len(graph.nodes)):
+            if participant not in plan.computed_by[pos] or pos == graph.input:
+                continue
+            for up in plan.deps[pos]:
+                if up in have:
+                    continue
+                channel = plan.channel_of(up)
+                ops.append(Op(READ, up, channel.id, channel.reader_index(participant)))
+                have.add(up)
+            ops.append(Op(COMPUTE, pos))
+            specs[pos] = node_spec(plan, pos)
+            have.add(pos)
+            if pos in plan.remote and plan.hosts[pos] == participant:
+                ops.append(Op(WRITE, pos, plan.remote[pos]))
+        schedules[participant] = Schedule(participant, ops, specs)
+    return schedules
+
+
+def driver_schedule(plan: Plan) -> Schedule:
+    """The driver's part: WRITE the input (in ``execute``), READ each output (in ``get``)."""
+    graph = plan.graph
+    ops: list[Op] = []
+    if graph.input in plan.remote:
+        ops.append(Op(WRITE, graph.input, plan.remote[graph.input]))
+    seen: set[int] = set()
+    for out in graph.outputs:
+        if out not in seen:
+            seen.add(out)
+            channel = plan.channel_of(out)
+            ops.append(Op(READ, out, channel.id, channel.reader_index(DRIVER)))
+    return Schedule(DRIVER, ops, {})
+
+
+def dry_run(plan: Plan, schedules: dict[str, Schedule], executions: int = 3,
+            num_slots: int = 1) -> None:
+    """Play every schedule for a few executions over channels of ``num_slots`` slots, without
+    processes; raise CompileError naming the blocked operations if they could deadlock."""
+    all_schedules = dict(schedules)
+    all_schedules[DRIVER] = driver_schedule(plan)
+    written = {c.id: 0 for c in plan.channels}
+    released = {(c.id, r): 0 for c in plan.channels for r in range(len(c.readers))}
+    holding: dict[str, list[tuple[int, int]]] = {p: [] for p in all_schedules}
+    position = {p: 0 for p in all_schedules}
+    total = {p: len(s.ops) * executions for p, s in all_schedules.items()}
+    progress = True
+    while progress:
+        progress = False
+        for p, sched in all_schedules.items():
+            while position[p] < total[p]:
+                op = sched.ops[position[p] % len(sched.ops)]
+                execution = position[p] // len(sched.ops)
+                if op.kind == READ:
+                    if written[op.channel] <= execution:
+                        break
+                    holding[p].append((op.channel, op.reader))
+                elif op.kind == WRITE:
+                    readers = len(plan.channels[op.channel].readers)
+                    slowest = min(released[(op.channel, r)] for r in range(readers))
+                    if written[op.channel] - slowest >= num_slots:
+                        break
+                    written[op.channel] += 1
+                position[p] += 1
+                progress = True
+                if p == DRIVER or position[p] % len(sched.ops) == 0:
+                    for key in holding[p]:  # slots go back at the end of an execution
+                        released[key] += 1
+                    holding[p].clear()
+    blocked = [f"{p} at {all_schedules[p].ops[position[p] % len(all_schedules[p].ops)]!r}"
+               for p in all_schedules if position[p] < total[p]]
+    if blocked:
+        raise CompileError(f"the schedules can deadlock; blocked: {'; '.join(blocked)}. "
+                           f"Schedules: {list(all_schedules.values())}")

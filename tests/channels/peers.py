@@ -1,0 +1,83 @@
+"""Programs that the peer processes of the channel tests run, and a helper to start them."""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import time
+import zlib
+from collections.abc import Iterator
+from typing import Any, Callable
+
+import numpy as np
+
+from ember.channels import Channel, ChannelReader, ChannelWriter
+
+
+@contextlib.contextmanager
+def running(ctx: multiprocessing.context.SpawnContext, target: Callable[..., None],
+            *args: Any) -> Iterator[multiprocessing.process.BaseProcess]:
+    """Run ``target(*args)`` in a new process; kill and reap it if it is still running at exit."""
+    process = ctx.Process(target=target, args=args, daemon=True)
+    process.start()
+    try:
+        yield process
+    finally:
+        if process.is_alive():
+            process.kill()
+        process.join(10)
+
+
+def fingerprint(value: Any) -> Any:
+    """Return a small picklable stand-in of ``value`` that tells values apart (arrays by CRC)."""
+    if isinstance(value, np.ndarray):
+        return ("array", value.shape, str(value.dtype), zlib.crc32(value.tobytes()))
+    return value
+
+
+def write_all(writer: ChannelWriter, values: list[Any]) -> None:
+    """Write ``values`` in order."""
+    for value in values:
+        writer.write(value, timeout=20)
+
+
+def read_fingerprints(reader: ChannelReader, count: int, results: multiprocessing.Queue) -> None:
+    """Read ``count`` values and put the list of their fingerprints on ``results``."""
+    results.put([fingerprint(reader.read(timeout=20)) for _ in range(count)])
+
+
+def echo(reader: ChannelReader, writer: ChannelWriter, count: int) -> None:
+    """Write back every value read, ``count`` times."""
+    for _ in range(count):
+        writer.write(reader.read(timeout=20), timeout=20)
+
+
+def write_and_hang(writer: ChannelWriter, values: list[Any], ready: multiprocessing.Queue) -> None:
+    """Write ``values``, say so on ``ready``, then wait to be killed."""
+    write_all(writer, values)
+    ready.put("written")
+    time.sleep(60)
+
+
+def read_and_hang(reader: ChannelReader, count: int, ready: multiprocessing.Queue) -> None:
+    """Read ``count`` values (holding the last), say so on ``ready``, then wait to be killed."""
+    for _ in range(count):
+        reader.read(timeout=20)
+    ready.put("read")
+    time.sleep(60)
+
+
+def close_after(channel: Channel, delay_s: float) -> None:
+    """Close ``channel`` after ``delay_s`` seconds."""
+    time.sleep(delay_s)
+    channel.close()
+
+
+def read_until_error(reader: ChannelReader, results: multiprocessing.Queue) -> None:
+    """Read until an error, then put (values read, name of the error type) on ``results``."""
+    values = []
+    try:
+        while True:
+            values.append(fingerprint(reader.read(timeout=20)))
+    except Exception as exc:  # noqa: BLE001 - the test checks which error it was
+        results.put((values, type(exc).__name__))

@@ -1,0 +1,44 @@
+"""The public names of ember.channels, and the common interface of its transports."""
+
+from __future__ import annotations
+
+import pytest
+
+import ember.channels as channels
+from ember.channels import ChannelType, IntraProcessType, SharedMemoryType
+from ember.exceptions import ChannelClosedError
+
+
+def test_public_names_are_exactly_the_interface_and_transports() -> None:
+    assert sorted(channels.__all__) == sorted([
+        "DEFAULT_NUM_SLOTS", "DEFAULT_SLOT_CAPACITY", "Channel", "ChannelReader", "ChannelType",
+        "ChannelWriter", "IntraProcessChannel", "IntraProcessReader", "IntraProcessType",
+        "IntraProcessWriter", "SharedMemoryChannel", "SharedMemoryReader", "SharedMemoryType",
+        "SharedMemoryWriter"])
+    for name in channels.__all__:
+        assert hasattr(channels, name), name
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("channel_type", [IntraProcessType(), SharedMemoryType()], ids=repr)
+def test_every_transport_behaves_the_same(channel_type: ChannelType) -> None:
+    channel = channel_type.create_channel(num_readers=2, num_slots=2)
+    writer = channel.writer()
+    readers = [channel.reader(0), channel.reader(1)]
+    writer.attach()
+    for reader in readers:
+        reader.attach()
+    writer.write({"step": 1})
+    writer.write([2])
+    with pytest.raises(TimeoutError):
+        writer.write_nowait(3)
+    assert [r.read(timeout=0) for r in readers] == [{"step": 1}] * 2
+    assert [r.read_nowait() for r in readers] == [[2], [2]]
+    for reader in readers:
+        reader.release()
+        assert not reader.holding
+    channel.close()
+    channel.close()
+    with pytest.raises(ChannelClosedError):
+        readers[0].read(timeout=0)
+    channel.destroy()
