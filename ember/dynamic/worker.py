@@ -9,6 +9,7 @@ Run as ``python -m ember.dynamic.worker <nm_address> <gcs_address> <worker_id>``
 from __future__ import annotations
 
 import asyncio
+import importlib
 import inspect
 import os
 import pickle
@@ -181,6 +182,7 @@ class WorkerProcess:
             self.start_loop(concurrency or 1000)
         elif concurrency and concurrency > 1:
             self.pool = ThreadPoolExecutor(concurrency, thread_name_prefix="ember-actor")
+        threading.Thread(target=_warm_graph_runtime, name="ember-warm", daemon=True).start()
         early, self.early_calls = self.early_calls, []
         for fields in early:
             self.actor_call(fields)
@@ -261,6 +263,20 @@ def _failed(error: BaseException, return_ids: list[str]) -> list:
     except Exception:  # noqa: BLE001 - an unpicklable exception travels as text
         error = TaskError(str(error))
     return [(FAILED, error)] * max(1, len(return_ids))
+
+
+# Note [warm actors]: an actor is where compiled-graph executor loops run, and importing their
+# modules on first compile costs tens of ms per actor. A new actor imports them in the
+# background, by name, so the dynamic layer does not depend on the engine.
+WARM_MODULES = ("ember.engine.executor", "ember.channels.shared_memory")
+
+
+def _warm_graph_runtime() -> None:
+    for name in WARM_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            return
 
 
 def _has_coroutines(cls: type) -> bool:
