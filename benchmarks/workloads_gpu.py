@@ -1,4 +1,5 @@
-"""GPU workloads: tensors between actors and allreduce inside a compiled graph; skip without CUDA."""
+"""GPU workloads: tensors between actors and allreduce inside a compiled graph (skip without CUDA),
+and their CPU twins over gloo, which run everywhere."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from benchmarks.harness import (
 )
 
 GPU_ACTOR = {"num_gpus": 0.5, "num_cpus": 0}  # two actors share one GPU when only one exists
+CPU_ACTOR = {"num_cpus": 0}
 
 
 def cuda_missing() -> str | None:
@@ -72,31 +74,99 @@ class GpuWorker:
         self.torch.cuda.synchronize()
         return tensor.numel() * tensor.element_size()
 
+    def d2d_copy_seconds(self, nbytes: int, iters: int) -> float:
+        """Median seconds of a plain device-to-device copy of nbytes on this GPU."""
+        src = self.produce(nbytes)
+        dst = self.torch.empty_like(src)
+        times = []
+        for _ in range(iters + 3):
+            self.torch.cuda.synchronize()
+            start = time.perf_counter()
+            dst.copy_(src)
+            self.torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+        return statistics.median(times[3:])
 
-def p2p_dag(rt: ModuleType, sender: Any, receiver: Any) -> Any:
-    """InputNode(nbytes) -> sender.produce -> (GPU transport "auto") -> receiver.consume."""
+
+class CpuWorker:
+    """GpuWorker's CPU twin: CPU tensors, for the gloo rows."""
+
+    def __init__(self) -> None:
+        import torch
+
+        self.torch = torch
+        self.buf = None
+
+    def ready(self) -> bool:
+        """Answer once the actor is up."""
+        return True
+
+    def produce(self, nbytes: int) -> Any:
+        """A CPU float32 tensor of nbytes (allocated once, reused every execution)."""
+        numel = max(1, nbytes // 4)
+        if self.buf is None or self.buf.numel() != numel:
+            self.buf = self.torch.ones(numel, dtype=self.torch.float32)
+        return self.buf
+
+    def consume(self, tensor: Any) -> int:
+        """Return the tensor's size in bytes."""
+        return tensor.numel() * tensor.element_size()
+
+
+def p2p_dag(rt: ModuleType, sender: Any, receiver: Any, transport: str = "auto") -> Any:
+    """InputNode(nbytes) -> sender.produce -> (tensor transport) -> receiver.consume."""
     with dag_module(rt).InputNode() as inp:
-        tensor = sender.produce.bind(inp).with_tensor_transport("auto")
+        tensor = sender.produce.bind(inp).with_tensor_transport(transport)
         return receiver.consume.bind(tensor)
 
 
-@workload("gpu_p2p_small", "gpu_p2p_100mb")
+def gbps_row(name: str, samples: list[float], nbytes: int) -> Row:
+    """A GB/s row from latency samples of moving nbytes (value = nbytes / p50)."""
+    row = latency_row(name, samples)
+    row.unit, row.value = "GB/s", round(nbytes / GB / (row.p50_us * 1e-6), 2)
+    return row
+
+
+def allreduce_dag(rt: ModuleType, workers: list[Any]) -> Any:
+    """InputNode(nbytes) -> each worker.produce -> allreduce -> each worker.consume."""
+    dag_mod = dag_module(rt)
+    with dag_mod.InputNode() as inp:
+        reduced = collective_module(rt).allreduce.bind([w.produce.bind(inp) for w in workers])
+        return dag_mod.MultiOutputNode([w.consume.bind(t) for w, t in zip(workers, reduced)])
+
+
+@workload("gpu_p2p_small", "gpu_p2p_100mb", "gpu_d2d_copy_100mb")
 def gpu_p2p(rt: ModuleType, cfg: Config) -> list[Row]:
-    """A CUDA tensor between two actors through a compiled graph: 100 B (µs) and 100 MiB (GB/s)."""
+    """A CUDA tensor between two actors through a compiled graph: 100 B (µs) and 100 MiB (GB/s),
+    beside a plain device-to-device copy of the same 100 MiB in one of the actors."""
+    names, units = ("gpu_p2p_small", "gpu_p2p_100mb", "gpu_d2d_copy_100mb"), ("us", "GB/s", "GB/s")
     if why := cuda_missing():
-        return skipped(("gpu_p2p_small", "gpu_p2p_100mb"), ("us", "GB/s"), why)
+        return skipped(names, units, why)
     with spawned(rt, GpuWorker, 2, **GPU_ACTOR) as (sender, receiver):
         with compiled(p2p_dag(rt, sender, receiver)) as cdag:
             small = sample_latencies(
                 lambda: rt.get(cdag.execute(100)), cfg.n(200, 20), cfg.n(2000, 200)
             )
-        with compiled(p2p_dag(rt, sender, receiver)) as cdag:
             big = sample_latencies(
                 lambda: rt.get(cdag.execute(100 * MiB)), cfg.n(5, 2), cfg.n(50, 10)
             )
-    big_row = latency_row("gpu_p2p_100mb", big)
-    big_row.unit, big_row.value = "GB/s", round(100 * MiB / GB / (big_row.p50_us * 1e-6), 2)
-    return [latency_row("gpu_p2p_small", small), big_row]
+        copy_s = rt.get(sender.d2d_copy_seconds.remote(100 * MiB, cfg.n(50, 10)))
+    copy = Row(names[2], "GB/s", round(100 * MiB / GB / copy_s, 2),
+               note="reference: one tensor.copy_ on the sender's GPU")
+    return [latency_row(names[0], small), gbps_row(names[1], big, 100 * MiB), copy]
+
+
+@workload("cpu_p2p_small_gloo")
+def cpu_p2p_small_gloo(rt: ModuleType, cfg: Config) -> list[Row]:
+    """A 100-byte CPU tensor between two actors over transport "nccl", which is gloo on CPU; p50 µs."""
+    if rt.__name__ != "ember":
+        return skipped(("cpu_p2p_small_gloo",), ("us",), "skipped: ember's gloo path only")
+    with spawned(rt, CpuWorker, 2, **CPU_ACTOR) as (sender, receiver):
+        with compiled(p2p_dag(rt, sender, receiver, "nccl")) as cdag:
+            samples = sample_latencies(
+                lambda: rt.get(cdag.execute(100)), cfg.n(200, 20), cfg.n(2000, 200)
+            )
+    return [latency_row("cpu_p2p_small_gloo", samples)]
 
 
 @workload("gpu_allreduce_100mb", "torch_allreduce_100mb")
@@ -105,38 +175,57 @@ def gpu_allreduce_100mb(rt: ModuleType, cfg: Config) -> list[Row]:
     names, units = ("gpu_allreduce_100mb", "torch_allreduce_100mb"), ("GB/s", "GB/s")
     if why := cuda_missing():
         return skipped(names, units, why)
-    allreduce = collective_module(rt).allreduce
-    dag_mod = dag_module(rt)
-    with spawned(rt, GpuWorker, 2, **GPU_ACTOR) as workers:
-        with dag_mod.InputNode() as inp:
-            reduced = allreduce.bind([w.produce.bind(inp) for w in workers])
-            dag = dag_mod.MultiOutputNode([w.consume.bind(t) for w, t in zip(workers, reduced)])
-        with compiled(dag) as cdag:
+    import torch
+
+    if torch.cuda.device_count() < 2:
+        return skipped(names, units, "skipped: needs 2 GPUs (NCCL cannot put two ranks on one GPU)")
+    with spawned(rt, GpuWorker, 2, num_gpus=1, num_cpus=0) as workers:
+        with compiled(allreduce_dag(rt, workers)) as cdag:
             samples = sample_latencies(
                 lambda: rt.get(cdag.execute(100 * MiB)), cfg.n(5, 2), cfg.n(30, 5)
             )
-    row = latency_row(names[0], samples)
-    row.unit, row.value = "GB/s", round(100 * MiB / GB / (row.p50_us * 1e-6), 2)
+    row = gbps_row(names[0], samples, 100 * MiB)
     row.note = "algbw = bytes / p50 time; busbw equals algbw for 2 ranks"
-    return [row, torch_allreduce_reference(cfg)]
+    return [row, torch_allreduce_reference(cfg, "nccl")]
 
 
-def _torch_allreduce_rank(rank: int, port: int, iters: int, out: Any) -> None:
-    """One rank of the bare torch.distributed NCCL allreduce reference."""
+@workload("cpu_allreduce_100mb_gloo", "torch_gloo_allreduce_100mb")
+def cpu_allreduce_100mb_gloo(rt: ModuleType, cfg: Config) -> list[Row]:
+    """allreduce of a 100 MiB CPU tensor across 2 actors in a compiled graph over gloo (GB/s),
+    beside bare torch.distributed gloo between 2 processes."""
+    names, units = ("cpu_allreduce_100mb_gloo", "torch_gloo_allreduce_100mb"), ("GB/s", "GB/s")
+    if rt.__name__ != "ember":
+        return skipped(names, units, "skipped: ember's gloo path only")
+    with spawned(rt, CpuWorker, 2, **CPU_ACTOR) as workers:
+        with compiled(allreduce_dag(rt, workers)) as cdag:
+            samples = sample_latencies(
+                lambda: rt.get(cdag.execute(100 * MiB)), cfg.n(3, 1), cfg.n(20, 5)
+            )
+    row = gbps_row(names[0], samples, 100 * MiB)
+    row.note = "algbw = bytes / p50 time, execute + get of the whole graph"
+    return [row, torch_allreduce_reference(cfg, "gloo")]
+
+
+def _torch_allreduce_rank(rank: int, port: int, iters: int, backend: str, out: Any) -> None:
+    """One rank of the bare torch.distributed allreduce reference (NCCL on GPUs, gloo on CPU)."""
     import torch
     import torch.distributed as dist
 
-    torch.cuda.set_device(rank)
+    cuda = backend == "nccl"
+    if cuda:
+        torch.cuda.set_device(rank)
     dist.init_process_group(
-        "nccl", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2
+        backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2
     )
-    buf = torch.ones(100 * MiB // 4, dtype=torch.float32, device="cuda")
+    buf = torch.ones(100 * MiB // 4, dtype=torch.float32, device="cuda" if cuda else "cpu")
     times = []
     for i in range(iters + 3):
-        torch.cuda.synchronize()
+        if cuda:
+            torch.cuda.synchronize()
         start = time.perf_counter()
         dist.all_reduce(buf)
-        torch.cuda.synchronize()
+        if cuda:
+            torch.cuda.synchronize()
         if i >= 3:
             times.append(time.perf_counter() - start)
     if rank == 0:
@@ -144,26 +233,24 @@ def _torch_allreduce_rank(rank: int, port: int, iters: int, out: Any) -> None:
     dist.destroy_process_group()
 
 
-def torch_allreduce_reference(cfg: Config) -> Row:
-    """Bare torch.distributed NCCL allreduce of 100 MiB between 2 processes on 2 GPUs; GB/s."""
+def torch_allreduce_reference(cfg: Config, backend: str) -> Row:
+    """Bare torch.distributed allreduce of 100 MiB between 2 processes (NCCL: on 2 GPUs); GB/s."""
     import socket
 
-    import torch
-
-    if torch.cuda.device_count() < 2:
-        return Row("torch_allreduce_100mb", "GB/s", None,
-                   note="skipped: needs 2 GPUs (NCCL cannot put two ranks on one GPU)")
+    name = "torch_allreduce_100mb" if backend == "nccl" else "torch_gloo_allreduce_100mb"
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
-    procs = [ctx.Process(target=_torch_allreduce_rank, args=(r, port, cfg.n(30, 5), out))
+    iters = cfg.n(30, 5) if backend == "nccl" else cfg.n(20, 5)
+    procs = [ctx.Process(target=_torch_allreduce_rank, args=(r, port, iters, backend, out))
              for r in range(2)]
     for p in procs:
         p.start()
     seconds = out.get(timeout=300)
     for p in procs:
         p.join(timeout=60)
-    return Row("torch_allreduce_100mb", "GB/s", round(100 * MiB / GB / seconds, 2),
-               note="reference: bare torch.distributed NCCL, 2 GPUs")
+    where = "2 GPUs" if backend == "nccl" else "CPU tensors"
+    return Row(name, "GB/s", round(100 * MiB / GB / seconds, 2),
+               note=f"reference: bare torch.distributed {backend}, 2 processes, {where}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ember.dag.collective import CollectiveOutputNode
 from ember.dag.nodes import (ClassMethodNode, ClassMethodOutputNode, DAGNode, FunctionNode,
                              InputAttributeNode, InputNode, MultiOutputNode)
 
@@ -69,6 +70,9 @@ def execute_uncompiled(output: DAGNode, args: tuple, kwargs: dict) -> Any:
             value = node._remote_function.remote(*call_args, **call_kwargs)
         elif isinstance(node, MultiOutputNode):
             value = list(call_args)
+        elif isinstance(node, CollectiveOutputNode):
+            raise TypeError(f"{node._describe()} is a collective, which runs only in a compiled "
+                            f"graph: call dag.compile() and execute that")
         else:
             raise TypeError(f"cannot execute {node._describe()}: unknown node type")
         results[id(node)] = value

@@ -23,7 +23,12 @@ from __future__ import annotations
 import itertools
 import os
 import sys
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
+
+from ember.gpu.tensors import AUTO, TorchTensorType
+
+if TYPE_CHECKING:
+    from ember.gpu.communicator import Communicator
 
 _NODE_COUNTER = itertools.count()
 _EMBER_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -66,6 +71,7 @@ class DAGNode:
         self._seq = next(_NODE_COUNTER)
         self._bind_site = _bind_site()
         self._downstream: list[DAGNode] = []
+        self._type_hint: TorchTensorType | None = None
         for up in self._all_upstream():
             if not any(d is self for d in up._downstream):
                 up._downstream.append(self)
@@ -98,6 +104,21 @@ class DAGNode:
     def __repr__(self) -> str:
         return f"<{self._describe()}>"
 
+    # -- type hints ------------------------------------------------------------------------------
+
+    def with_tensor_transport(self, transport: "str | Communicator" = AUTO) -> "DAGNode":
+        """Send the tensors in this node's value over a GPU transport ("auto", "ipc", "nccl",
+        "cpu", or a Communicator); returns the node. See Note [auto transport] in
+        ember/engine/transports.py."""
+        return self.with_type_hint(TorchTensorType(transport=transport))
+
+    def with_type_hint(self, hint: TorchTensorType) -> "DAGNode":
+        """Declare the tensors of this node's value (shape, dtype, transport); returns the node."""
+        if not isinstance(hint, TorchTensorType):
+            raise TypeError(f"with_type_hint takes a TorchTensorType, got {hint!r}")
+        self._type_hint = hint
+        return self
+
     # -- running ---------------------------------------------------------------------------------
 
     def execute(self, *args: Any, **kwargs: Any) -> Any:
@@ -115,7 +136,8 @@ class DAGNode:
 
         Options (all keyword): ``submit_timeout``, ``get_timeout``, ``buffer_size_bytes``,
         ``max_inflight_executions``, ``max_buffered_results``, ``enable_asyncio`` (accepted and
-        ignored: ``execute_async`` always works). Ray's spellings with a leading underscore are
+        ignored: ``execute_async`` always works), ``overlap_gpu_communication`` (GPU
+        communication on its own CUDA stream). Ray's spellings with a leading underscore are
         accepted too. See ``ember.engine.CompileOptions``.
         """
         from ember.engine.compiled_dag import compile_dag

@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import itertools
 import logging
+import os
 import socket
 import threading
 import time
@@ -39,11 +40,14 @@ from ember.channels.intra_process import IntraProcessType
 from ember.channels.shared_memory import SharedMemoryType
 from ember.dag.nodes import DAGNode
 from ember.engine import registry
+from ember.engine.comm_schedule import check_communication, order_communication
 from ember.engine.executor import ExecutorLoop, RaisedError, start_actor_loop, stop_actor_loop
+from ember.engine.groups import store_address
 from ember.engine.options import CompileOptions
 from ember.engine.plan import DRIVER, DRIVER_TASKS, SHARED_MEMORY, Plan, make_plan
 from ember.engine.refs import CompiledDAGFuture, CompiledDAGRef, CompiledDAGRefList, unwrap
 from ember.engine.schedule import Schedule, driver_schedule, dry_run, make_schedules
+from ember.engine.transports import Endpoint, describe_process, needs_transports, plan_transports
 from ember.engine.validate import input_check, validate
 from ember.exceptions import (ActorDiedError, ChannelClosedError, ChannelTimeoutError,
                               CompileError, DAGTeardownError, EmberError)
@@ -96,7 +100,11 @@ class CompiledDAG:
 
         graph = validate(root)
         plan = make_plan(graph)
-        schedules = make_schedules(plan)
+        if needs_transports(plan):
+            plan_transports(plan, self._endpoints(plan), self._graph_id,
+                            options.overlap_gpu_communication)
+        schedules = order_communication(plan, make_schedules(plan))
+        check_communication(plan, schedules)
         dry_run(plan, schedules)
         self._plan: Plan = plan
         self._schedules: dict[str, Schedule] = schedules
@@ -113,21 +121,38 @@ class CompiledDAG:
 
     # -- starting --------------------------------------------------------------------------------
 
+    def _endpoints(self, plan: Plan) -> dict[str, Endpoint]:
+        """Where every participant runs and which GPUs it sees (asked of each actor)."""
+        driver = Endpoint((_HOST, os.getpid()), driver=True)
+        endpoints = {DRIVER: driver, DRIVER_TASKS: driver}
+        refs = {a: _run_in_actor(h, describe_process) for a, h in plan.actors.items()}
+        for actor_id, ref in refs.items():
+            host, pid, gpus = _get(ref, self._options.start_timeout)
+            endpoints[actor_id] = Endpoint((host, pid), tuple(gpus))
+        return endpoints
+
     def _start(self, plan: Plan, schedules: dict[str, Schedule]) -> None:
         options = self._options
         for cp in plan.channels:
             if cp.transport == SHARED_MEMORY:
-                self._channels[cp.id] = channel_type(cp.transport, options).create_channel(
+                channel = channel_type(cp.transport, options).create_channel(
                     len(cp.readers), num_slots=options.max_inflight_executions)
+                if cp.id in plan.tensor_edges:
+                    from ember.gpu.tensor_channel import TensorChannel
+                    channel = TensorChannel(channel, plan.tensor_edges[cp.id])
+                self._channels[cp.id] = channel
         graph = plan.graph
         n = len(graph.nodes)
+        store = store_address() if plan.groups else None
         pending = []
         for actor_id, handle in plan.actors.items():
             sched = schedules[actor_id]
             used = {op.channel for op in sched.ops if op.channel >= 0}
             channels = {cid: self._channels[cid] for cid in used}
+            groups = tuple(g for g in plan.groups if actor_id in g.actors)
             ref = _run_in_actor(handle, start_actor_loop, self._graph_id, sched, channels, n,
-                                actor_id, _HOST)
+                                actor_id, _HOST, groups, store,
+                                options.overlap_gpu_communication)
             pending.append((actor_id, ref))
         problems = []
         for actor_id, ref in pending:
@@ -321,9 +346,9 @@ class CompiledDAG:
                 raise
             # Note [driver copies]: a value with zero-copy buffers (numpy arrays) views the
             # channel's slot, which is reused once released; the user keeps results as long as
-            # they like, so the driver keeps a copy. (``_holding`` tells that the reader still
-            # holds the slot; without it, copy to be safe.)
-            if getattr(reader, "_holding", True):
+            # they like, so the driver keeps a copy. (``holding`` tells that the reader still
+            # holds the slot.)
+            if reader.holding:
                 if type(value) not in _IMMUTABLE:
                     value = copy.deepcopy(value)
                 reader.release()

@@ -27,9 +27,10 @@ import threading
 import traceback
 from typing import Any, Callable
 
+from ember.engine.groups import join_groups, release_groups
 from ember.engine.schedule import COMPUTE, READ, WRITE, NodeRef, NodeSpec, Schedule
 from ember.exceptions import (ActorDiedError, ChannelClosedError, EmberError, GetTimeoutError,
-                              SerializationError, TaskError)
+                              SerializationError, TaskError, TensorTransportError)
 
 logger = logging.getLogger(__name__)
 
@@ -53,8 +54,9 @@ class ExecutorLoop:
     """Runs one participant's schedule of one graph, once per execution, on its own thread."""
 
     def __init__(self, graph_id: str, schedule: Schedule, channels: dict[int, Any],
-                 instance: Any, where: str, num_nodes: int) -> None:
+                 instance: Any, where: str, num_nodes: int, overlap: bool = False) -> None:
         self.graph_id = graph_id
+        self._overlap = overlap
         self.schedule = schedule
         self.where = where
         self.error: BaseException | None = None
@@ -98,7 +100,7 @@ class ExecutorLoop:
             def write() -> None:
                 try:
                     writer.write(values[pos], None)
-                except SerializationError as exc:
+                except (SerializationError, TensorTransportError) as exc:  # nothing was written
                     writer.write(RaisedError(TaskError.wrap(exc, where, traceback.format_exc())),
                                  None)
             return write
@@ -127,6 +129,9 @@ class ExecutorLoop:
                 args, kwargs = payload
                 values[pos] = args[key] if isinstance(key, int) else kwargs[key]
             return attribute
+        if spec.kind == "collective":
+            from ember.engine.collectives import collective_step
+            return collective_step(values, pos, spec, where, self._overlap, RaisedError)
         if spec.kind == "method":
             fn = getattr(self._instance, spec.name)
             check = _returns_checker(spec)
@@ -185,6 +190,11 @@ class ExecutorLoop:
                              self.where, traceback.format_exc())
             self.close_channels()
         finally:
+            for handle in (*self._readers.values(), *self._writers.values()):
+                try:
+                    handle.close()   # also frees what a handle holds itself (GPU buffers)
+                except Exception:  # noqa: BLE001 - closing is best effort
+                    pass
             if self.on_exit is not None:
                 self.on_exit()
 
@@ -283,30 +293,44 @@ _LOOPS_LOCK = threading.Lock()
 
 
 def start_actor_loop(instance: Any, graph_id: str, schedule: Schedule, channels: dict[int, Any],
-                     num_nodes: int, actor_id: str, driver_host: str) -> tuple:
-    """Start this actor's loop of graph ``graph_id`` (run through ``_ember_run``).
+                     num_nodes: int, actor_id: str, driver_host: str, groups: tuple = (),
+                     store: tuple[str, int] | None = None, overlap: bool = False) -> tuple:
+    """Start this actor's loop of graph ``graph_id`` (run through ``_ember_run``), after joining
+    its communicator ``groups`` on the driver's ``store`` (Note [group rendezvous] in groups.py).
 
     Returns ``("ok", host name, pid)`` of the actor's process, which the driver watches, or
     ``("compile-error", message)`` when a method does not exist or does not take the bound
-    arguments (the driver raises it as CompileError naming the node).
+    arguments, or a group cannot be joined (the driver raises it as CompileError).
     """
     if socket.gethostname() != driver_host:
         return ("compile-error",
                 f"actor {actor_id} runs on {socket.gethostname()}, not on the driver's node "
                 f"{driver_host}; compiled graphs use shared-memory channels, so every actor of "
                 f"the graph must live on the driver's node (cross-node channels are not built)")
+    where = f"actor {actor_id} (pid {os.getpid()})"
+    try:  # joined even when a method is wrong, so that no other member waits for this one
+        group_keys = join_groups(actor_id, groups, store)
+    except Exception as exc:  # noqa: BLE001 - reported to the driver as a CompileError
+        return ("compile-error", f"{where} could not join its communicator groups {list(groups)}: "
+                                 f"{type(exc).__name__}: {exc}")
     problem = check_methods(instance, schedule)
     if problem is not None:
+        release_groups(group_keys)
         return ("compile-error", problem)
-    where = f"actor {actor_id} (pid {os.getpid()})"
-    loop = ExecutorLoop(graph_id, schedule, channels, instance, where, num_nodes)
+    try:
+        loop = ExecutorLoop(graph_id, schedule, channels, instance, where, num_nodes, overlap)
+    except BaseException:
+        release_groups(group_keys)
+        raise
     key = (graph_id, actor_id)
     with _LOOPS_LOCK:
         if key in _LOOPS:
+            release_groups(group_keys)
             raise EmberError(f"graph {graph_id} already has a loop in {where}")
         _LOOPS[key] = loop
 
     def forget() -> None:  # a loop that ends on its own (graph dropped or broken) leaves no trace
+        release_groups(group_keys)
         with _LOOPS_LOCK:
             if _LOOPS.get(key) is loop:
                 del _LOOPS[key]

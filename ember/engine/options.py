@@ -24,10 +24,12 @@ class CompileOptions:
     enable_asyncio: bool = False             # accepted for Ray; execute_async always works
     start_timeout: float = 60.0              # compile: wait for the loops to start
     teardown_timeout: float = 5.0            # teardown: wait for the loops to end
+    overlap_gpu_communication: bool = False  # GPU sends/recvs/collectives on their own stream
 
     _ALIASES = {"_submit_timeout": "submit_timeout", "_buffer_size_bytes": "buffer_size_bytes",
                 "_max_inflight_executions": "max_inflight_executions",
-                "_get_timeout": "get_timeout"}
+                "_get_timeout": "get_timeout",
+                "_overlap_gpu_communication": "overlap_gpu_communication"}
 
     @classmethod
     def from_kwargs(cls, kwargs: dict[str, Any]) -> "CompileOptions":

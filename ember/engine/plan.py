@@ -28,13 +28,19 @@ COMPUTE stores the value, the consumer's COMPUTE takes it. No lock, no copy.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ember.dag.collective import CollectiveOutputNode
 from ember.dag.nodes import (ClassMethodNode, ClassMethodOutputNode, DAGNode, FunctionNode,
                              InputAttributeNode, InputNode)
 from ember.engine import schedule as _schedule
 from ember.engine.validate import Graph
+
+if TYPE_CHECKING:
+    from ember.engine.groups import GroupPlan
+    from ember.gpu.tensor_channel import TensorEdge
 
 DRIVER = _schedule.DRIVER          # "driver"
 DRIVER_TASKS = "driver-tasks"
@@ -72,6 +78,11 @@ class Plan:
     channels: list[ChannelPlan]
     remote: dict[int, int] = field(default_factory=dict)   # node -> its shared-memory channel
     actors: dict[str, Any] = field(default_factory=dict)   # actor id -> handle
+    # GPU transports (ember.engine.transports): tensor edges by channel id, communicator groups,
+    # and per collective output node: (the collective's id, its group's key)
+    tensor_edges: dict[int, "TensorEdge"] = field(default_factory=dict)
+    groups: list["GroupPlan"] = field(default_factory=list)
+    collectives: dict[int, tuple[int, Hashable]] = field(default_factory=dict)
 
     def channel_of(self, node: int) -> ChannelPlan:
         return self.channels[self.remote[node]]
@@ -79,7 +90,7 @@ class Plan:
 
 def host_of(node: DAGNode) -> str | None:
     """The participant that computes ``node`` (None for input attributes, see the Notes)."""
-    if isinstance(node, (ClassMethodNode, ClassMethodOutputNode)):
+    if isinstance(node, (ClassMethodNode, ClassMethodOutputNode, CollectiveOutputNode)):
         return node.actor_id
     if isinstance(node, FunctionNode):
         return DRIVER_TASKS

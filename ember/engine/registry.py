@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import sys
 import threading
 import weakref
 from typing import Any
@@ -14,12 +15,17 @@ _LIVE: "weakref.WeakSet[Any]" = weakref.WeakSet()
 
 
 def teardown_all() -> None:
-    """Tear down every live compiled graph (at ``ember.shutdown`` and at interpreter exit)."""
+    """Tear down every live compiled graph (at ``ember.shutdown`` and at interpreter exit), then
+    drop this process's communicator groups and stores (Note [group rendezvous] in groups.py)."""
     for dag in list(_LIVE):
         try:
             dag.teardown()
         except Exception:  # noqa: BLE001
             logger.exception("teardown of %r failed", dag)
+    communicator = sys.modules.get("ember.gpu.communicator")
+    if communicator is not None:   # loaded only where a graph used GPU communication
+        communicator.communicator_registry.clear()
+        communicator.close_stores()
 
 
 _hooks_lock = threading.Lock()

@@ -69,15 +69,16 @@ class NodeRef:
 class NodeSpec:
     """What a COMPUTE of one node runs, as plain data."""
 
-    kind: str                    # "method" | "output" | "function" | "attribute"
+    kind: str                    # "method" | "output" | "function" | "attribute" | "collective"
     label: str                   # the node's description, for error messages
-    name: str = ""               # method: the method name
+    name: str = ""               # method: the method name; collective: "allreduce", ...
     args: tuple = ()             # bound arguments: constants and NodeRefs
     kwargs: dict = field(default_factory=dict)
     num_returns: int = 1         # method: how many values it returns
     index: int = 0               # output: which value of the parent; parent is args[0]
     key: Any = None              # attribute: the positional index or keyword name
     function: Any = None         # function: the remote function (driver only, never pickled)
+    group: Any = None            # collective: the registry key of its communicator group
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
@@ -99,6 +100,7 @@ class Schedule:
 
 def node_spec(plan: Plan, pos: int) -> NodeSpec:
     """Describe node ``pos`` of the plan's graph for its executor."""
+    from ember.dag.collective import CollectiveOutputNode
     from ember.dag.nodes import (ClassMethodNode, ClassMethodOutputNode, FunctionNode,
                                  InputAttributeNode, InputNode)
     graph = plan.graph
@@ -124,6 +126,9 @@ def node_spec(plan: Plan, pos: int) -> NodeSpec:
                         function=node._remote_function)
     if isinstance(node, InputAttributeNode):
         return NodeSpec("attribute", label, args=args, key=node._key)
+    if isinstance(node, CollectiveOutputNode):
+        return NodeSpec("collective", label, name=node.call.kind, args=args,
+                        kwargs={"op": node.call.op}, group=plan.collectives[pos][1])
     raise TypeError(f"no COMPUTE for {label}")
 
 

@@ -54,7 +54,9 @@ def _edge(plan: Any, up: int, pos: int | None, target: str) -> str:
     if pos is not None and plan.hosts[pos] == host:
         return f"  n{up} -> {target} [label=\"in-process\", {_STYLE[INTRA_PROCESS]}];"
     channel = plan.channel_of(up)
-    return f"  n{up} -> {target} [label=\"c{channel.id} shm\", {_STYLE[SHARED_MEMORY]}];"
+    edge = plan.tensor_edges.get(channel.id)
+    what = "shm" if edge is None else "shm + " + "/".join(dict.fromkeys(edge.transports))
+    return f"  n{up} -> {target} [label=\"c{channel.id} {what}\", {_STYLE[SHARED_MEMORY]}];"
 
 
 def render(dag: Any, filename: str | None = None, format: str | None = None,

@@ -12,9 +12,7 @@ import torch
 import torch.distributed as dist
 
 from ember.exceptions import ChannelTimeoutError, TensorTransportError
-from ember.gpu.tensors import TensorMeta
-
-REDUCE_OPS = ("sum", "product", "min", "max", "avg")
+from ember.gpu.tensors import REDUCE_OPS, TensorMeta
 DEFAULT_TIMEOUT_S = 300.0
 
 
@@ -65,6 +63,17 @@ class Communicator(ABC):
     @abstractmethod
     def destroy(self) -> None:
         """Free the group; idempotent. Ops after it raise TensorTransportError."""
+
+    def initialize(self, rank: int, world_size: int) -> None:
+        """Join the group as ``rank`` of ``world_size``; a compiled graph calls it in each member
+        process on its own copy of a user communicator (see Note [user communicators])."""
+
+
+# Note [user communicators]
+# A Communicator given as a transport (``with_tensor_transport(comm)``, a collective's
+# ``transport=comm``) is pickled into every actor of its edge or collective. There the graph calls
+# ``initialize(rank, world_size)`` on the copy (ranks: the actors sorted by id for an edge, the
+# bind order for a collective) and then uses it like a built-in group; teardown destroys the copy.
 
 
 def reduce_op(op: str) -> dist.ReduceOp:

@@ -168,6 +168,7 @@ class CudaIpcWriter:
         self._done = [[] for _ in self._done]
         self._unannounced.clear()
         torch.cuda.ipc_collect()  # free blocks whose readers have let go
+        torch.cuda.empty_cache()  # and give the freed buffers back to the driver
 
     def _allocate(self, slot: int, nbytes: int) -> None:
         """Make ``slot``'s buffer (and events, once) and queue their handles for the next message."""

@@ -127,3 +127,23 @@ def cuda_visible_devices(gpu_ids: Sequence[int | str]) -> str:
 def visible_devices_env(gpu_ids: Sequence[int | str]) -> dict[str, str]:
     """Environment entries that restrict a worker process to ``gpu_ids``."""
     return {CUDA_VISIBLE_DEVICES: cuda_visible_devices(gpu_ids)}
+
+
+def visible_gpu_uuids(environ: Mapping[str, str] | None = None) -> list[str]:
+    """The UUIDs of the GPUs this process may use, in CUDA order (CUDA_VISIBLE_DEVICES applied).
+
+    Entries of CUDA_VISIBLE_DEVICES may be indices or UUIDs; "" or no driver gives [].
+    """
+    gpus = list_gpus()
+    env = os.environ if environ is None else environ
+    visible = env.get(CUDA_VISIBLE_DEVICES)
+    if visible is None:
+        return [gpu.uuid for gpu in gpus]
+    by_index = {str(gpu.index): gpu.uuid for gpu in gpus}
+    uuids = []
+    for part in (p.strip() for p in visible.split(",")):
+        uuid = by_index.get(part) or next((g.uuid for g in gpus if part and g.uuid.startswith(part)), None)
+        if uuid is None:
+            break  # CUDA stops at the first invalid entry
+        uuids.append(uuid)
+    return uuids

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 
@@ -78,3 +79,19 @@ class CommStream:
         """Block the host until queued communication is done (teardown)."""
         if self._comm is not None:
             self._comm.synchronize()
+
+
+_process_streams: dict[tuple[bool, int], CommStream] = {}
+_process_streams_lock = threading.Lock()
+
+
+def process_comm_stream(overlap: bool) -> CommStream:
+    """This process's CommStream for its current CUDA device, shared by every graph (disabled
+    without ``overlap`` or without CUDA)."""
+    device = torch.cuda.current_device() if overlap and torch.cuda.is_available() else -1
+    with _process_streams_lock:
+        stream = _process_streams.get((overlap, device))
+        if stream is None:
+            stream = _process_streams[(overlap, device)] = CommStream(
+                None if device < 0 else device, overlap=overlap)
+        return stream

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 AUTO, IPC, NCCL, CPU = "auto", "ipc", "nccl", "cpu"
 TRANSPORTS = (AUTO, IPC, NCCL, CPU)
+REDUCE_OPS = ("sum", "product", "min", "max", "avg")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 import ember.dag
+import ember.gpu
 from ember.dag import (ClassMethodNode, ClassMethodOutputNode, DAGNode, FunctionNode,
                        InputAttributeNode, InputNode, MultiOutputNode)
 
@@ -60,12 +61,13 @@ class Worker:
         return x, x
 
 
-def test_public_names_are_exactly_the_node_types():
+def test_public_names_are_exactly_the_node_types_and_the_tensor_type_hint():
     assert set(ember.dag.__all__) == {
-        "ClassMethodNode", "ClassMethodOutputNode", "DAGNode", "FunctionNode",
-        "InputAttributeNode", "InputNode", "MultiOutputNode"}
-    for name in ember.dag.__all__:
+        "ClassMethodNode", "ClassMethodOutputNode", "CollectiveOutputNode", "DAGNode",
+        "FunctionNode", "InputAttributeNode", "InputNode", "MultiOutputNode", "TorchTensorType"}
+    for name in set(ember.dag.__all__) - {"TorchTensorType"}:
         assert issubclass(getattr(ember.dag, name), DAGNode)
+    assert ember.dag.TorchTensorType is ember.gpu.TorchTensorType
 
 
 def test_input_attributes_by_index_attribute_and_key():

@@ -1,0 +1,235 @@
+"""A channel for values that hold tensors: metadata over a CPU channel, tensor data over a GPU transport.
+
+``TensorChannel`` wraps the CPU channel it is given (shared memory between processes) and a
+``TensorEdge`` that says, per reader, how the tensors travel:
+
+* ``"nccl"``: ``Communicator.send`` / ``recv`` of the edge's group (NCCL on GPUs, gloo on CPU);
+* ``"ipc"``:  a CUDA IPC buffer shared once (``CudaIpcWriter`` / ``CudaIpcReader``);
+* ``"cpu"``:  host copies inside the CPU message (a reader without the GPU, such as the driver).
+
+Note [tensor messages]
+~~~~~~~~~~~~~~~~~~~~~~
+A write splits the value with ``split_tensors``: the tensors on the edge's device are taken out
+and the rest (the skeleton) travels pickled in one ``TensorPacket`` over the CPU channel, with
+the tensors' metadata (only their count when the type hint is static: the reader builds the
+metadata from the hint), the IPC message for IPC readers and host copies for CPU readers. Only
+then does the writer send the tensors to each "nccl" reader, in reader order; a reader reads the
+packet first, so it knows what to receive. The writer checks the type hint before writing
+anything, so a mismatch raises ``TensorTransportError`` in the writer (which the graph turns into
+an error value) and never leaves a reader waiting for a tensor of another shape.
+
+Note [IPC slots]
+~~~~~~~~~~~~~~~~
+The CUDA IPC protocol (Note [CUDA IPC protocol] in cuda_ipc.py) needs the writer's write(n) to
+start after every reader's release() of message n - S, with S the number of IPC slots. A reader
+here releases its previous IPC slot before it reads the next packet, and a shared-memory reader
+acks a packet (plain data) as soon as it reads it; with K CPU slots, write(n) starts only after
+every reader read packet n - K, hence released message n - K - 1. So the writer takes S = K + 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+
+from ember.channels.interface import Channel, ChannelReader, ChannelWriter
+from ember.exceptions import ChannelError, TensorTransportError
+from ember.gpu.communicator import Communicator, communicator_registry
+from ember.gpu.cuda_ipc import CudaIpcReader, CudaIpcWriter, IpcMessage
+from ember.gpu.streams import CommStream, process_comm_stream
+from ember.gpu.tensors import CPU, IPC, NCCL, TensorMeta, TorchTensorType, merge_tensors, split_tensors
+
+
+@dataclass(frozen=True)
+class TensorEdge:
+    """How the tensors of one channel travel: a transport per reader and the group for "nccl"."""
+
+    transports: tuple[str, ...]              # per reader: "nccl", "ipc" or "cpu"
+    device: str = "cuda"                     # tensors taken out of the value: "cuda" or "cpu"
+    hint: TorchTensorType | None = None
+    group: Hashable = None                   # communicator registry key of the "nccl" readers
+    writer_rank: int = -1
+    reader_ranks: tuple[int, ...] = ()       # per reader: its rank in the group, -1 if not "nccl"
+    overlap: bool = False                    # communicate on the process's CommStream
+    where: str = ""                          # the node, for error messages
+
+
+class TensorPacket(NamedTuple):
+    """What travels over the CPU channel (Note [tensor messages])."""
+
+    skeleton: Any
+    metas: tuple[TensorMeta, ...] | int      # an int (the count) when the hint is static
+    ipc: IpcMessage | None
+    host: tuple[torch.Tensor, ...] | None
+
+
+class TensorChannel(Channel):
+    """A CPU channel plus a GPU transport for the tensors of its values; pickles with both."""
+
+    def __init__(self, cpu: Channel, edge: TensorEdge) -> None:
+        if len(edge.transports) != cpu.num_readers:
+            raise ValueError(f"{len(edge.transports)} reader transports for a channel with "
+                             f"{cpu.num_readers} readers")
+        self.cpu = cpu
+        self.edge = edge
+        self.num_readers = cpu.num_readers
+        self.num_slots = cpu.num_slots
+
+    def writer(self) -> "TensorChannelWriter":
+        """The writing end (in the process that computes the value)."""
+        return TensorChannelWriter(self)
+
+    def reader(self, index: int = 0) -> "TensorChannelReader":
+        """The reading end of reader ``index``."""
+        return TensorChannelReader(self, index)
+
+    def close(self) -> None:
+        """Close the CPU channel, which wakes every reader and writer."""
+        self.cpu.close()
+
+    def destroy(self) -> None:
+        """Close and free the CPU channel (GPU buffers belong to the handles' processes)."""
+        self.cpu.destroy()
+
+    def __repr__(self) -> str:
+        return f"TensorChannel({self.cpu!r}, {'/'.join(self.edge.transports)})"
+
+
+def _communicator(edge: TensorEdge) -> Communicator:
+    """The live communicator of the edge's group in this process."""
+    comm = communicator_registry.get(edge.group)
+    if comm is None:
+        raise TensorTransportError(f"no communicator {edge.group!r} in this process for "
+                                   f"{edge.where}; the graph joins its groups at compile time")
+    return comm
+
+
+def _stream(edge: TensorEdge) -> CommStream:
+    return process_comm_stream(edge.overlap)
+
+
+class TensorChannelWriter(ChannelWriter):
+    """Writes a value: packet over the CPU channel, then tensors over the GPU transports."""
+
+    def __init__(self, channel: TensorChannel) -> None:
+        edge = self._edge = channel.edge
+        self._cpu = channel.cpu.writer()
+        self._device = edge.device
+        self._peers = [rank for t, rank in zip(edge.transports, edge.reader_ranks) if t == NCCL]
+        self._comm = _communicator(edge) if self._peers else None
+        self._num_ipc = edge.transports.count(IPC)
+        self._num_ipc_slots = channel.num_slots + 1   # Note [IPC slots]
+        self._ipc: CudaIpcWriter | None = None
+        self._host = CPU in edge.transports
+        self._stream = _stream(edge)
+
+    def attach(self) -> None:
+        self._cpu.attach()
+
+    def write(self, value: Any, timeout: float | None = None) -> None:
+        """Send ``value`` to every reader (Note [tensor messages])."""
+        device = self._device
+        skeleton, tensors = split_tensors(value, lambda t: t.device.type == device)
+        hint = self._edge.hint
+        if hint is not None:
+            for i, tensor in enumerate(tensors):
+                hint.check(tensor, f"{self._edge.where} tensor {i}")
+        metas = (len(tensors) if hint is not None and hint.static
+                 else tuple(TensorMeta.of(t) for t in tensors))
+        ipc = host = None
+        if tensors and self._num_ipc:
+            ipc = self._ipc_writer().write(tensors)
+        if tensors and self._host:
+            host = tuple(t.cpu() for t in tensors)
+        self._cpu.write(TensorPacket(skeleton, metas, ipc, host), timeout)
+        if tensors and self._peers:
+            self._send(tensors)
+
+    def _send(self, tensors: list[torch.Tensor]) -> None:
+        """Send every tensor to every "nccl" reader; a failure breaks the channel for good."""
+        comm = self._comm
+        with self._stream.communicating(tensors):
+            for peer in self._peers:
+                try:
+                    for tensor in tensors:
+                        comm.send(tensor, peer)
+                except TensorTransportError as exc:
+                    raise ChannelError(f"sending {self._edge.where} to rank {peer} failed: "
+                                       f"{exc}") from exc
+
+    def _ipc_writer(self) -> CudaIpcWriter:
+        if self._ipc is None:
+            self._ipc = CudaIpcWriter(num_readers=self._num_ipc, num_slots=self._num_ipc_slots,
+                                      stream=self._stream.stream)
+        return self._ipc
+
+    def close(self) -> None:
+        """Close the whole channel."""
+        if self._ipc is not None:
+            self._ipc.close()
+        self._cpu.close()
+
+
+class TensorChannelReader(ChannelReader):
+    """Reads a value: the packet from the CPU channel, then its tensors from this reader's transport."""
+
+    def __init__(self, channel: TensorChannel, index: int) -> None:
+        edge = self._edge = channel.edge
+        self._cpu = channel.cpu.reader(index)
+        self._transport = edge.transports[index]
+        self._comm = _communicator(edge) if self._transport == NCCL else None
+        self._peer = edge.writer_rank
+        self._ipc_index = edge.transports[:index].count(IPC)
+        self._ipc: CudaIpcReader | None = None
+        self._stream = _stream(edge)
+
+    def attach(self) -> None:
+        self._cpu.attach()
+
+    @property
+    def holding(self) -> bool:
+        return self._cpu.holding
+
+    def read(self, timeout: float | None = None) -> Any:
+        """Return the next value with its tensors in place (Note [IPC slots] for the order)."""
+        if self._ipc is not None:
+            self._ipc.release()
+        packet = self._cpu.read(timeout)
+        if not packet.metas:
+            return packet.skeleton
+        if self._transport == CPU:
+            tensors = packet.host
+        elif self._transport == IPC:
+            tensors = self._ipc_reader().read(packet.ipc)
+            self._stream.before_compute(tensors)
+        else:
+            tensors = self._recv(packet.metas)
+        return merge_tensors(packet.skeleton, tensors)
+
+    def _recv(self, metas: tuple[TensorMeta, ...] | int) -> list[torch.Tensor]:
+        if isinstance(metas, int):
+            metas = [self._edge.hint.meta(self._edge.device)] * metas
+        with self._stream.communicating():
+            tensors = [self._comm.recv(meta, self._peer) for meta in metas]
+        self._stream.before_compute(tensors)
+        return tensors
+
+    def _ipc_reader(self) -> CudaIpcReader:
+        if self._ipc is None:
+            self._ipc = CudaIpcReader(reader_index=self._ipc_index, stream=self._stream.stream)
+        return self._ipc
+
+    def release(self) -> None:
+        """Give back the IPC slot and the CPU slot of the value last read."""
+        if self._ipc is not None:
+            self._ipc.release()
+        self._cpu.release()
+
+    def close(self) -> None:
+        """Close the whole channel."""
+        if self._ipc is not None:
+            self._ipc.close()
+        self._cpu.close()
