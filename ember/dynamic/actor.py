@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 from ember.dynamic import api
 from ember.dynamic.object_ref import ObjectRef
-from ember.dynamic.remote_function import check_options, export, resource_request
+from ember.dynamic.remote_function import check_options, export, publish, resource_request
 from ember.dynamic.submitter import ActorState
 from ember.exceptions import ActorDiedError, ActorNotFoundError, GetTimeoutError
 
@@ -57,10 +57,7 @@ class ActorClass:
         opts = self._options
         if self._export is None:
             self._export = export(self._cls, f"actor class {self._cls.__name__}")
-        class_id, blob = self._export
-        if class_id not in core.exported:
-            core.endpoint.call(core.gcs_address, "kv_put", "functions", class_id, blob, True)
-            core.exported.add(class_id)
+        class_id = publish(core, self._export)
         actor_id = core.new_id()
         info = {"actor_id": actor_id, "name": opts["name"], "namespace": opts["namespace"],
                 "class_name": self._cls.__name__, "methods": self._methods, "state": "PENDING",

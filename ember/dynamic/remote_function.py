@@ -39,6 +39,15 @@ def export(obj: Any, what: str) -> tuple[str, bytes]:
     return hashlib.sha1(blob).hexdigest()[:24], blob
 
 
+def publish(core: Any, exported: tuple[str, bytes]) -> str:
+    """Put exported code into the GCS function table once per process; return its id."""
+    function_id, blob = exported
+    if function_id not in core.exported:
+        core.endpoint.call(core.gcs_address, "kv_put", "functions", function_id, blob, True)
+        core.exported.add(function_id)
+    return function_id
+
+
 def check_options(options: dict, allowed: dict, what: str) -> None:
     """Reject unknown option names with the list of known ones."""
     unknown = set(options) - set(allowed)
@@ -82,13 +91,9 @@ class RemoteFunction:
     def function_id(self, core: Any) -> str:
         """Export the function to the GCS once per process; return its id."""
         if self._export is None:
-            self._export = export(self._function, f"remote function "
-                                                  f"{self._function.__qualname__}")
-        function_id, blob = self._export
-        if function_id not in core.exported:
-            core.endpoint.call(core.gcs_address, "kv_put", "functions", function_id, blob, True)
-            core.exported.add(function_id)
-        return function_id
+            self._export = export(self._function,
+                                  f"remote function {self._function.__qualname__}")
+        return publish(core, self._export)
 
     def bind(self, *args: Any, **kwargs: Any) -> Any:
         """A graph node calling this function (see ember.dag)."""
