@@ -45,10 +45,10 @@ _NBUF = struct.Struct("<I")   # first field of a serialized frame: its number of
 # writer's word for a reader, the lagging reader's word for the writer) in slices of _SLICE_S.
 # Lost wake-ups are impossible: the waiter sets its ``sleeping`` flag and loads the word *before*
 # checking its condition, and the kernel sleeps only while the word still holds that value. A
-# party that changes a condition stores it, bumps its word, then (after a full fence) wakes the
-# word only if some waiter's ``sleeping`` flag is set. Fence on one side, futex_wait's own barrier
-# on the other: either the waker sees the flag, or the sleeper's kernel sees the new word. So a
-# write or an ack costs a wake system call only when someone actually sleeps.
+# party that changes a condition stores it, bumps its word, then wakes the word only if some
+# waiter's ``sleeping`` flag is set, looking again after a full fence if it saw none. Fence on one
+# side, futex_wait's own barrier on the other: either the waker sees the flag, or the sleeper's
+# kernel sees the new word. So a write or an ack costs a system call only when someone sleeps.
 # Between slices the waiter checks that the peer it waits on is still alive (pid and start time,
 # so a recycled pid does not count): a dead peer is ActorDiedError within a slice or two.
 # Memory order: payload and slot record are stored before the sequence counter that publishes
@@ -112,6 +112,13 @@ def _start_time(pid: int) -> int | None:
     return int(fields[19])
 
 
+def _any_sleeping(lines: list[_Line]) -> bool:
+    for line in lines:
+        if line.sleeping:
+            return True
+    return False
+
+
 def _slot_path(path: str, slot: int, generation: int) -> str:
     """Return the path of the segment of ``slot`` once it has grown to ``generation`` (> 0)."""
     return f"{path}_s{slot}_g{generation}"
@@ -142,11 +149,11 @@ class _Mapping:
         """Bump the futex word of ``party``; wake it if one of ``waiters`` sleeps."""
         line = self.lines[party]
         line.word = (line.word + 1) & _U32
-        futex.fence()
-        for waiter in waiters:
-            if waiter.sleeping:
-                futex.wake(self.word_addresses[party])
+        if not _any_sleeping(waiters):  # a flag seen set needs no fence: waking is always safe
+            futex.fence()
+            if not _any_sleeping(waiters):
                 return
+        futex.wake(self.word_addresses[party])
 
     def close(self) -> None:
         """Set the closed flag, then bump every futex word and wake every sleeper."""
