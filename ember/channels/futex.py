@@ -43,11 +43,12 @@ _futex_wait = _bind("syscall", [ctypes.c_long, ctypes.c_void_p, ctypes.c_int, ct
 _futex_wake = _bind("syscall", [ctypes.c_long, ctypes.c_void_p, ctypes.c_int, ctypes.c_int],
                     ctypes.c_long)
 _spin_trylock = _bind("pthread_spin_trylock", [ctypes.c_void_p])
-_spin_unlock = _bind("pthread_spin_unlock", [ctypes.c_void_p])
 _FENCE_LOCK = ctypes.c_int()
 if _bind("pthread_spin_init", [ctypes.c_void_p, ctypes.c_int])(ctypes.byref(_FENCE_LOCK), 0):
     raise ImportError("futex: pthread_spin_init failed")
 _FENCE_LOCK_ADDRESS = ctypes.addressof(_FENCE_LOCK)
+if _spin_trylock(_FENCE_LOCK_ADDRESS):  # held for good: see fence()
+    raise ImportError("futex: pthread_spin_trylock failed")
 
 
 def word_address(buffer: mmap.mmap | bytearray, offset: int) -> int:
@@ -81,9 +82,12 @@ def wait(address: int, expected: int, timeout_s: float | None) -> bool:
 
 
 def fence() -> None:
-    """Full memory barrier: later loads wait for earlier stores (a locked RMW on x86-64)."""
-    if _spin_trylock(_FENCE_LOCK_ADDRESS) == 0:
-        _spin_unlock(_FENCE_LOCK_ADDRESS)
+    """Full memory barrier: later loads wait for earlier stores.
+
+    One foreign call: trylock on a lock held for good fails, but glibc's x86-64 trylock runs a
+    ``lock cmpxchg`` either way, and a locked instruction is a full barrier.
+    """
+    _spin_trylock(_FENCE_LOCK_ADDRESS)
 
 
 def wake(address: int, count: int = WAKE_ALL) -> int:
