@@ -40,7 +40,7 @@ from ember.engine.validate import Graph
 
 if TYPE_CHECKING:
     from ember.engine.groups import GroupPlan
-    from ember.gpu.tensor_channel import TensorEdge
+    from ember.gpu.tensors import TensorEdge
 
 DRIVER = _schedule.DRIVER          # "driver"
 DRIVER_TASKS = "driver-tasks"

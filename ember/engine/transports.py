@@ -33,7 +33,7 @@ from ember.exceptions import CompileError
 from ember.gpu.tensors import AUTO, CPU, IPC, NCCL
 
 if TYPE_CHECKING:
-    from ember.gpu.tensor_channel import TensorEdge
+    from ember.gpu.tensors import TensorEdge
 
 HANDOFF = "handoff"
 
@@ -126,7 +126,7 @@ class _Groups:
 def plan_transports(plan: Plan, endpoints: dict[str, Endpoint], graph_id: str,
                     overlap: bool = False) -> None:
     """Fill ``plan.tensor_edges``, ``plan.groups`` and ``plan.collectives`` from the hints."""
-    from ember.gpu.tensor_channel import TensorEdge
+    from ember.gpu.tensors import TensorEdge
     graph = plan.graph
     groups = _Groups(graph_id, endpoints)
     edges: dict[int, TensorEdge] = {}
@@ -154,7 +154,7 @@ def plan_transports(plan: Plan, endpoints: dict[str, Endpoint], graph_id: str,
 def _edge(cp: Any, transports: tuple[str, ...], hint: Any, groups: _Groups, overlap: bool,
           where: str) -> "TensorEdge":
     """The TensorEdge of one channel, with its group when a reader takes "nccl"."""
-    from ember.gpu.tensor_channel import TensorEdge
+    from ember.gpu.tensors import TensorEdge
     nccl_readers = [r for r, t in zip(cp.readers, transports) if t == NCCL]
     if not nccl_readers:
         return TensorEdge(transports, "cuda", hint, overlap=overlap, where=where)

@@ -29,8 +29,6 @@ every reader read packet n - K, hence released message n - K - 1. So the writer 
 
 from __future__ import annotations
 
-from collections.abc import Hashable
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
@@ -40,21 +38,9 @@ from ember.exceptions import ChannelError, TensorTransportError
 from ember.gpu.communicator import Communicator, communicator_registry
 from ember.gpu.cuda_ipc import CudaIpcReader, CudaIpcWriter, IpcMessage
 from ember.gpu.streams import CommStream, process_comm_stream
-from ember.gpu.tensors import CPU, IPC, NCCL, TensorMeta, TorchTensorType, merge_tensors, split_tensors
+from ember.gpu.tensors import (CPU, IPC, NCCL, TensorEdge, TensorMeta, TorchTensorType,
+                               merge_tensors, split_tensors)
 
-
-@dataclass(frozen=True)
-class TensorEdge:
-    """How the tensors of one channel travel: a transport per reader and the group for "nccl"."""
-
-    transports: tuple[str, ...]              # per reader: "nccl", "ipc" or "cpu"
-    device: str = "cuda"                     # tensors taken out of the value: "cuda" or "cpu"
-    hint: TorchTensorType | None = None
-    group: Hashable = None                   # communicator registry key of the "nccl" readers
-    writer_rank: int = -1
-    reader_ranks: tuple[int, ...] = ()       # per reader: its rank in the group, -1 if not "nccl"
-    overlap: bool = False                    # communicate on the process's CommStream
-    where: str = ""                          # the node, for error messages
 
 
 class TensorPacket(NamedTuple):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ember.exceptions import TensorTransportError
@@ -177,3 +177,17 @@ def check_tensors(metas: Sequence["TensorMeta | torch.Tensor"], hint: TorchTenso
         return
     for i, meta in enumerate(metas):
         hint.check(meta, f"{where} tensor {i}" if where else f"tensor {i}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorEdge:
+    """How the tensors of one channel travel: a transport per reader and the group for "nccl"."""
+
+    transports: tuple[str, ...]              # per reader: "nccl", "ipc" or "cpu"
+    device: str = "cuda"                     # tensors taken out of the value: "cuda" or "cpu"
+    hint: TorchTensorType | None = None
+    group: Hashable = None                   # communicator registry key of the "nccl" readers
+    writer_rank: int = -1
+    reader_ranks: tuple[int, ...] = ()       # per reader: its rank in the group, -1 if not "nccl"
+    overlap: bool = False                    # communicate on the process's CommStream
+    where: str = ""                          # the node, for error messages
