@@ -126,7 +126,6 @@ class _Groups:
 def plan_transports(plan: Plan, endpoints: dict[str, Endpoint], graph_id: str,
                     overlap: bool = False) -> None:
     """Fill ``plan.tensor_edges``, ``plan.groups`` and ``plan.collectives`` from the hints."""
-    from ember.gpu.tensors import TensorEdge
     graph = plan.graph
     groups = _Groups(graph_id, endpoints)
     edges: dict[int, TensorEdge] = {}

@@ -38,8 +38,7 @@ from ember.exceptions import ChannelError, TensorTransportError
 from ember.gpu.communicator import Communicator, communicator_registry
 from ember.gpu.cuda_ipc import CudaIpcReader, CudaIpcWriter, IpcMessage
 from ember.gpu.streams import CommStream, process_comm_stream
-from ember.gpu.tensors import (CPU, IPC, NCCL, TensorEdge, TensorMeta, TorchTensorType,
-                               merge_tensors, split_tensors)
+from ember.gpu.tensors import (CPU, IPC, NCCL, TensorEdge, TensorMeta, merge_tensors, split_tensors)
 
 
 
