@@ -7,6 +7,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from ember.dynamic.resources import detect_gpus as gpu_count  # the one NVML count
+
 CUDA_VISIBLE_DEVICES = "CUDA_VISIBLE_DEVICES"
 
 
@@ -69,17 +71,6 @@ def list_gpus() -> list[GpuInfo]:
             return gpus
         except Exception:
             return []
-
-
-def gpu_count() -> int:
-    """The number of GPUs NVML sees on this machine (0 without a driver)."""
-    with _nvml() as nvml:
-        if nvml is None:
-            return 0
-        try:
-            return int(nvml.nvmlDeviceGetCount())
-        except Exception:
-            return 0
 
 
 def process_gpu_memory(pid: int) -> int:
