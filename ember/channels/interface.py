@@ -91,6 +91,11 @@ class Channel(ABC):
     def close(self) -> None:
         """Close the channel for every handle (see Note [channel close])."""
 
+    def check_reader_index(self, index: int) -> None:
+        """Raise ValueError unless ``index`` names one of this channel's readers."""
+        if not 0 <= index < self.num_readers:
+            raise ValueError(f"reader index {index} is out of range of {self.num_readers}")
+
     @abstractmethod
     def destroy(self) -> None:
         """Close the channel and free its memory; called once, by its creator."""

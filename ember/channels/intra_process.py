@@ -68,8 +68,7 @@ class IntraProcessChannel(Channel):
 
     def reader(self, index: int = 0) -> "IntraProcessReader":
         """Return the handle of reader ``index``."""
-        if not 0 <= index < self.num_readers:
-            raise ValueError(f"reader index {index} is out of range of {self.num_readers}")
+        self.check_reader_index(index)
         return IntraProcessReader(self, index)
 
     def close(self) -> None:

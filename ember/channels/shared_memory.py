@@ -246,8 +246,7 @@ class SharedMemoryChannel(Channel):
 
     def reader(self, index: int = 0) -> "SharedMemoryReader":
         """Return the handle of reader ``index``; it attaches to this process when first used."""
-        if not 0 <= index < self.num_readers:
-            raise ValueError(f"reader index {index} is out of range of {self.num_readers}")
+        self.check_reader_index(index)
         return SharedMemoryReader(self, index)
 
     def _map(self) -> _Mapping:
