@@ -25,6 +25,9 @@ class GcsServer:
         self.storage = open_storage(storage_url)
         self.endpoint = Endpoint(address, "gcs")
         self.subscribers: dict[str, set[str]] = {}
+        for key, _ in self.storage.items("subscribers"):
+            channel, address = key.split("|", 1)
+            self.subscribers.setdefault(channel, set()).add(address)
         self.done = threading.Event()
         ep = self.endpoint
         ep.on("kv_put", self.kv_put)
@@ -95,6 +98,7 @@ class GcsServer:
     def subscribe(self, channel: str, address: str) -> None:
         """Send changes of ``channel`` (a table name) to ``address`` from now on."""
         self.subscribers.setdefault(channel, set()).add(address)
+        self.storage.put("subscribers", f"{channel}|{address}", True)
 
     def publish(self, channel: str, key: str, value: Any) -> None:
         """Tell every subscriber of ``channel`` about a change."""
