@@ -1,0 +1,57 @@
+"""Frames of serialized values: arrays framed directly, everything else pickled, zero-copy reads."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from ember.dynamic.serialization import ARRAY, PICKLED, deserialize, serialize
+from ember.exceptions import SerializationError
+
+ARRAYS = [
+    np.ones(1 << 16, dtype=np.uint8), np.arange(12.0).reshape(3, 4), np.array(3.5),
+    np.array(["a", "bc"]), np.array([b"xy"]), np.ones((2, 3), dtype=">i4"),
+    np.ones(3, dtype=bool), np.ones(2, dtype=np.complex64), np.float16([1, 2]),
+]
+PICKLED_ARRAYS = [
+    np.zeros((0, 5)), np.arange(10)[::2], np.asfortranarray(np.ones((3, 4))),
+    np.zeros(3, dtype=[("x", "i4")]), np.array([1, None], dtype=object),
+    np.datetime64("2020-01-01") + np.arange(3), np.ma.array([1, 2], mask=[0, 1]),
+]
+
+
+def roundtrip(value):
+    frame = serialize(value)
+    return frame, deserialize(memoryview(frame.to_bytes()).toreadonly())
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("array", ARRAYS, ids=lambda a: f"{a.dtype}{a.shape}")
+def test_plain_arrays_use_array_frames_and_come_back_read_only(array):
+    frame, back = roundtrip(array)
+    assert frame.kind == ARRAY
+    assert type(back) is np.ndarray and back.dtype == array.dtype and back.shape == array.shape
+    assert np.array_equal(back, array) and not back.flags.writeable
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("array", PICKLED_ARRAYS, ids=lambda a: f"{a.dtype}{a.shape}")
+def test_other_arrays_are_pickled_and_equal(array):
+    frame, back = roundtrip(array)
+    assert frame.kind == PICKLED
+    assert type(back) is type(array) and back.dtype == array.dtype and back.shape == array.shape
+    if isinstance(array, np.ma.MaskedArray):
+        assert np.array_equal(back.mask, array.mask)
+    assert list(back.ravel()) == list(array.ravel())
+
+
+@pytest.mark.timeout(30)
+def test_nested_values_and_unpicklable_parts():
+    value = {"a": [1, 2.5, None, "s"], "arr": np.arange(4), "t": (b"x", {"k": True})}
+    _, back = roundtrip(value)
+    assert back["a"] == value["a"] and back["t"] == value["t"]
+    assert np.array_equal(back["arr"], value["arr"])
+    with pytest.raises(SerializationError, match=r"\['lock'\]"):
+        serialize({"lock": threading.Lock()}, "the test value")
