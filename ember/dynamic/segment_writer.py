@@ -1,17 +1,19 @@
 """Writing large objects into new shared-memory segments at memory-copy speed.
 
 Note [spare segments]: the first touch of a fresh tmpfs page costs a fault and a zeroing, which
-makes a put into a new, mmap'd segment run at a third of memcpy speed. So the writer pwrites
-(no faults in this process), and keeps one *spare* segment the size of its last large put,
-allocated with posix_fallocate by a background thread between puts. The next put that fits
-renames the spare to the object's name and writes at copy speed. A spare was never mapped or
-named as an object before, so nobody can observe its reuse. Spares live under the session
-prefix, so the node manager's cleanup removes them too.
+makes a put into a new, mmap'd segment run at a third of memcpy speed. So the writer keeps one
+*spare* segment the size of its last large put, prepared by a background thread between puts:
+allocated (posix_fallocate) and mapped with its pages populated. The next put that fits renames
+the spare to the object's name and copies into the mapping at full memcpy speed; the mapping is
+then closed by the background thread, off the put's path. Without a fitting spare the writer
+pwrites (no faults in this process). A spare was never named as an object, so nobody can see
+its reuse. Spares live under the session prefix, so the node manager's cleanup removes them too.
 """
 
 from __future__ import annotations
 
 import itertools
+import mmap
 import os
 import threading
 
@@ -20,6 +22,18 @@ from ember.dynamic.serialization import Serialized
 
 SPARE_MIN = 8 * 1024 * 1024
 _ROUND = 1024 * 1024
+_POPULATE = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+
+
+class _Spare:
+    """A pre-allocated, mapped segment waiting for the next large put."""
+
+    __slots__ = ("path", "size", "mapping")
+
+    def __init__(self, path: str, size: int, mapping: mmap.mmap) -> None:
+        self.path = path
+        self.size = size
+        self.mapping = mapping
 
 
 class SegmentWriter:
@@ -28,8 +42,9 @@ class SegmentWriter:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._wanted = threading.Condition(self._lock)
-        self._spare: tuple[str, int] | None = None
+        self._spare: _Spare | None = None
         self._want_size = 0
+        self._to_close: list[mmap.mmap] = []
         self._names = itertools.count()
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -39,19 +54,20 @@ class SegmentWriter:
         size = ser.frame_size
         spare = self._take(size)
         if spare is not None:
-            os.rename(spare, path)
-            fd = os.open(path, os.O_RDWR)
+            os.rename(spare.path, path)
+            with memoryview(spare.mapping) as view:
+                ser.write_into(view)
+            self._close_later(spare.mapping)
         else:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
-        try:
-            if spare is None:
+            try:
                 os.ftruncate(fd, size)
-            ser.write_to_fd(fd)
-        except BaseException:
-            os.close(fd)
-            shm.unlink(path)
-            raise
-        os.close(fd)
+                ser.write_to_fd(fd)
+            except BaseException:
+                shm.unlink(path)
+                raise
+            finally:
+                os.close(fd)
         if size >= SPARE_MIN:
             self._prepare(size)
 
@@ -62,49 +78,79 @@ class SegmentWriter:
             spare, self._spare = self._spare, None
             self._wanted.notify()
         if spare is not None:
-            shm.unlink(spare[0])
+            shm.unlink(spare.path)
+            spare.mapping.close()
 
-    def _take(self, size: int) -> str | None:
+    def _take(self, size: int) -> _Spare | None:
         with self._lock:
-            if self._spare is None or not size <= self._spare[1] <= size + size // 4 + _ROUND:
+            spare = self._spare
+            if spare is None or not size <= spare.size <= size + size // 4 + _ROUND:
                 return None
-            path, self._spare = self._spare[0], None
-            return path
+            self._spare = None
+            return spare
 
     def _prepare(self, size: int) -> None:
         with self._lock:
             self._want_size = -(-size // _ROUND) * _ROUND
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="ember-spare-segment",
-                                                daemon=True)
-                self._thread.start()
+            self._start()
             self._wanted.notify()
+
+    def _close_later(self, mapping: mmap.mmap) -> None:
+        with self._lock:
+            self._to_close.append(mapping)
+            self._start()
+            self._wanted.notify()
+
+    def _start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="ember-spare-segment",
+                                            daemon=True)
+            self._thread.start()
+
+    def _idle(self) -> bool:
+        return not self._to_close and (self._want_size == 0 or (
+            self._spare is not None and self._spare.size == self._want_size))
 
     def _run(self) -> None:
         while True:
             with self._lock:
-                while not self._closed and (self._want_size == 0 or (
-                        self._spare is not None and self._spare[1] == self._want_size)):
+                while not self._closed and self._idle():
                     self._wanted.wait()
                 if self._closed:
                     return
-                size, old, self._spare = self._want_size, self._spare, None
-            if old is not None:
-                shm.unlink(old[0])
-            path = shm.segment_path("spare", f"{os.getpid():x}_{next(self._names)}")
-            try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
-                try:
-                    os.posix_fallocate(fd, 0, size)
-                finally:
-                    os.close(fd)
-            except OSError:
-                shm.unlink(path)
-                with self._lock:
-                    self._want_size = 0
+                to_close, self._to_close = self._to_close, []
+                size, old = self._want_size, self._spare
+                if old is not None and old.size == size:
+                    size = 0
+                elif old is not None:
+                    self._spare = None
+            for mapping in to_close:
+                mapping.close()
+            if size == 0:
                 continue
+            if old is not None:
+                shm.unlink(old.path)
+                old.mapping.close()
+            spare = self._allocate(size)
             with self._lock:
-                if self._closed:
-                    shm.unlink(path)
+                if spare is None:
+                    self._want_size = 0
+                elif self._closed:
+                    shm.unlink(spare.path)
                     return
-                self._spare = (path, size)
+                else:
+                    self._spare = spare
+
+    def _allocate(self, size: int) -> _Spare | None:
+        path = shm.segment_path("spare", f"{os.getpid():x}_{next(self._names)}")
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, size)
+                mapping = mmap.mmap(fd, size, flags=_POPULATE)
+            finally:
+                os.close(fd)
+        except OSError:
+            shm.unlink(path)
+            return None
+        return _Spare(path, size, mapping)
