@@ -214,7 +214,9 @@ class CoreWorker:
     def free_segments(self, oids: list[str]) -> None:
         """Remove freed objects' segments and their spilled copies (Note [who unlinks])."""
         for oid in oids:
-            shm.unlink(shm.segment_path("obj", oid))
+            path = shm.segment_path("obj", oid)
+            self.segments.release(path)
+            shm.unlink(path)
         self.endpoint.send(self.nm_address, "obj_free", oids)
 
     # ---- storing values ----------------------------------------------------------------------

@@ -8,14 +8,13 @@ Run as ``python -m ember.dynamic.gcs <address> <ready_address> <storage_url>``.
 
 from __future__ import annotations
 
-import signal
 import sys
 import threading
 from typing import Any
 
 from ember.dynamic.gcs_storage import open_storage
 from ember.dynamic.messaging import Endpoint
-from ember.dynamic.process import bind_to_parent
+from ember.dynamic.process import bind_to_parent, wait_until_done
 
 
 class GcsServer:
@@ -111,10 +110,9 @@ def main() -> None:
     bind_to_parent()
     address, ready_address, storage_url = sys.argv[1], sys.argv[2], sys.argv[3]
     server = GcsServer(address, None if storage_url == "memory" else storage_url)
-    signal.signal(signal.SIGTERM, lambda *_: server.done.set())
     server.endpoint.start()
     server.endpoint.send(ready_address, "process_ready", "gcs", address)
-    server.done.wait()
+    wait_until_done(server.done)
     server.endpoint.stop()
     server.storage.close()
 

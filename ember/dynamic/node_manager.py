@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from ember.dynamic import shm
 from ember.dynamic.messaging import Endpoint
 from ember.dynamic.object_store import ObjectStore
-from ember.dynamic.process import bind_to_parent, pidfd, remove_session_dir, session_dir, spawn
+from ember.dynamic.process import (bind_to_parent, pidfd, remove_session_dir, session_dir,
+                                   spawn, wait_until_done)
 from ember.dynamic.resources import NodeResources
 from ember.exceptions import SchedulingError
 
@@ -255,13 +256,12 @@ def main() -> None:
     bind_to_parent()
     address, ready_address, gcs_address, config = sys.argv[1:5]
     manager = NodeManager(address, gcs_address, json.loads(config))
-    signal.signal(signal.SIGTERM, lambda *_: manager.done.set())
     manager.endpoint.start()
     manager.endpoint.request(gcs_address, "kv_put", "nodes", manager.sid, {
         "address": address, "resources": manager.resources.total, "pid": os.getpid()}, True)
     manager.endpoint.send(ready_address, "process_ready", "node_manager", address)
     manager.endpoint.call_soon(lambda: [manager.start_worker() for _ in range(manager.prestart)])
-    manager.done.wait()
+    wait_until_done(manager.done)
     manager.shutdown()
 
 

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 
 _PR_SET_PDEATHSIG = 1
 
@@ -68,6 +69,31 @@ def bind_to_parent() -> None:
     expected = int(os.environ.get("EMBER_PARENT_PID", "0"))
     if expected and os.getppid() != expected:
         os._exit(0)
+
+
+class _Terminated(BaseException):
+    """SIGTERM arrived (raised by the handler of ``wait_until_done``)."""
+
+
+def _terminate(*_: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise _Terminated
+
+
+def wait_until_done(done: threading.Event) -> None:
+    """Block until ``done`` is set or SIGTERM arrives (a parent died, or ``kill``).
+
+    The handler takes no lock: a handler that set ``done`` could deadlock on the event's lock
+    when a second SIGTERM arrived while the first was inside ``Event.set``.
+    """
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        try:
+            done.wait()
+        finally:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    except _Terminated:
+        pass
 
 
 def pidfd(pid: int) -> int | None:

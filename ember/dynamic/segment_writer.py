@@ -4,9 +4,11 @@ Note [spare segments]: the first touch of a fresh tmpfs page costs a fault and a
 makes a put into a new, mmap'd segment run at a third of memcpy speed. So the writer keeps one
 *spare* segment the size of its last large put, prepared by a background thread between puts:
 allocated (posix_fallocate) and mapped with its pages populated. The next put that fits renames
-the spare to the object's name and copies into the mapping at full memcpy speed; the mapping is
-then closed by the background thread, off the put's path. Without a fitting spare the writer
-pwrites (no faults in this process). A spare was never named as an object, so nobody can see
+the spare to the object's name and copies into the mapping at full memcpy speed. The mapping
+stays open until the object is freed (``release``, where unmapping costs the freeing thread a
+few ms instead of the put, and cannot stall a concurrent mmap of a reader of this process), or
+until more than ``_MAX_MAPPED`` are open (a worker's task results are freed by their owner), then
+the oldest is closed by the background thread. Without a fitting spare the writer pwrites. A spare was never named as an object, so nobody can see
 its reuse. Spares live under the session prefix, so the node manager's cleanup removes them too.
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import mmap
+from collections import OrderedDict
 import os
 import threading
 
@@ -22,6 +25,7 @@ from ember.dynamic.serialization import Serialized
 
 SPARE_MIN = 8 * 1024 * 1024
 _ROUND = 1024 * 1024
+_MAX_MAPPED = 2
 _POPULATE = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
 
 
@@ -45,6 +49,7 @@ class SegmentWriter:
         self._spare: _Spare | None = None
         self._want_size = 0
         self._to_close: list[mmap.mmap] = []
+        self._mapped: OrderedDict[str, mmap.mmap] = OrderedDict()
         self._names = itertools.count()
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -57,7 +62,7 @@ class SegmentWriter:
             os.rename(spare.path, path)
             with memoryview(spare.mapping) as view:
                 ser.write_into(view)
-            self._close_later(spare.mapping)
+            self._keep_mapped(path, spare.mapping)
         else:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
             try:
@@ -71,12 +76,22 @@ class SegmentWriter:
         if size >= SPARE_MIN:
             self._prepare(size)
 
+    def release(self, path: str) -> None:
+        """The object at ``path`` is freed: unmap it here if this writer still maps it."""
+        with self._lock:
+            mapping = self._mapped.pop(path, None)
+        if mapping is not None:
+            mapping.close()
+
     def close(self) -> None:
-        """Stop the background thread and remove the spare."""
+        """Stop the background thread, unmap what it wrote and remove the spare."""
         with self._lock:
             self._closed = True
             spare, self._spare = self._spare, None
+            mapped, self._mapped = list(self._mapped.values()), OrderedDict()
             self._wanted.notify()
+        for mapping in mapped:
+            mapping.close()
         if spare is not None:
             shm.unlink(spare.path)
             spare.mapping.close()
@@ -95,11 +110,12 @@ class SegmentWriter:
             self._start()
             self._wanted.notify()
 
-    def _close_later(self, mapping: mmap.mmap) -> None:
+    def _keep_mapped(self, path: str, mapping: mmap.mmap) -> None:
         with self._lock:
-            self._to_close.append(mapping)
-            self._start()
-            self._wanted.notify()
+            self._mapped[path] = mapping
+            while len(self._mapped) > _MAX_MAPPED:
+                self._to_close.append(self._mapped.popitem(last=False)[1])
+                self._wanted.notify()
 
     def _start(self) -> None:
         if self._thread is None:

@@ -8,7 +8,10 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
+
+import ember
 
 DRIVER = textwrap.dedent("""
     import sys, time
@@ -68,3 +71,18 @@ def test_driver_end_leaves_nothing(leftovers, tmp_path, end):
     files, procs = leftovers({sid}, timeout=5)
     assert files == [], f"shared memory of the killed driver is left: {files}"
     assert procs == [], f"processes of the killed driver are left: {procs}"
+
+
+@pytest.mark.timeout(60)
+def test_node_manager_ends_cleanly_on_two_sigterms():
+    """Two SIGTERMs back to back (a dying parent plus a kill) end the node manager cleanly."""
+    ember.init(num_cpus=1)
+    try:
+        from ember.dynamic import api
+        manager = api._driver.procs[1]
+        ember.get(ember.put(np.zeros(1 << 20)))  # a segment for it to clean up
+        os.kill(manager.pid, signal.SIGTERM)
+        os.kill(manager.pid, signal.SIGTERM)
+        assert manager.wait(timeout=15) == 0
+    finally:
+        ember.shutdown()
