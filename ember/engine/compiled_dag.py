@@ -383,6 +383,12 @@ class CompiledDAG:
 
     # -- teardown --------------------------------------------------------------------------------
 
+    def __enter__(self) -> "CompiledDAG":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.teardown()
+
     def teardown(self) -> None:
         """End every loop of the graph and free every channel; idempotent. Pending results
         are lost (their ``get`` raises DAGTeardownError); the actors stay usable."""

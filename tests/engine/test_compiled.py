@@ -86,14 +86,11 @@ def test_linear_pipeline_matches_uncompiled_execute(actors):
     with InputNode() as inp:
         dag = c.fwd.bind(b.fwd.bind(a.fwd.bind(inp)))
     expected = ember.get(dag.execute(5))
-    cdag = dag.compile()
-    try:
+    with dag.compile() as cdag:
         assert expected == 116
         assert cdag.execute(5).get(timeout=10) == 116
         assert ember.get(cdag.execute(6), timeout=10) == 117
         assert ember.get([cdag.execute(i) for i in range(3)]) == [111, 112, 113]
-    finally:
-        cdag.teardown()
 
 
 @pytest.mark.timeout(60)
@@ -124,12 +121,9 @@ def test_same_actor_at_several_points_runs_in_bind_order(actors):
         middle = b.fwd.bind(first)        # + 10
         last = a.fwd.bind(middle)         # + 1, again on a
         dag = a.add.bind(first, last)
-    cdag = dag.compile()
-    try:
+    with dag.compile() as cdag:
         assert cdag.execute(0).get(timeout=10) == 1 + 12
         assert ember.get(a.history.remote()) == [0, 11]
-    finally:
-        cdag.teardown()
 
 
 @pytest.mark.timeout(60)
@@ -137,13 +131,10 @@ def test_several_executions_in_flight_fetched_out_of_order(actors):
     a, b, _ = actors
     with InputNode() as inp:
         dag = b.fwd.bind(a.fwd.bind(inp))
-    cdag = dag.compile(max_inflight_executions=4)
-    try:
+    with dag.compile(max_inflight_executions=4) as cdag:
         refs = [cdag.execute(i) for i in range(40)]   # more than in flight: back-pressure
         assert [r.get(timeout=10) for r in reversed(refs)] == [i + 11 for i in reversed(range(40))]
         assert refs[3].get() == 14                    # a second get gives the same value
-    finally:
-        cdag.teardown()
 
 
 @pytest.mark.timeout(60)
@@ -151,23 +142,17 @@ def test_back_pressure_blocks_execute_then_times_out(actors):
     a, _, _ = actors
     with InputNode() as inp:
         dag = a.sleep.bind(inp)
-    cdag = dag.compile(max_inflight_executions=2, submit_timeout=5)
-    try:
+    with dag.compile(max_inflight_executions=2, submit_timeout=5) as cdag:
         start = time.monotonic()
         refs = [cdag.execute(0.3) for _ in range(3)]   # the third waits for the first
         assert time.monotonic() - start >= 0.25
         assert [r.get(timeout=10) for r in refs] == [0.3] * 3
-    finally:
-        cdag.teardown()
-    cdag = dag.compile(max_inflight_executions=1, submit_timeout=0.2)
-    try:
+    with dag.compile(max_inflight_executions=1, submit_timeout=0.2) as cdag:
         ref = cdag.execute(1.0)
         with pytest.raises(ChannelTimeoutError, match="max_inflight_executions"):
             cdag.execute(0)
         assert ref.get(timeout=10) == 1.0
         assert cdag.execute(0).get(timeout=10) == 0
-    finally:
-        cdag.teardown()
 
 
 @pytest.mark.timeout(60)
@@ -176,16 +161,13 @@ def test_error_travels_downstream_and_the_next_execution_works(actors):
     ember.get(b.reset.remote())
     with InputNode() as inp:
         dag = b.fwd.bind(a.boom.bind(inp))
-    cdag = dag.compile()
-    try:
+    with dag.compile() as cdag:
         with pytest.raises(ValueError, match="negative input -1") as info:
             cdag.execute(-1).get(timeout=10)
         assert isinstance(info.value, TaskError)
         assert "boom" in info.value.remote_traceback
         assert cdag.execute(2).get(timeout=10) == 12
         assert ember.get(b.history.remote()) == [2]    # fwd did not run on the error
-    finally:
-        cdag.teardown()
 
 
 @pytest.mark.timeout(60)
@@ -193,15 +175,12 @@ def test_slow_method_get_timeout(actors):
     a, _, _ = actors
     with InputNode() as inp:
         dag = a.sleep.bind(inp)
-    cdag = dag.compile()
-    try:
+    with dag.compile() as cdag:
         ref = cdag.execute(1.0)
         with pytest.raises(ChannelTimeoutError) as info:
             ref.get(timeout=0.2)
         assert isinstance(info.value, TimeoutError)
         assert ref.get(timeout=10) == 1.0
-    finally:
-        cdag.teardown()
 
 
 @pytest.mark.timeout(60)
@@ -230,12 +209,9 @@ def test_function_nodes_run_as_dynamic_tasks_with_uncompiled_results(actors):
         y = double.bind(x)
         dag = MultiOutputNode([b.fwd.bind(y), combine.bind(y, x, z=inp[1])])
     expected = ember.get(dag.execute(3, 7))
-    cdag = dag.compile()
-    try:
+    with dag.compile() as cdag:
         assert cdag.execute(3, 7).get(timeout=20) == expected == [18, 811]
         assert cdag.execute(0, 0).get(timeout=20) == ember.get(dag.execute(0, 0))
-    finally:
-        cdag.teardown()
 
 
 @pytest.mark.timeout(60)
@@ -277,11 +253,8 @@ def test_teardown_ends_loops_frees_channels_and_allows_recompiling(actors):
         pending.get(timeout=5)                    # it may have finished before the teardown
     except DAGTeardownError:
         pass
-    again = dag.compile()
-    try:
+    with dag.compile() as again:
         assert again.execute(1).get(timeout=10) == 12
-    finally:
-        again.teardown()
 
 
 @pytest.mark.timeout(60)
@@ -289,16 +262,13 @@ def test_large_numpy_values_grow_the_buffers(actors):
     a, b, _ = actors
     with InputNode() as inp:
         dag = b.scale.bind(a.echo.bind(inp))
-    cdag = dag.compile(buffer_size_bytes=4096)
-    try:
+    with dag.compile(buffer_size_bytes=4096) as cdag:
         for n in (10, 1 << 20, 3 << 20):
             arr = np.arange(n, dtype=np.float32)
             out = cdag.execute(arr).get(timeout=20)
             np.testing.assert_array_equal(out, arr * 2)
         out[0] = 1.0                              # the driver's copy is its own
         assert cdag.execute(np.ones(4)).get(timeout=10).tolist() == [2.0] * 4
-    finally:
-        cdag.teardown()
 
 
 @pytest.mark.timeout(60)
@@ -318,8 +288,7 @@ def test_visualize_writes_dot_and_an_image_where_graphviz_is_installed(actors, t
     with InputNode() as inp:
         x = a.fwd.bind(inp)
         dag = MultiOutputNode([b.fwd.bind(x), a.fwd.bind(x), double.bind(x)])
-    cdag = dag.compile()
-    try:
+    with dag.compile() as cdag:
         text = cdag.visualize()
         assert text.startswith("digraph") and "Stage.fwd" in text
         assert "shm" in text and "in-process" in text and "driver-tasks" in text
@@ -330,8 +299,6 @@ def test_visualize_writes_dot_and_an_image_where_graphviz_is_installed(actors, t
         else:
             cdag.visualize(base)
         assert (tmp_path / "graph.dot").read_text() == text
-    finally:
-        cdag.teardown()
 
 
 @pytest.mark.timeout(60)
@@ -339,8 +306,7 @@ def test_an_idle_compiled_graph_uses_no_cpu(actors):
     a, b, _ = actors
     with InputNode() as inp:
         dag = b.fwd.bind(a.fwd.bind(inp))
-    cdag = dag.compile()
-    try:
+    with dag.compile() as cdag:
         assert cdag.execute(1).get(timeout=10) == 12
         pids = [os.getpid()] + [ember.get(h.pid.remote()) for h in (a, b)]
         time.sleep(0.2)
@@ -348,8 +314,6 @@ def test_an_idle_compiled_graph_uses_no_cpu(actors):
         time.sleep(1.0)
         used = [process_cpu_seconds(p) - t for p, t in zip(pids, before)]
         assert max(used) < 0.05, f"CPU seconds used in 1 s of idling: {used}"
-    finally:
-        cdag.teardown()
 
 
 @ember.remote
@@ -393,12 +357,9 @@ def test_function_node_error_reaches_get(actors):
     a, _, _ = actors
     with InputNode() as inp:
         dag = a.fwd.bind(failing.bind(inp))
-    cdag = dag.compile()
-    try:
+    with dag.compile() as cdag:
         with pytest.raises(KeyError, match="no key 3"):
             cdag.execute(3).get(timeout=20)
-    finally:
-        cdag.teardown()
 
 
 @pytest.mark.timeout(60)
@@ -406,14 +367,11 @@ def test_dropped_refs_do_not_pile_up_results(actors):
     a, _, _ = actors
     with InputNode() as inp:
         dag = a.fwd.bind(inp)
-    cdag = dag.compile(max_inflight_executions=2)
-    try:
+    with dag.compile(max_inflight_executions=2) as cdag:
         for i in range(20):
             cdag.execute(i)                       # dropped at once
         assert cdag.execute(100).get(timeout=10) == 101
         assert len(cdag._results) <= 2
-    finally:
-        cdag.teardown()
 
 
 @pytest.mark.timeout(60)
@@ -421,8 +379,7 @@ def test_multi_output_gives_one_ref_per_output_and_errors_stay_in_their_branch(a
     a, b, _ = actors
     with InputNode() as inp:
         dag = MultiOutputNode([a.boom.bind(inp), b.fwd.bind(inp)])
-    cdag = dag.compile()
-    try:
+    with dag.compile() as cdag:
         refs = cdag.execute(-5)
         assert isinstance(refs, list) and len(refs) == 2
         assert refs[1].get(timeout=10) == 5           # fetched before its sibling
@@ -434,8 +391,6 @@ def test_multi_output_gives_one_ref_per_output_and_errors_stay_in_their_branch(a
         del refs
         assert ember.get(later) == [1, 11]
         assert cdag._results == {}
-    finally:
-        cdag.teardown()
 
 
 @pytest.mark.timeout(60)
@@ -455,3 +410,14 @@ def test_threads_execute_and_get_concurrently(actors):
         assert results == [[base + i + 11 for i in range(40)] for base in (0, 1000, 2000, 3000)]
     finally:
         cdag.teardown()
+
+
+@pytest.mark.timeout(60)
+def test_compiled_graph_as_context_manager_tears_down(actors):
+    a, _, _ = actors
+    with InputNode() as inp:
+        dag = a.fwd.bind(inp)
+    with dag.compile() as cdag:
+        assert cdag.execute(1).get(timeout=10) == 2   # a adds 1
+    with pytest.raises(DAGTeardownError):
+        cdag.execute(1)

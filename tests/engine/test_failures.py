@@ -63,11 +63,8 @@ def test_sigkilled_actor_fails_pending_and_later_gets_quickly(victim):
     assert ember.get([s.fwd.remote(1) for s in survivors], timeout=10) == [2, 2]
     with InputNode() as inp:
         dag = survivors[1].fwd.bind(survivors[0].fwd.bind(inp))
-    again = dag.compile()
-    try:
+    with dag.compile() as again:
         assert again.execute(0).get(timeout=10) == 2
-    finally:
-        again.teardown()
     for s in survivors:
         ember.kill(s)
 
@@ -76,8 +73,7 @@ def test_sigkilled_actor_fails_pending_and_later_gets_quickly(victim):
 def test_actor_killed_while_the_graph_is_idle():
     stages = [Stage.remote() for _ in range(3)]
     pids = ember.get([s.pid.remote() for s in stages], timeout=30)
-    cdag = pipeline(stages).compile()
-    try:
+    with pipeline(stages).compile() as cdag:
         assert cdag.execute(-1).get(timeout=10) == 1
         os.kill(pids[1], signal.SIGKILL)
         time.sleep(0.5)
@@ -85,8 +81,6 @@ def test_actor_killed_while_the_graph_is_idle():
         with pytest.raises(ActorDiedError):
             cdag.execute(-1).get(timeout=30)
         assert time.monotonic() - start < 5
-    finally:
-        cdag.teardown()
     for i in (0, 2):
         ember.kill(stages[i])
 

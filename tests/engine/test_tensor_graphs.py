@@ -94,8 +94,7 @@ def test_nccl_transport_on_cpu_carries_tensors_and_nested_values(peers):
         nested = b.echo.bind(a.nested.bind(inp).with_tensor_transport("nccl"))
         to_driver = b.double.bind(plain).with_tensor_transport("auto")
         dag = MultiOutputNode([plain, nested, to_driver])
-    cdag = dag.compile()
-    try:
+    with dag.compile() as cdag:
         assert {e.transports for e in cdag.plan.tensor_edges.values()} == {("nccl",), ("cpu",)}
         assert [g.backend for g in cdag.plan.groups] == ["gloo"]
         for n in (5, 3, 1000, 0):
@@ -103,8 +102,6 @@ def test_nccl_transport_on_cpu_carries_tensors_and_nested_values(peers):
             assert torch.equal(got_plain, torch.arange(n, dtype=torch.float32))
             assert_nested_equal(got_nested, expected_nested(n))
             assert torch.equal(got_driver, 2 * torch.arange(n, dtype=torch.float32))
-    finally:
-        cdag.teardown()
 
 
 @pytest.mark.timeout(60)
@@ -113,16 +110,13 @@ def test_type_hint_mismatch_raises_at_get_and_the_graph_keeps_working(peers):
     hint = TorchTensorType(shape=(4,), dtype=torch.float32, transport="nccl")
     with InputNode() as inp:
         dag = b.echo.bind(a.make.bind(inp[0], inp[1]).with_type_hint(hint))
-    cdag = dag.compile()
-    try:
+    with dag.compile() as cdag:
         assert torch.equal(cdag.execute(4, "float32").get(timeout=30), torch.arange(4.0))
         with pytest.raises(TensorTransportError, match=r"shape \(5,\)"):
             cdag.execute(5, "float32").get(timeout=30)
         with pytest.raises(TensorTransportError, match="dtype torch.int32"):
             cdag.execute(4, "int32").get(timeout=30)
         assert torch.equal(cdag.execute(4, "float32").get(timeout=30), torch.arange(4.0))
-    finally:
-        cdag.teardown()
 
 
 @pytest.mark.timeout(60)
@@ -232,11 +226,8 @@ def test_a_user_communicator_carries_an_edge_and_a_collective(peers):
         sent = b.echo.bind(a.make.bind(inp).with_tensor_transport(comm))
         summed = allreduce.bind([a.rank_input.bind(inp), b.rank_input.bind(inp)], transport=comm)
         dag = MultiOutputNode([sent, *summed])
-    cdag = dag.compile()
-    try:
+    with dag.compile() as cdag:
         assert [g.backend for g in cdag.plan.groups] == ["user"]
         got = cdag.execute(3).get(timeout=30)
         assert torch.equal(got[0], torch.arange(3.0))
         assert torch.allclose(got[1], rank_input(0, 3) + rank_input(1, 3))
-    finally:
-        cdag.teardown()
