@@ -179,14 +179,19 @@ def gpu_allreduce_100mb(rt: ModuleType, cfg: Config) -> list[Row]:
 
     if torch.cuda.device_count() < 2:
         return skipped(names, units, "skipped: needs 2 GPUs (NCCL cannot put two ranks on one GPU)")
-    with spawned(rt, GpuWorker, 2, num_gpus=1, num_cpus=0) as workers:
-        with compiled(allreduce_dag(rt, workers)) as cdag:
-            samples = sample_latencies(
-                lambda: rt.get(cdag.execute(100 * MiB)), cfg.n(5, 2), cfg.n(30, 5)
-            )
+    samples = allreduce_samples(rt, GpuWorker, {"num_gpus": 1, "num_cpus": 0},
+                                cfg.n(5, 2), cfg.n(30, 5))
     row = gbps_row(names[0], samples, 100 * MiB)
     row.note = "algbw = bytes / p50 time; busbw equals algbw for 2 ranks"
     return [row, torch_allreduce_reference(cfg, "nccl")]
+
+
+def allreduce_samples(rt: ModuleType, worker: Any, options: dict, warmup: int, iters: int
+                      ) -> list[float]:
+    """Latencies of a compiled allreduce of 100 MiB across 2 actors of class ``worker``."""
+    with spawned(rt, worker, 2, **options) as workers:
+        with compiled(allreduce_dag(rt, workers)) as cdag:
+            return sample_latencies(lambda: rt.get(cdag.execute(100 * MiB)), warmup, iters)
 
 
 @workload("cpu_allreduce_100mb_gloo", "torch_gloo_allreduce_100mb")
@@ -196,11 +201,7 @@ def cpu_allreduce_100mb_gloo(rt: ModuleType, cfg: Config) -> list[Row]:
     names, units = ("cpu_allreduce_100mb_gloo", "torch_gloo_allreduce_100mb"), ("GB/s", "GB/s")
     if rt.__name__ != "ember":
         return skipped(names, units, "skipped: ember's gloo path only")
-    with spawned(rt, CpuWorker, 2, **CPU_ACTOR) as workers:
-        with compiled(allreduce_dag(rt, workers)) as cdag:
-            samples = sample_latencies(
-                lambda: rt.get(cdag.execute(100 * MiB)), cfg.n(3, 1), cfg.n(20, 5)
-            )
+    samples = allreduce_samples(rt, CpuWorker, CPU_ACTOR, cfg.n(3, 1), cfg.n(20, 5))
     row = gbps_row(names[0], samples, 100 * MiB)
     row.note = "algbw = bytes / p50 time, execute + get of the whole graph"
     return [row, torch_allreduce_reference(cfg, "gloo")]
