@@ -192,11 +192,6 @@ def deserialize(frame: memoryview | bytes, what: str = "value") -> Any:
             f"that defines its type can be imported in every process.") from exc
 
 
-def dumps(value: Any, what: str = "value") -> bytes:
-    """Serialize ``value`` into one bytes frame."""
-    return serialize(value, what).to_bytes()
-
-
 def find_unpicklable(value: Any, depth: int = 0) -> str:
     """Describe the innermost part of ``value`` that cannot be pickled."""
     parts: list[tuple[str, Any]] = []
