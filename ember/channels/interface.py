@@ -59,14 +59,9 @@ class ChannelReader(ABC):
     def attach(self) -> None:
         """Register this process as the reader now, not at the first read (so peers watch it)."""
 
-    @property
-    def holding(self) -> bool:
-        """Whether the value last read still views this reader's slot (until read or release)."""
-        return False
-
-    @abstractmethod
     def release(self) -> None:
-        """Give back the slot of the value last read; its zero-copy views may change after this."""
+        """Give back what the value last read still holds (a GPU slot); the views of that value
+        may change after this. Values of host channels own their memory: nothing to do."""
 
     @abstractmethod
     def close(self) -> None:

@@ -147,9 +147,6 @@ class IntraProcessReader(ChannelReader):
                 state.cond.notify_all()
             return value
 
-    def release(self) -> None:
-        """Nothing to give back: values are not views of a buffer."""
-
     def close(self) -> None:
         """Close the whole channel."""
         self.channel.close()

@@ -6,21 +6,24 @@ Layout of the channel's segment (``ember_<session>_chan_<id>``), native (little)
     N+1 lines     one per reader, then the writer's: seq (u64: values acked / written), pid,
                   start time, futex word (u32), sleeping flag (u32)
     slot table    per slot: generation, offset, length (of the frame), capacity
+    pin table     per reader, from a line of its own: per slot, 1 + the generation it pins, or 0
     slot data     generation 0 of every slot, page aligned after the header
 
 A slot that has grown lives in its own segment, ``<channel name>_s<slot>_g<generation>``.
-Each 64-byte line has one writer process, so processes do not share cache lines they write.
+Each 64-byte line (and pin row) has one writer process, so processes do not share cache lines they write.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
-import struct
+import threading
 import time
 import uuid
 import weakref
 from typing import Any, Callable
+
+import numpy
 
 from ember.channels import futex
 from ember.channels.interface import (DEFAULT_NUM_SLOTS, Channel, ChannelReader, ChannelType,
@@ -32,11 +35,10 @@ from ember.exceptions import (ActorDiedError, ChannelClosedError, ChannelTimeout
 
 DEFAULT_SLOT_CAPACITY = 64 * 1024
 _MAGIC = 0x52424D45  # b"EMBR"
-_VERSION = 1
+_VERSION = 2
 _PAGE = 4096
 _NO_LIMIT = (1 << 64) - 1
 _U32 = 0xFFFFFFFF
-_NBUF = struct.Struct("<I")   # first field of a serialized frame: its number of zero-copy buffers
 
 # Note [channel waiting]
 # ~~~~~~~~~~~~~~~~~~~~~~
@@ -64,12 +66,16 @@ _SLICE_S = 0.1
 
 # Note [zero-copy lifetime]
 # ~~~~~~~~~~~~~~~~~~~~~~~~~
-# read() returns numpy arrays (and other out-of-band buffers) as read-only views of the slot, so
-# the reader keeps the slot until its next read() or release() and only then acks it (bumps its
-# read sequence). A value read stays valid until that next call; copy it to keep it longer. A value
-# without such buffers (plain Python objects) is a full copy already, and is acked at once. The
-# writer reuses slot seq % K only when every reader acked seq - K, so with K slots the writer can
-# run K values ahead of the slowest reader; a reader holding one value still lets K - 1 more in.
+# read() returns numpy arrays (and other out-of-band buffers) as read-only views of the slot, and
+# they stay valid for as long as they live: the reader acks every value at once, but first pins
+# the slot's generation in its pin row when the value has such views. A writer that comes round
+# to a slot pinned at its current generation moves the slot to a new segment (the next
+# generation) instead of overwriting it; the old memory goes with the last view. Each view is
+# exposed through a root array with a weak reference on it, and the pin clears when the last
+# root of that slot and generation is collected. So a consumer that keeps results costs one
+# fresh segment per reuse of a slot, never a stall and never a copy; one that drops them (the
+# usual loop) costs nothing. A value without such buffers (plain Python objects) is a full copy
+# already and pins nothing.
 
 
 class _Control(ctypes.Structure):
@@ -100,8 +106,15 @@ def _round_up(n: int, to: int) -> int:
     return (n + to - 1) // to * to
 
 
+def _pin_table(num_readers: int, num_slots: int) -> tuple[int, int]:
+    """Return (offset of the pin table, u64 entries per reader row)."""
+    offset = _round_up(64 * (num_readers + 2) + ctypes.sizeof(_SlotRecord) * num_slots, 64)
+    return offset, _round_up(8 * num_slots, 64) // 8
+
+
 def _header_size(num_readers: int, num_slots: int) -> int:
-    return _round_up(64 * (num_readers + 2) + ctypes.sizeof(_SlotRecord) * num_slots, _PAGE)
+    offset, row = _pin_table(num_readers, num_slots)
+    return _round_up(offset + 8 * row * num_readers, _PAGE)
 
 
 def _start_time(pid: int) -> int | None:
@@ -149,6 +162,8 @@ class _Mapping:
         self.writer_line = self.lines[-1]
         self.slots = [_SlotRecord.from_buffer(mm, table + ctypes.sizeof(_SlotRecord) * i)
                       for i in range(num_slots)]
+        pin_offset, self.pin_row = _pin_table(num_readers, num_slots)
+        self.pins = segment.buf[pin_offset:pin_offset + 8 * self.pin_row * num_readers].cast("Q")
 
     def signal(self, party: int, waiters: list[_Line]) -> None:
         """Bump the futex word of ``party``; wake it if one of ``waiters`` sleeps."""
@@ -408,10 +423,13 @@ class SharedMemoryWriter(ChannelWriter):
         return -1
 
     def _slot_view(self, slot: int, size: int) -> memoryview:
-        """Return a writable view of ``slot``, growing it first if ``size`` bytes do not fit."""
+        """Return a writable view of ``slot``, moving it to a new segment first if ``size``
+        bytes do not fit or a reader still uses it (Note [zero-copy lifetime])."""
         record = self._mapping.slots[slot]
         if size > record.capacity:
-            self._grow(slot, size)
+            self._move(slot, self._grown_capacity(record.capacity, size))
+        elif self._pinned(slot, record.generation):
+            self._move(slot, record.capacity)
         cached = self._slot_views[slot]
         if cached is None or cached[0] != record.generation:
             cached = self._map_slot(slot, record)
@@ -428,13 +446,25 @@ class SharedMemoryWriter(ChannelWriter):
         self._slot_views[slot] = (generation, segment, view)
         return self._slot_views[slot]
 
-    def _grow(self, slot: int, size: int) -> None:
-        """Move ``slot`` (free: every reader acked it) into a new, larger segment."""
+    def _pinned(self, slot: int, generation: int) -> bool:
+        """Whether a reader still has views of ``slot`` at ``generation``."""
+        pins, mark = self._mapping.pins, generation + 1
+        for index in range(slot, len(pins), self._mapping.pin_row):
+            if pins[index] == mark:
+                return True
+        return False
+
+    def _grown_capacity(self, capacity: int, size: int) -> int:
+        """The capacity a slot of ``capacity`` grows to for a value of ``size`` bytes."""
+        grown = _round_up(max(size, 2 * capacity), _PAGE)
+        if self.channel.max_size is not None:
+            grown = max(size, min(grown, self.channel.max_size))
+        return grown
+
+    def _move(self, slot: int, capacity: int) -> None:
+        """Move ``slot`` (acked by every reader) into a new segment of ``capacity`` bytes."""
         channel = self.channel
         record = self._mapping.slots[slot]
-        capacity = _round_up(max(size, 2 * record.capacity), _PAGE)
-        if channel.max_size is not None:
-            capacity = max(size, min(capacity, channel.max_size))
         generation = record.generation + 1
         segment = Segment.create(_slot_path(channel.path, slot, generation), capacity)
         old = self._slot_views[slot]
@@ -459,10 +489,13 @@ class SharedMemoryReader(ChannelReader):
         self.channel = channel
         self.index = index
         self._mapping: _Mapping | None = None   # set by attach(), with the fields below
-        self._seq = 0          # values taken; the line's seq (values acked) is _seq or _seq - 1
-        self._holding = False
+        self._seq = 0          # values read (and acked)
         self._slot_views: list[tuple[int, Segment | None, memoryview] | None] = []
         self._what = f"a value read from {channel!r}"
+        self._reading = (0, 0)  # (slot, generation) of the value being read
+        self._pin_lock = threading.Lock()     # weak reference callbacks run in any thread
+        self._pin_counts: dict[tuple[int, int], int] = {}    # live roots per (slot, generation)
+        self._pin_refs: dict[int, tuple[weakref.ref, tuple[int, int]]] = {}
 
     def __reduce__(self) -> tuple:
         return (SharedMemoryReader, (self.channel, self.index))
@@ -475,14 +508,14 @@ class SharedMemoryReader(ChannelReader):
             self._seq = self._line.seq
             self._slot_views = [None] * channel.num_slots
             self._writer_line = channel._mapping.writer_line
+            self._pin_base = self.index * channel._mapping.pin_row
             self._mapping = channel._mapping
 
     def read(self, timeout: float | None = None) -> Any:
-        """Release the previous value, then return the next one (see Note [zero-copy lifetime])."""
+        """Return the next value; its zero-copy views stay valid while they live (see
+        Note [zero-copy lifetime])."""
         if self._mapping is None:
             self.attach()
-        if self._holding:
-            self.release()
         channel, mapping = self.channel, self._mapping
         if mapping.control.closed:
             raise ChannelClosedError(f"{channel!r} was closed; read is not possible any more")
@@ -491,30 +524,22 @@ class SharedMemoryReader(ChannelReader):
             channel._wait(self.index, self._poll, timeout, "read")
         slot = seq % channel.num_slots
         record = mapping.slots[slot]
-        frame = self._slot_view(slot, record)[:record.length]
-        self._seq = seq + 1
-        self._holding = True
+        generation = record.generation
+        frame = self._slot_view(slot, generation, record)[:record.length]
+        self._reading = (slot, generation)
         try:
-            value = deserialize(frame, self._what)
-        except BaseException:
-            self.release()
-            raise
-        if _NBUF.unpack_from(frame, 0)[0] == 0:
-            self.release()
-        return value
-
-    @property
-    def holding(self) -> bool:
-        """Whether the value last read has zero-copy views of the slot and is not yet released."""
-        return self._holding
+            return deserialize(frame, self._what, self._pin)
+        finally:
+            self._seq = seq + 1
+            self._line.seq = seq + 1      # the ack, after any pin
+            mapping.signal(self.index, mapping.writer_lines)
 
     def _poll(self) -> int:
         return -1 if self._writer_line.seq > self._seq else self.channel.num_readers
 
-    def _slot_view(self, slot: int, record: _SlotRecord) -> memoryview:
+    def _slot_view(self, slot: int, generation: int, record: _SlotRecord) -> memoryview:
         """Return a read-only view of ``slot``, mapping its current generation if it moved."""
         cached = self._slot_views[slot]
-        generation = record.generation
         if cached is None or cached[0] != generation:
             if cached is not None and cached[1] is not None:
                 cached[1].close()  # unmapped once the last value viewing it is freed
@@ -528,12 +553,29 @@ class SharedMemoryReader(ChannelReader):
             cached = self._slot_views[slot] = (generation, segment, view)
         return cached[2]
 
-    def release(self) -> None:
-        """Ack the value last read, so the writer may reuse its slot; its views may then change."""
-        if self._holding:
-            self._holding = False
-            self._line.seq = self._seq
-            self._mapping.signal(self.index, self._mapping.writer_lines)
+    def _pin(self, buffer: memoryview) -> Any:
+        """Expose a zero-copy buffer of the value being read through a root array that pins
+        its slot until the root is collected (Note [zero-copy lifetime])."""
+        root = numpy.frombuffer(buffer, numpy.uint8)
+        key = slot, generation = self._reading
+        ref = weakref.ref(root, self._unpin)
+        with self._pin_lock:
+            self._pin_counts[key] = self._pin_counts.get(key, 0) + 1
+            self._pin_refs[id(ref)] = (ref, key)
+            self._mapping.pins[self._pin_base + slot] = generation + 1
+        return root
+
+    def _unpin(self, ref: weakref.ref) -> None:
+        with self._pin_lock:
+            _, key = self._pin_refs.pop(id(ref))
+            left = self._pin_counts.pop(key) - 1
+            if left:
+                self._pin_counts[key] = left
+                return
+            slot, generation = key
+            pins, index = self._mapping.pins, self._pin_base + slot
+            if pins[index] == generation + 1:
+                pins[index] = 0
 
     def close(self) -> None:
         """Close the whole channel."""

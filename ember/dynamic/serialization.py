@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import pickle
 import struct
-from typing import Any
+from typing import Any, Callable
 
 import cloudpickle
 
@@ -166,8 +166,10 @@ def serialize(value: Any, what: str = "value") -> Serialized:
     return Serialized(meta, buffers)
 
 
-def deserialize(frame: memoryview | bytes, what: str = "value") -> Any:
-    """Unpickle a frame made by ``Serialized.write_into``; buffers are views of ``frame``."""
+def deserialize(frame: memoryview | bytes, what: str = "value",
+                wrap: Callable[[memoryview], Any] | None = None) -> Any:
+    """Unpickle a frame made by ``Serialized.write_into``; buffers are views of ``frame``,
+    passed through ``wrap`` first if given (so a caller can track how long they are used)."""
     view = frame if isinstance(frame, memoryview) else memoryview(frame)
     nbuf, kind, meta_len = _HEAD.unpack_from(view, 0)
     offset = _HEAD.size
@@ -178,7 +180,8 @@ def deserialize(frame: memoryview | bytes, what: str = "value") -> Any:
         meta = view[offset:offset + meta_len]
         offset = _align(offset + meta_len)
         for n in lengths:
-            buffers.append(view[offset:offset + n])
+            buffers.append(view[offset:offset + n] if wrap is None
+                           else wrap(view[offset:offset + n]))
             offset = _align(offset + n)
     else:
         meta = view[offset:offset + meta_len]

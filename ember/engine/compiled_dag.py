@@ -24,7 +24,6 @@ broken: every pending and later ``get`` and every ``execute`` raises ``ActorDied
 
 from __future__ import annotations
 
-import copy
 import itertools
 import logging
 import os
@@ -56,7 +55,6 @@ logger = logging.getLogger(__name__)
 
 _SLICE_S = 0.25          # how often a waiting driver checks the actors' processes
 _HOST = socket.gethostname()
-_IMMUTABLE = (bytes, str, int, float, bool, type(None))
 
 
 def compile_dag(root: DAGNode, **options: Any) -> "CompiledDAG":
@@ -344,15 +342,7 @@ class CompiledDAG:
             except ActorDiedError as exc:
                 self._mark_broken(exc)
                 raise
-            # Note [driver copies]: a value with zero-copy buffers (numpy arrays) views the
-            # channel's slot, which is reused once released; the user keeps results as long as
-            # they like, so the driver keeps a copy. (``holding`` tells that the reader still
-            # holds the slot.)
-            if reader.holding:
-                if type(value) not in _IMMUTABLE:
-                    value = copy.deepcopy(value)
-                reader.release()
-            return value
+            return value   # zero-copy arrays stay valid while they live (Note [zero-copy lifetime])
 
     # -- failure ---------------------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ import threading
 import traceback
 from typing import Any, Callable
 
+from ember.channels.interface import ChannelReader
 from ember.engine.groups import join_groups, release_groups
 from ember.engine.schedule import COMPUTE, READ, WRITE, NodeRef, NodeSpec, Schedule
 from ember.exceptions import (ActorDiedError, ChannelClosedError, EmberError, GetTimeoutError,
@@ -88,11 +89,15 @@ class ExecutorLoop:
         pos = op.node
         if op.kind == READ:
             reader = self._readers[(op.channel, op.reader)]
+            if type(reader).release is ChannelReader.release:   # nothing to give back
+                def read() -> None:
+                    values[pos] = reader.read(None)
+                return read
 
-            def read() -> None:
+            def read_and_hold() -> None:
                 values[pos] = reader.read(None)
                 held.append(reader)
-            return read
+            return read_and_hold
         if op.kind == WRITE:
             writer = self._writers[op.channel]
             where = self.where
@@ -168,7 +173,7 @@ class ExecutorLoop:
             for step in self._steps:
                 step()
         finally:
-            self._values[:] = self._nones      # drop views of slots that go back to writers
+            self._values[:] = self._nones      # drop this execution's values (and their pins)
             held = self._held
             try:
                 for reader in held:

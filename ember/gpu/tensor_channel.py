@@ -174,10 +174,6 @@ class TensorChannelReader(ChannelReader):
     def attach(self) -> None:
         self._cpu.attach()
 
-    @property
-    def holding(self) -> bool:
-        return self._cpu.holding
-
     def read(self, timeout: float | None = None) -> Any:
         """Return the next value with its tensors in place (Note [IPC slots] for the order)."""
         if self._ipc is not None:
@@ -208,10 +204,9 @@ class TensorChannelReader(ChannelReader):
         return self._ipc
 
     def release(self) -> None:
-        """Give back the IPC slot and the CPU slot of the value last read."""
+        """Give back the IPC slot of the value last read."""
         if self._ipc is not None:
             self._ipc.release()
-        self._cpu.release()
 
     def close(self) -> None:
         """Close the whole channel."""

@@ -60,7 +60,8 @@ def write_and_hang(writer: ChannelWriter, values: list[Any], ready: multiprocess
 
 
 def read_and_hang(reader: ChannelReader, count: int, ready: multiprocessing.Queue) -> None:
-    """Read ``count`` values (holding the last), say so on ``ready``, then wait to be killed."""
+    """Attach, read ``count`` values, say so on ``ready``, then wait to be killed."""
+    reader.attach()
     for _ in range(count):
         reader.read(timeout=20)
     ready.put("read")

@@ -126,7 +126,7 @@ def test_a_value_over_max_size_is_refused_and_the_channel_goes_on() -> None:
 
 
 @pytest.mark.timeout(30)
-def test_arrays_are_read_only_views_valid_until_the_next_read(spawn) -> None:
+def test_arrays_are_read_only_views_that_stay_valid_while_they_live(spawn) -> None:
     ones, twos = np.ones(4096), np.full(4096, 2.0)
     channel = SharedMemoryChannel(num_readers=1, num_slots=1)
     with channel:
@@ -140,10 +140,10 @@ def test_arrays_are_read_only_views_valid_until_the_next_read(spawn) -> None:
             mapping = channel._mapping.segment
             base = np.frombuffer(mapping.mmap, dtype=np.uint8).ctypes.data
             assert base <= first.ctypes.data < base + mapping.size
-            # one slot: the writer waits for the next read, so the first value stays intact
-            time.sleep(0.3)
+            # one slot, acked at once: the writer moves the pinned slot instead of overwriting
+            second = reader.read(timeout=20)
+            np.testing.assert_array_equal(second, twos)
             np.testing.assert_array_equal(first, ones)
-            np.testing.assert_array_equal(reader.read(timeout=20), twos)
 
 
 @pytest.mark.timeout(30)
@@ -185,13 +185,13 @@ def test_writer_sees_actor_died_when_a_reader_is_killed(spawn) -> None:
     with channel:
         ready = spawn.Queue()
         results = spawn.Queue()
-        values = [np.zeros(3), np.ones(3)]  # arrays: a reader holds them (zero-copy) until it
-        writer = channel.writer()            # reads again
+        values = [np.zeros(3), np.ones(3)]
+        writer = channel.writer()
         writer.write(values[0])
-        with running(spawn, peers.read_and_hang, channel.reader(1), 1, ready) as reader1, \
+        with running(spawn, peers.read_and_hang, channel.reader(1), 0, ready) as reader1, \
                 running(spawn, peers.read_until_error, channel.reader(0), results):
             assert ready.get(timeout=20) == "read"
-            writer.write(values[1], timeout=20)   # reader 1 holds value 0: the ring is full
+            writer.write(values[1], timeout=20)   # reader 1 read nothing: the ring is full
             killer = threading.Timer(0.3, reader1.kill)
             killer.start()
             start = time.monotonic()
@@ -278,18 +278,40 @@ def test_the_creator_owns_the_segments_a_copy_does_not(session) -> None:
 
 
 @pytest.mark.timeout(30)
-def test_a_reader_holds_only_values_with_zero_copy_buffers() -> None:
-    with SharedMemoryChannel() as channel:
+def test_a_reader_acks_at_once_and_pins_a_slot_while_its_arrays_live() -> None:
+    with SharedMemoryChannel(num_slots=2) as channel:
         writer, reader = channel.writer(), channel.reader(0)
+        pins = channel._mapping.pins
         writer.write(np.arange(3))
         writer.write(7)
-        assert reader.read().tolist() == [0, 1, 2] and reader.holding
-        assert reader.read() == 7 and not reader.holding   # a plain value is a copy: acked
-        writer.write(np.arange(2))
-        reader.read()
-        reader.release()
-        assert not reader.holding
-        assert channel._mapping.reader_lines[0].seq == 3
+        array = reader.read()
+        view = array[1:]
+        del array
+        assert view.tolist() == [1, 2] and pins[0] == 1   # slot 0, generation 0, still viewed
+        assert reader.read() == 7 and pins[1] == 0        # a plain value is a copy: no pin
+        assert channel._mapping.reader_lines[0].seq == 2  # both acked
+        del view
+        gc.collect()
+        assert pins[0] == 0
+
+
+@pytest.mark.timeout(60)
+def test_results_kept_by_a_reader_stay_intact_and_slots_move_instead(spawn, session) -> None:
+    values = [np.full(10_000, float(i)) for i in range(12)]
+    channel = SharedMemoryChannel(num_readers=1, num_slots=2, slot_capacity=1 << 20)
+    with channel:
+        with running(spawn, peers.write_all, channel.writer(), values) as writer:
+            reader = channel.reader(0)
+            kept = [reader.read(timeout=20) for _ in values]
+            writer.join(10)
+            assert writer.exitcode == 0
+        for got, want in zip(kept, values):
+            np.testing.assert_array_equal(got, want)
+        # the header plus, per slot, only its current generation (moved-from ones are unlinked)
+        assert len(session_files(session)) == 3
+        del kept, got
+        gc.collect()
+        assert list(channel._mapping.pins) == [0] * len(channel._mapping.pins)
 
 
 @pytest.mark.timeout(30)

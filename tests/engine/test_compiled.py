@@ -267,8 +267,19 @@ def test_large_numpy_values_grow_the_buffers(actors):
             arr = np.arange(n, dtype=np.float32)
             out = cdag.execute(arr).get(timeout=20)
             np.testing.assert_array_equal(out, arr * 2)
-        out[0] = 1.0                              # the driver's copy is its own
+        assert not out.flags.writeable             # a zero-copy view of the output slot
         assert cdag.execute(np.ones(4)).get(timeout=10).tolist() == [2.0] * 4
+
+
+@pytest.mark.timeout(60)
+def test_results_kept_by_the_driver_stay_valid_across_many_executions(actors):
+    a, b, _ = actors
+    with InputNode() as inp:
+        dag = b.scale.bind(a.echo.bind(inp))
+    with dag.compile(max_inflight_executions=2) as cdag:
+        kept = [cdag.execute(np.full(50_000, float(i))).get(timeout=20) for i in range(10)]
+        for i, out in enumerate(kept):
+            np.testing.assert_array_equal(out, np.full(50_000, 2.0 * i))
 
 
 @pytest.mark.timeout(60)
