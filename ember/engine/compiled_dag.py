@@ -40,7 +40,8 @@ from ember.channels.shared_memory import SharedMemoryType
 from ember.dag.nodes import DAGNode
 from ember.engine import registry
 from ember.engine.comm_schedule import check_communication, order_communication
-from ember.engine.executor import ExecutorLoop, RaisedError, start_actor_loop, stop_actor_loop
+from ember.engine.executor import (ExecutorLoop, RaisedError, pack_inputs, start_actor_loop,
+                                   stop_actor_loop)
 from ember.engine.groups import store_address
 from ember.engine.options import CompileOptions
 from ember.engine.plan import DRIVER, DRIVER_TASKS, SHARED_MEMORY, Plan, make_plan
@@ -195,7 +196,7 @@ class CompiledDAG:
                 deadline = None if timeout is None else time.monotonic() + timeout
                 self._wait_for_room(deadline, timeout)
             try:
-                self._input_writer.write((args, kwargs), timeout if deadline is None
+                self._input_writer.write(pack_inputs(args, kwargs), timeout if deadline is None
                                          else _remaining(deadline, None))
             except ChannelTimeoutError:
                 raise self._submit_timeout_error(timeout) from None

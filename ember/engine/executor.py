@@ -51,6 +51,36 @@ class RaisedError:
         return f"RaisedError({self.exc!r})"
 
 
+class Inputs:
+    """The arguments of one ``execute`` call as the input channel carries them, unless the call
+    has exactly one positional argument: that one travels bare, the common case made cheap
+    (a bare numpy array takes the array fast path of serialization)."""
+
+    __slots__ = ("args", "kwargs")
+
+    def __init__(self, args: tuple, kwargs: dict) -> None:
+        self.args = args
+        self.kwargs = kwargs
+
+    def __reduce__(self) -> tuple:
+        return (Inputs, (self.args, self.kwargs))
+
+
+def pack_inputs(args: tuple, kwargs: dict) -> Any:
+    """The input channel's value for ``execute(*args, **kwargs)``."""
+    return args[0] if len(args) == 1 and not kwargs else Inputs(args, kwargs)
+
+
+def unpack_inputs(payload: Any) -> tuple[tuple, dict]:
+    """``(args, kwargs)`` back from the input channel's value."""
+    return (payload.args, payload.kwargs) if type(payload) is Inputs else ((payload,), {})
+
+
+def first_input(payload: Any) -> Any:
+    """The first positional argument, which a bare ``InputNode`` stands for."""
+    return payload.args[0] if type(payload) is Inputs else payload
+
+
 class ExecutorLoop:
     """Runs one participant's schedule of one graph, once per execution, on its own thread."""
 
@@ -131,7 +161,7 @@ class ExecutorLoop:
                 if type(payload) is RaisedError:
                     values[pos] = payload
                     return
-                args, kwargs = payload
+                args, kwargs = unpack_inputs(payload)
                 values[pos] = args[key] if isinstance(key, int) else kwargs[key]
             return attribute
         if spec.kind == "collective":
@@ -240,14 +270,14 @@ def _args_getter(values: list, args: tuple, kwargs: dict) -> Callable[[], tuple]
             value = values[src]
             if type(value) is RaisedError:
                 return (), {}, value
-            return ((value[0][0],) if whole_input else (value,)), {}, None
+            return ((first_input(value),) if whole_input else (value,)), {}, None
         return one
 
     def resolve(item: Any) -> Any:
         if isinstance(item, NodeRef):
             value = values[item.pos]
             if item.input and type(value) is not RaisedError:
-                value = value[0][0]
+                value = first_input(value)
             return value
         return item
 
