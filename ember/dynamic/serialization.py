@@ -136,7 +136,7 @@ def _is_plain(value: Any, depth: int = 0) -> bool:
 # datetimes) and other layouts go through pickle. A loop sends the same dtype and shape again
 # and again, so the frame head of each (dtype, shape) and the decoded layout of each head are
 # kept (up to _CACHE_LIMIT of each).
-_ARRAY_HEADS: dict[tuple[str, tuple], bytes] = {}   # (dtype, shape) -> head of its frames
+_ARRAY_HEADS: dict[tuple[Any, tuple], bytes] = {}   # (dtype, shape) -> head of its frames
 _ARRAY_METAS: dict[bytes, tuple[Any, tuple]] = {}   # pickle stream -> (numpy dtype, shape)
 _CACHE_LIMIT = 1024
 
@@ -149,12 +149,13 @@ def _array_frame(value: Any) -> Serialized | None:
     if (dtype.kind not in "biufcSU" or dtype.fields is not None or dtype.subdtype is not None
             or not value.flags.c_contiguous or value.size == 0):
         return None
-    key = (dtype.str, value.shape)
+    key = (dtype, value.shape)    # not dtype.str, which formats a new string at every call
     head = _ARRAY_HEADS.get(key)
     if head is None:
         if len(_ARRAY_HEADS) >= _CACHE_LIMIT:
             _ARRAY_HEADS.clear()
-        head = _ARRAY_HEADS[key] = _head(pickle.dumps(key, protocol=5), [value.nbytes], ARRAY)
+        meta = pickle.dumps((dtype.str, value.shape), protocol=5)
+        head = _ARRAY_HEADS[key] = _head(meta, [value.nbytes], ARRAY)
     return Serialized(head, [memoryview(value).cast("B")])
 
 
@@ -167,7 +168,10 @@ def _array_from_frame(meta: memoryview, buffer: Any) -> Any:
             _ARRAY_METAS.clear()
         dtype, shape = pickle.loads(key)
         layout = _ARRAY_METAS[key] = (numpy.dtype(dtype), shape)
-    return numpy.ndarray(layout[1], layout[0], buffer)
+    dtype, shape = layout
+    if isinstance(buffer, numpy.ndarray):   # a root array from deserialize's ``wrap``
+        return buffer.view(dtype).reshape(shape)
+    return numpy.frombuffer(buffer, dtype).reshape(shape)
 
 
 def serialize(value: Any, what: str = "value") -> Serialized:
