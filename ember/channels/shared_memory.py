@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import threading
 import time
 import uuid
 import weakref
@@ -70,9 +69,9 @@ _SLICE_S = 0.1
 # they stay valid for as long as they live: the reader acks every value at once, but first pins
 # the slot's generation in its pin row when the value has such views. A writer that comes round
 # to a slot pinned at its current generation moves the slot to a new segment (the next
-# generation) instead of overwriting it; the old memory goes with the last view. Each view is
-# exposed through a root array with a weak reference on it, and the pin clears when the last
-# root of that slot and generation is collected. So a consumer that keeps results costs one
+# generation) instead of overwriting it; the old memory goes with the last view. The buffers of
+# a value are slices of one root array with a weak reference on it; once the root is collected,
+# the reader clears the pin at its next read. So a consumer that keeps results costs one
 # fresh segment per reuse of a slot, never a stall and never a copy; one that drops them (the
 # usual loop) costs nothing. A value without such buffers (plain Python objects) is a full copy
 # already and pins nothing.
@@ -482,6 +481,12 @@ class SharedMemoryWriter(ChannelWriter):
         self.channel.close()
 
 
+class _Root(weakref.ref):
+    """A weak reference to the root array of a value read, keyed by its (slot, generation)."""
+
+    __slots__ = ("key",)
+
+
 class SharedMemoryReader(ChannelReader):
     """One reading end of a SharedMemoryChannel; pickles as (channel, index)."""
 
@@ -492,10 +497,9 @@ class SharedMemoryReader(ChannelReader):
         self._seq = 0          # values read (and acked)
         self._slot_views: list[tuple[int, Segment | None, memoryview] | None] = []
         self._what = f"a value read from {channel!r}"
-        self._reading = (0, 0)  # (slot, generation) of the value being read
-        self._pin_lock = threading.Lock()     # weak reference callbacks run in any thread
-        self._pin_counts: dict[tuple[int, int], int] = {}    # live roots per (slot, generation)
-        self._pin_refs: dict[int, tuple[weakref.ref, tuple[int, int]]] = {}
+        self._reading = (0, 0)   # (slot, generation) of the value being read
+        self._roots: dict[tuple[int, int], _Root] = {}   # live root per (slot, generation)
+        self._freed: list[_Root] = []   # roots collected whose pins are not cleared yet
 
     def __reduce__(self) -> tuple:
         return (SharedMemoryReader, (self.channel, self.index))
@@ -519,6 +523,8 @@ class SharedMemoryReader(ChannelReader):
         channel, mapping = self.channel, self._mapping
         if mapping.control.closed:
             raise ChannelClosedError(f"{channel!r} was closed; read is not possible any more")
+        if self._freed:
+            self._clear_pins()
         seq = self._seq
         if self._writer_line.seq <= seq:
             channel._wait(self.index, self._poll, timeout, "read")
@@ -553,29 +559,28 @@ class SharedMemoryReader(ChannelReader):
             cached = self._slot_views[slot] = (generation, segment, view)
         return cached[2]
 
-    def _pin(self, buffer: memoryview) -> Any:
-        """Expose a zero-copy buffer of the value being read through a root array that pins
-        its slot until the root is collected (Note [zero-copy lifetime])."""
-        root = numpy.frombuffer(buffer, numpy.uint8)
+    def _pin(self, frame: memoryview) -> Any:
+        """Return a root array over the frame being read, and pin its slot until the root is
+        collected (Note [zero-copy lifetime])."""
+        root = numpy.asarray(frame)   # a read-only uint8 array; frombuffer would try writing first
         key = slot, generation = self._reading
-        ref = weakref.ref(root, self._unpin)
-        with self._pin_lock:
-            self._pin_counts[key] = self._pin_counts.get(key, 0) + 1
-            self._pin_refs[id(ref)] = (ref, key)
-            self._mapping.pins[self._pin_base + slot] = generation + 1
+        ref = self._roots[key] = _Root(root, self._freed.append)
+        ref.key = key
+        self._mapping.pins[self._pin_base + slot] = generation + 1
         return root
 
-    def _unpin(self, ref: weakref.ref) -> None:
-        with self._pin_lock:
-            _, key = self._pin_refs.pop(id(ref))
-            left = self._pin_counts.pop(key) - 1
-            if left:
-                self._pin_counts[key] = left
-                return
-            slot, generation = key
-            pins, index = self._mapping.pins, self._pin_base + slot
-            if pins[index] == generation + 1:
-                pins[index] = 0
+    def _clear_pins(self) -> None:
+        """Clear the pins of the roots collected since the last call. The weak reference
+        callbacks (in any thread) only queue; pins are cleared here, in the reading thread, so
+        that one thread writes them and no lock is needed."""
+        freed, roots, pins = self._freed, self._roots, self._mapping.pins
+        while freed:
+            ref = freed.pop()
+            slot, generation = key = ref.key
+            if roots.get(key) is ref:
+                del roots[key]
+                if pins[self._pin_base + slot] == generation + 1:
+                    pins[self._pin_base + slot] = 0
 
     def close(self) -> None:
         """Close the whole channel."""

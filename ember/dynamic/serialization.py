@@ -169,7 +169,7 @@ def _array_from_frame(meta: memoryview, buffer: Any) -> Any:
         dtype, shape = pickle.loads(key)
         layout = _ARRAY_METAS[key] = (numpy.dtype(dtype), shape)
     dtype, shape = layout
-    if isinstance(buffer, numpy.ndarray):   # a root array from deserialize's ``wrap``
+    if isinstance(buffer, numpy.ndarray):   # a slice of deserialize's ``root`` array
         return buffer.view(dtype).reshape(shape)
     return numpy.frombuffer(buffer, dtype).reshape(shape)
 
@@ -199,9 +199,12 @@ def serialize(value: Any, what: str = "value") -> Serialized:
 
 
 def deserialize(frame: memoryview | bytes, what: str = "value",
-                wrap: Callable[[memoryview], Any] | None = None) -> Any:
-    """Unpickle a frame made by ``Serialized.write_into``; buffers are views of ``frame``,
-    passed through ``wrap`` first if given (so a caller can track how long they are used)."""
+                root: Callable[[memoryview], Any] | None = None) -> Any:
+    """Unpickle a frame made by ``Serialized.write_into``; buffers are views of ``frame``.
+
+    With ``root``, a frame that has buffers is first passed to it, and the buffers are slices
+    of the array it returns, so that the caller can tell how long they are used.
+    """
     view = frame if isinstance(frame, memoryview) else memoryview(frame)
     nbuf, kind, meta_len = _HEAD.unpack_from(view, 0)
     offset = _HEAD.size
@@ -211,9 +214,9 @@ def deserialize(frame: memoryview | bytes, what: str = "value",
         offset += 8 * nbuf
         meta = view[offset:offset + meta_len]
         offset = _align(offset + meta_len)
+        source = view if root is None else root(view)
         for n in lengths:
-            buffers.append(view[offset:offset + n] if wrap is None
-                           else wrap(view[offset:offset + n]))
+            buffers.append(source[offset:offset + n])
             offset = _align(offset + n)
     else:
         meta = view[offset:offset + meta_len]
