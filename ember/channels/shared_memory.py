@@ -129,13 +129,6 @@ def _start_time(pid: int) -> int | None:
     return int(fields[19])
 
 
-def _any_sleeping(lines: list[_Line]) -> bool:
-    for line in lines:
-        if line.sleeping:
-            return True
-    return False
-
-
 def _slot_path(path: str, slot: int, generation: int) -> str:
     """Return the path of the segment of ``slot`` once it has grown to ``generation`` (> 0)."""
     return f"{path}_s{slot}_g{generation}"
@@ -168,9 +161,15 @@ class _Mapping:
         """Bump the futex word of ``party``; wake it if one of ``waiters`` sleeps."""
         line = self.lines[party]
         line.word = (line.word + 1) & _U32
-        if not _any_sleeping(waiters):  # a flag seen set needs no fence: waking is always safe
+        for waiter in waiters:   # a flag seen set needs no fence: waking is always safe
+            if waiter.sleeping:
+                break
+        else:
             futex.fence()
-            if not _any_sleeping(waiters):
+            for waiter in waiters:
+                if waiter.sleeping:
+                    break
+            else:
                 return
         futex.wake(self.word_addresses[party])
 
@@ -388,7 +387,11 @@ class SharedMemoryWriter(ChannelWriter):
             self._line = channel._attach(channel.num_readers)
             self._seq = self._line.seq
             self._slot_views = [None] * channel.num_slots
-            self._mapping = channel._mapping
+            mapping = channel._mapping
+            self._max_size = mapping.control.max_size
+            self._pin_indices = [range(slot, len(mapping.pins), mapping.pin_row)
+                                 for slot in range(channel.num_slots)]
+            self._mapping = mapping
 
     def write(self, value: Any, timeout: float | None = None) -> None:
         """Serialize ``value`` into the next slot and publish it to every reader."""
@@ -399,13 +402,16 @@ class SharedMemoryWriter(ChannelWriter):
             raise ChannelClosedError(f"{channel!r} was closed; write is not possible any more")
         frame = serialize(value, self._what)
         size = frame.frame_size
-        if size > mapping.control.max_size:
+        if size > self._max_size:
             raise ChannelValueTooLargeError(
                 f"a value of {size} bytes does not fit in {channel!r}, whose max_size is "
                 f"{channel.max_size} bytes; create the channel with a larger max_size (or None)")
-        if self._lagging_reader() >= 0:
-            channel._wait(channel.num_readers, self._lagging_reader, timeout, "write")
         seq = self._seq
+        bound = seq - channel.num_slots
+        for line in mapping.reader_lines:
+            if line.seq <= bound:
+                channel._wait(channel.num_readers, self._lagging_reader, timeout, "write")
+                break
         slot = seq % channel.num_slots
         frame.write_into(self._slot_view(slot, size))
         mapping.slots[slot].length = size
@@ -448,7 +454,7 @@ class SharedMemoryWriter(ChannelWriter):
     def _pinned(self, slot: int, generation: int) -> bool:
         """Whether a reader still has views of ``slot`` at ``generation``."""
         pins, mark = self._mapping.pins, generation + 1
-        for index in range(slot, len(pins), self._mapping.pin_row):
+        for index in self._pin_indices[slot]:
             if pins[index] == mark:
                 return True
         return False

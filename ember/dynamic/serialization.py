@@ -35,7 +35,9 @@ def _align(n: int) -> int:
 
 def _head(meta: bytes, lengths: list[int], kind: int) -> bytes:
     """The frame's header and pickle stream, padded to where the first buffer starts."""
-    head = _HEAD.pack(len(lengths), kind, len(meta)) + struct.pack(f"<{len(lengths)}Q", *lengths)
+    head = _HEAD.pack(len(lengths), kind, len(meta))
+    if lengths:
+        head += struct.pack(f"<{len(lengths)}Q", *lengths)
     head += meta
     return head + _PADDING[:-len(head) % ALIGN]
 
@@ -176,6 +178,8 @@ def _array_from_frame(meta: memoryview, buffer: Any) -> Any:
 
 def serialize(value: Any, what: str = "value") -> Serialized:
     """Pickle ``value`` with out-of-band buffers; raise SerializationError naming ``what``."""
+    if type(value) in _PLAIN_TYPES:   # nothing out of band: bytearrays pickle in-band too
+        return Serialized(_head(pickle.dumps(value, protocol=5), [], PICKLED), [])
     frame = _array_frame(value)
     if frame is not None:
         return frame
