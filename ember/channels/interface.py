@@ -29,6 +29,8 @@ DEFAULT_NUM_SLOTS = 8
 class ChannelWriter(ABC):
     """The writing end of a channel."""
 
+    __slots__ = ()
+
     @abstractmethod
     def write(self, value: Any, timeout: float | None = None) -> None:
         """Send ``value`` to every reader, waiting for a free slot (see Note [channel timeouts])."""
@@ -47,6 +49,8 @@ class ChannelWriter(ABC):
 
 class ChannelReader(ABC):
     """One reading end of a channel; it sees every value written, in order."""
+
+    __slots__ = ()
 
     @abstractmethod
     def read(self, timeout: float | None = None) -> Any:

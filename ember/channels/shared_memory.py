@@ -137,6 +137,9 @@ def _slot_path(path: str, slot: int, generation: int) -> str:
 class _Mapping:
     """One process's map of a channel header: ctypes views of its lines, slots and futex words."""
 
+    __slots__ = ("segment", "control", "lines", "word_addresses", "reader_lines", "writer_lines",
+                 "writer_line", "slots", "pin_row", "pins")
+
     def __init__(self, segment: Segment) -> None:
         self.segment = segment
         mm = segment.mmap
@@ -370,6 +373,9 @@ class SharedMemoryChannel(Channel):
 class SharedMemoryWriter(ChannelWriter):
     """The writing end of a SharedMemoryChannel; pickles as (channel, role)."""
 
+    __slots__ = ("channel", "_mapping", "_seq", "_slot_views", "_what", "_line", "_max_size",
+                 "_pin_indices")
+
     def __init__(self, channel: SharedMemoryChannel) -> None:
         self.channel = channel
         self._mapping: _Mapping | None = None   # set by attach(), with the fields below
@@ -495,6 +501,9 @@ class _Root(weakref.ref):
 
 class SharedMemoryReader(ChannelReader):
     """One reading end of a SharedMemoryChannel; pickles as (channel, index)."""
+
+    __slots__ = ("channel", "index", "_mapping", "_seq", "_slot_views", "_what", "_reading",
+                 "_roots", "_freed", "_line", "_writer_line", "_pin_base")
 
     def __init__(self, channel: SharedMemoryChannel, index: int) -> None:
         self.channel = channel
