@@ -546,7 +546,10 @@ class SharedMemoryReader(ChannelReader):
         slot = seq % channel.num_slots
         record = mapping.slots[slot]
         generation = record.generation
-        frame = self._slot_view(slot, generation, record)[:record.length]
+        cached = self._slot_views[slot]
+        if cached is None or cached[0] != generation:
+            cached = self._map_slot(slot, generation, record)
+        frame = cached[2][:record.length]
         self._reading = (slot, generation)
         try:
             return deserialize(frame, self._what, self._pin)
@@ -558,21 +561,21 @@ class SharedMemoryReader(ChannelReader):
     def _poll(self) -> int:
         return -1 if self._writer_line.seq > self._seq else self.channel.num_readers
 
-    def _slot_view(self, slot: int, generation: int, record: _SlotRecord) -> memoryview:
-        """Return a read-only view of ``slot``, mapping its current generation if it moved."""
+    def _map_slot(self, slot: int, generation: int,
+                  record: _SlotRecord) -> tuple[int, Segment | None, memoryview]:
+        """Map the current generation of ``slot`` (read-only), unmapping the one it replaces."""
         cached = self._slot_views[slot]
-        if cached is None or cached[0] != generation:
-            if cached is not None and cached[1] is not None:
-                cached[1].close()  # unmapped once the last value viewing it is freed
-            if generation == 0:
-                segment = None
-                buf = self._mapping.segment.buf
-                view = buf[record.offset:record.offset + record.capacity].toreadonly()
-            else:
-                segment = Segment.open(_slot_path(self.channel.path, slot, generation))
-                view = segment.buf.toreadonly()
-            cached = self._slot_views[slot] = (generation, segment, view)
-        return cached[2]
+        if cached is not None and cached[1] is not None:
+            cached[1].close()  # unmapped once the last value viewing it is freed
+        if generation == 0:
+            segment = None
+            buf = self._mapping.segment.buf
+            view = buf[record.offset:record.offset + record.capacity].toreadonly()
+        else:
+            segment = Segment.open(_slot_path(self.channel.path, slot, generation))
+            view = segment.buf.toreadonly()
+        cached = self._slot_views[slot] = (generation, segment, view)
+        return cached
 
     def _pin(self, frame: memoryview) -> Any:
         """Return a root array over the frame being read, and pin its slot until the root is

@@ -27,6 +27,7 @@ ALIGN = 64
 PICKLED, ARRAY = 0, 1
 _HEAD = struct.Struct("<IIQ")
 _PADDING = bytes(ALIGN)
+_LENGTHS = [struct.Struct(f"<{n}Q") for n in range(17)]   # the buffer lengths of a frame
 
 
 def _align(n: int) -> int:
@@ -139,7 +140,7 @@ def _is_plain(value: Any, depth: int = 0) -> bool:
 # and again, so the frame head of each (dtype, shape) and the decoded layout of each head are
 # kept (up to _CACHE_LIMIT of each).
 _ARRAY_HEADS: dict[tuple[Any, tuple], bytes] = {}   # (dtype, shape) -> head of its frames
-_ARRAY_METAS: dict[bytes, tuple[Any, tuple]] = {}   # pickle stream -> (numpy dtype, shape)
+_ARRAY_METAS: dict[bytes, tuple] = {}   # pickle stream -> (numpy dtype, shape, numpy functions)
 _CACHE_LIMIT = 1024
 
 
@@ -162,18 +163,18 @@ def _array_frame(value: Any) -> Serialized | None:
 
 
 def _array_from_frame(meta: memoryview, buffer: Any) -> Any:
-    import numpy
     key = bytes(meta)
     layout = _ARRAY_METAS.get(key)
     if layout is None:
+        import numpy
         if len(_ARRAY_METAS) >= _CACHE_LIMIT:
             _ARRAY_METAS.clear()
         dtype, shape = pickle.loads(key)
-        layout = _ARRAY_METAS[key] = (numpy.dtype(dtype), shape)
-    dtype, shape = layout
-    if isinstance(buffer, numpy.ndarray):   # a slice of deserialize's ``root`` array
+        layout = _ARRAY_METAS[key] = (numpy.dtype(dtype), shape, numpy.ndarray, numpy.frombuffer)
+    dtype, shape, ndarray, frombuffer = layout
+    if type(buffer) is ndarray:   # a slice of deserialize's ``root`` array
         return buffer.view(dtype).reshape(shape)
-    return numpy.frombuffer(buffer, dtype).reshape(shape)
+    return frombuffer(buffer, dtype).reshape(shape)
 
 
 def serialize(value: Any, what: str = "value") -> Serialized:
@@ -214,7 +215,8 @@ def deserialize(frame: memoryview | bytes, what: str = "value",
     offset = _HEAD.size
     buffers = []
     if nbuf:
-        lengths = struct.unpack_from(f"<{nbuf}Q", view, offset)
+        lengths = (_LENGTHS[nbuf] if nbuf < len(_LENGTHS) else struct.Struct(f"<{nbuf}Q")
+                   ).unpack_from(view, offset)
         offset += 8 * nbuf
         meta = view[offset:offset + meta_len]
         offset = _align(offset + meta_len)
