@@ -577,10 +577,10 @@ class SharedMemoryReader(ChannelReader):
         cached = self._slot_views[slot] = (generation, segment, view)
         return cached
 
-    def _pin(self, frame: memoryview) -> Any:
-        """Return a root array over the frame being read, and pin its slot until the root is
-        collected (Note [zero-copy lifetime])."""
-        root = numpy.asarray(frame)   # a read-only uint8 array; frombuffer would try writing first
+    def _pin(self, view: memoryview) -> Any:
+        """Return a root array over ``view`` (of the value being read), and pin its slot until
+        the root is collected (Note [zero-copy lifetime])."""
+        root = numpy.asarray(view)   # a read-only uint8 array; frombuffer would try writing first
         key = slot, generation = self._reading
         ref = self._roots[key] = _Root(root, self._freed.append)
         ref.key = key

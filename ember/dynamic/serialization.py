@@ -170,10 +170,12 @@ def _array_from_frame(meta: memoryview, buffer: Any) -> Any:
         if len(_ARRAY_METAS) >= _CACHE_LIMIT:
             _ARRAY_METAS.clear()
         dtype, shape = pickle.loads(key)
-        layout = _ARRAY_METAS[key] = (numpy.dtype(dtype), shape, numpy.ndarray, numpy.frombuffer)
-    dtype, shape, ndarray, frombuffer = layout
-    if type(buffer) is ndarray:   # a slice of deserialize's ``root`` array
-        return buffer.view(dtype).reshape(shape)
+        dtype = numpy.dtype(dtype)
+        as_is = dtype == numpy.uint8 and len(shape) == 1    # the bytes already are the array
+        layout = _ARRAY_METAS[key] = (dtype, shape, as_is, numpy.ndarray, numpy.frombuffer)
+    dtype, shape, as_is, ndarray, frombuffer = layout
+    if type(buffer) is ndarray:   # deserialize's ``root`` array: uint8, over the array's bytes
+        return buffer if as_is else buffer.view(dtype).reshape(shape)
     return frombuffer(buffer, dtype).reshape(shape)
 
 
@@ -207,8 +209,9 @@ def deserialize(frame: memoryview | bytes, what: str = "value",
                 root: Callable[[memoryview], Any] | None = None) -> Any:
     """Unpickle a frame made by ``Serialized.write_into``; buffers are views of ``frame``.
 
-    With ``root``, a frame that has buffers is first passed to it, and the buffers are slices
-    of the array it returns, so that the caller can tell how long they are used.
+    With ``root``, a frame that has buffers passes one view to it (the array's bytes for an
+    array frame, else the whole frame), and the value is built on the uint8 array it returns
+    (the buffers are slices of it), so that the caller can tell how long they are used.
     """
     view = frame if isinstance(frame, memoryview) else memoryview(frame)
     nbuf, kind, meta_len = _HEAD.unpack_from(view, 0)
@@ -220,10 +223,14 @@ def deserialize(frame: memoryview | bytes, what: str = "value",
         offset += 8 * nbuf
         meta = view[offset:offset + meta_len]
         offset = _align(offset + meta_len)
-        source = view if root is None else root(view)
-        for n in lengths:
-            buffers.append(source[offset:offset + n])
-            offset = _align(offset + n)
+        if kind == ARRAY:
+            data = view[offset:offset + lengths[0]]
+            buffers.append(data if root is None else root(data))
+        else:
+            source = view if root is None else root(view)
+            for n in lengths:
+                buffers.append(source[offset:offset + n])
+                offset = _align(offset + n)
     else:
         meta = view[offset:offset + meta_len]
     try:
