@@ -141,6 +141,7 @@ def _is_plain(value: Any, depth: int = 0) -> bool:
 # kept (up to _CACHE_LIMIT of each).
 _ARRAY_HEADS: dict[tuple[Any, tuple], bytes] = {}   # (dtype, shape) -> head of its frames
 _ARRAY_METAS: dict[bytes, tuple] = {}   # pickle stream -> (numpy dtype, shape, numpy functions)
+_ARRAY_DTYPES: dict[Any, bool] = {}   # numpy dtype -> whether array frames take it
 _CACHE_LIMIT = 1024
 
 
@@ -149,17 +150,23 @@ def _array_frame(value: Any) -> Serialized | None:
     if cls.__name__ != "ndarray" or cls.__module__ != "numpy":
         return None
     dtype = value.dtype
-    if (dtype.kind not in "biufcSU" or dtype.fields is not None or dtype.subdtype is not None
-            or not value.flags.c_contiguous or value.size == 0):
+    plain = _ARRAY_DTYPES.get(dtype)
+    if plain is None:
+        plain = _ARRAY_DTYPES[dtype] = (dtype.kind in "biufcSU" and dtype.fields is None
+                                        and dtype.subdtype is None)
+    if not plain:
         return None
-    key = (dtype, value.shape)    # not dtype.str, which formats a new string at every call
+    view = memoryview(value)
+    if not view.c_contiguous or not view.nbytes:
+        return None
+    key = (dtype, view.shape)    # not dtype.str, which formats a new string at every call
     head = _ARRAY_HEADS.get(key)
     if head is None:
         if len(_ARRAY_HEADS) >= _CACHE_LIMIT:
             _ARRAY_HEADS.clear()
-        meta = pickle.dumps((dtype.str, value.shape), protocol=5)
-        head = _ARRAY_HEADS[key] = _head(meta, [value.nbytes], ARRAY)
-    return Serialized(head, [memoryview(value).cast("B")])
+        meta = pickle.dumps((dtype.str, view.shape), protocol=5)
+        head = _ARRAY_HEADS[key] = _head(meta, [view.nbytes], ARRAY)
+    return Serialized(head, [view.cast("B")])
 
 
 def _array_from_frame(meta: memoryview, buffer: Any) -> Any:
