@@ -204,12 +204,17 @@ class ExecutorLoop:
                 step()
         finally:
             self._values[:] = self._nones      # drop this execution's values (and their pins)
-            held = self._held
-            try:
-                for reader in held:
-                    reader.release()
-            finally:
-                held.clear()
+            if self._held:
+                self._release_held()
+
+    def _release_held(self) -> None:
+        """Give back what this execution's reads hold (GPU slots)."""
+        held = self._held
+        try:
+            for reader in held:
+                reader.release()
+        finally:
+            held.clear()
 
     def run(self) -> None:
         """Repeat the schedule until a channel closes (Note [loop exit])."""
