@@ -283,6 +283,22 @@ def test_results_kept_by_the_driver_stay_valid_across_many_executions(actors):
 
 
 @pytest.mark.timeout(60)
+def test_inputs_an_actor_keeps_stay_valid_across_many_executions(actors):
+    a, _, _ = actors
+    ember.get(a.reset.remote())
+    with InputNode() as inp:
+        dag = a.fwd.bind(inp)                      # keeps every input it gets in a.calls
+    with dag.compile(max_inflight_executions=2) as cdag:
+        for i in range(10):
+            cdag.execute(np.full(50_000, float(i))).get(timeout=20)
+    kept = ember.get(a.history.remote())
+    ember.get(a.reset.remote())
+    assert [float(x[0]) for x in kept] == [float(i) for i in range(10)]
+    for i, x in enumerate(kept):
+        np.testing.assert_array_equal(x, np.full(50_000, float(i)))
+
+
+@pytest.mark.timeout(60)
 def test_arity_checked_against_the_actor_method(actors):
     a, _, _ = actors
     with InputNode() as inp:
