@@ -1,7 +1,7 @@
 """The interface every channel transport implements, and the type objects that create channels.
 
 A channel has one writer and ``num_readers`` readers; every reader sees every value, in order.
-At most ``num_slots`` values are in flight: written and not yet released by every reader. A full
+At most ``num_slots`` values are in flight: written and not yet read by every reader. A full
 channel blocks its writer (back-pressure), an empty one blocks its readers.
 
 Note [channel timeouts]
