@@ -30,6 +30,30 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # The Ray subprocess therefore starts its channels at 4 MiB, which no row's value outgrows.
 RAY_CHANNEL_BYTES = 4 * 1024 * 1024
 
+# Note [ray semaphores]: Ray 2.60's compiled-graph channels make two named POSIX semaphores each
+# (/dev/shm/sem.hdr<pid>-<n>, sem.obj<pid>-<n>) and leave them behind after teardown and
+# shutdown: ~400 files per worker per run. The Ray subprocess's new ones are removed after it.
+RAY_SEMAPHORES = ("sem.hdr", "sem.obj")
+SHM = Path("/dev/shm")
+
+
+def _ray_semaphores() -> set[Path]:
+    if not SHM.is_dir():
+        return set()
+    return {p for p in SHM.iterdir() if p.name.startswith(RAY_SEMAPHORES)}
+
+
+@contextlib.contextmanager
+def removing_new_ray_semaphores() -> Iterator[None]:
+    """Remove the semaphore files Ray leaves in /dev/shm during the block (Note [ray semaphores])."""
+    before = _ray_semaphores()
+    try:
+        yield
+    finally:
+        for path in _ray_semaphores() - before:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
 
 def load_workloads() -> list[Entry]:
     """Import the workload modules (which register themselves) and return the registry in order."""
@@ -139,9 +163,11 @@ def run_runtime(runtime: str, args: argparse.Namespace, n_entries: int) -> list[
         if runtime == "ray":  # Note [ray channel buffer]
             env.setdefault("RAY_CGRAPH_buffer_size_bytes", str(RAY_CHANNEL_BYTES))
         # The child's own output (progress, runtime logs) goes to our stderr, keeping stdout clean.
+        cleanup = removing_new_ray_semaphores() if runtime == "ray" else contextlib.nullcontext()
         try:
-            proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, stdout=sys.stderr,
-                                  timeout=args.timeout * (n_entries + 1) + 120)
+            with cleanup:
+                proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, stdout=sys.stderr,
+                                      timeout=args.timeout * (n_entries + 1) + 120)
             rc = proc.returncode
         except subprocess.TimeoutExpired:
             rc = "timeout"
