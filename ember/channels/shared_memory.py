@@ -138,6 +138,15 @@ def _slot_path(path: str, slot: int, generation: int) -> str:
     return f"{path}_s{slot}_g{generation}"
 
 
+def _map_slot(header: Segment, slot: int,
+              record: "_SlotRecord") -> tuple[Segment | None, memoryview]:
+    """Map the current generation of ``slot``: (its own segment or None, a view of its bytes)."""
+    if record.generation == 0:
+        return None, header.buf[record.offset:record.offset + record.capacity]
+    segment = Segment.open(_slot_path(header.path, slot, record.generation))
+    return segment, segment.buf
+
+
 class _Mapping:
     """One process's map of a channel header: ctypes views of its lines, slots and futex words."""
 
@@ -455,14 +464,8 @@ class SharedMemoryWriter(ChannelWriter):
         return cached[2][:size]
 
     def _map_slot(self, slot: int, record: _SlotRecord) -> tuple[int, Segment | None, memoryview]:
-        generation = record.generation
-        if generation == 0:
-            segment = None
-            view = self._mapping.segment.buf[record.offset:record.offset + record.capacity]
-        else:
-            segment = Segment.open(_slot_path(self.channel.path, slot, generation))
-            view = segment.buf
-        self._slot_views[slot] = (generation, segment, view)
+        segment, view = _map_slot(self._mapping.segment, slot, record)
+        self._slot_views[slot] = (record.generation, segment, view)
         return self._slot_views[slot]
 
     def _pinned(self, slot: int, generation: int) -> bool:
@@ -575,14 +578,8 @@ class SharedMemoryReader(ChannelReader):
         cached = self._slot_views[slot]
         if cached is not None and cached[1] is not None:
             cached[1].close()  # unmapped once the last value viewing it is freed
-        if generation == 0:
-            segment = None
-            buf = self._mapping.segment.buf
-            view = buf[record.offset:record.offset + record.capacity].toreadonly()
-        else:
-            segment = Segment.open(_slot_path(self.channel.path, slot, generation))
-            view = segment.buf.toreadonly()
-        cached = self._slot_views[slot] = (generation, segment, view)
+        segment, view = _map_slot(self._mapping.segment, slot, record)
+        cached = self._slot_views[slot] = (generation, segment, view.toreadonly())
         return cached
 
     def _pin(self, view: memoryview) -> Any:

@@ -27,18 +27,23 @@ ALIGN = 64
 PICKLED, ARRAY = 0, 1
 _HEAD = struct.Struct("<IIQ")
 _PADDING = bytes(ALIGN)
-_LENGTHS = [struct.Struct(f"<{n}Q") for n in range(17)]   # the buffer lengths of a frame
+_LENGTHS = [struct.Struct(f"<{n}Q") for n in range(17)]   # the buffer lengths of small frames
 
 
 def _align(n: int) -> int:
     return (n + ALIGN - 1) & ~(ALIGN - 1)
 
 
+def _lengths(nbuf: int) -> struct.Struct:
+    """The layout of the buffer lengths of a frame with ``nbuf`` buffers."""
+    return _LENGTHS[nbuf] if nbuf < len(_LENGTHS) else struct.Struct(f"<{nbuf}Q")
+
+
 def _head(meta: bytes, lengths: list[int], kind: int) -> bytes:
     """The frame's header and pickle stream, padded to where the first buffer starts."""
     head = _HEAD.pack(len(lengths), kind, len(meta))
     if lengths:
-        head += struct.pack(f"<{len(lengths)}Q", *lengths)
+        head += _lengths(len(lengths)).pack(*lengths)
     head += meta
     return head + _PADDING[:-len(head) % ALIGN]
 
@@ -79,7 +84,7 @@ class Serialized:
 
     def write_into(self, dest: memoryview) -> None:
         """Write the frame into ``dest`` (at least ``frame_size`` bytes)."""
-        head = self.head
+        head = self.head   # pieces() spelled out: this runs for every channel write
         dest[:len(head)] = head
         offset = len(head)
         for buf in self.buffers:
@@ -225,8 +230,7 @@ def deserialize(frame: memoryview | bytes, what: str = "value",
     offset = _HEAD.size
     buffers = []
     if nbuf:
-        lengths = (_LENGTHS[nbuf] if nbuf < len(_LENGTHS) else struct.Struct(f"<{nbuf}Q")
-                   ).unpack_from(view, offset)
+        lengths = _lengths(nbuf).unpack_from(view, offset)
         offset += 8 * nbuf
         meta = view[offset:offset + meta_len]
         offset = _align(offset + meta_len)
