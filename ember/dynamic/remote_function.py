@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import pickle
 from typing import Any, Callable
 
 import cloudpickle
 
-from ember.dynamic import api
+from ember.dynamic import api, code_origin
 from ember.dynamic.object_ref import ObjectRef
 from ember.exceptions import SerializationError
 
@@ -28,15 +29,27 @@ def resource_request(options: dict) -> dict[str, float]:
 
 
 def export(obj: Any, what: str) -> tuple[str, bytes]:
-    """Pickle a function or class once; return its id (a content hash) and bytes."""
+    """Pickle a function or class once; return its id (a content hash) and bytes.
+
+    The bytes carry the code's origin too (Note [code origin]); ``load`` reads them back.
+    """
     try:
-        blob = cloudpickle.dumps(obj, protocol=5)
+        blob = pickle.dumps((cloudpickle.dumps(obj, protocol=5), code_origin.describe(obj)),
+                            protocol=5)
     except Exception as exc:  # noqa: BLE001
         raise SerializationError(
             f"Could not pickle {what}: {type(exc).__name__}: {exc}. A remote function or actor "
             f"class must not capture unpicklable objects (locks, sockets, open files); create "
             f"them inside it instead.") from exc
     return hashlib.sha1(blob).hexdigest()[:24], blob
+
+
+def load(blob: bytes) -> Any:
+    """The function or class that ``export`` turned into ``blob``, its file names restored."""
+    code, origin = pickle.loads(blob)
+    obj = cloudpickle.loads(code)
+    code_origin.restore(obj, origin)
+    return obj
 
 
 def publish(core: Any, exported: tuple[str, bytes]) -> str:

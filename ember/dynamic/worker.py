@@ -21,9 +21,7 @@ import traceback
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import cloudpickle
-
-from ember.dynamic import api, shm
+from ember.dynamic import api, remote_function, shm
 from ember.dynamic.core_worker import FAILED, CoreWorker
 from ember.dynamic.process import bind_to_parent, session_dir
 from ember.dynamic.serialization import serialize
@@ -145,7 +143,7 @@ class WorkerProcess:
         if fn is None:
             blob = self.core.endpoint.call(self.core.gcs_address, "kv_get", "functions",
                                            function_id)
-            fn = cloudpickle.loads(blob)
+            fn = remote_function.load(blob)
             self.core.function_cache[function_id] = fn
         return fn
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -73,6 +75,42 @@ def test_actor_method_exception():
     assert isinstance(info.value, TaskError)
     assert "Traceback" in str(info.value) and "in throw" in str(info.value)
     assert "Thrower" in str(info.value)
+    assert __file__ in str(info.value)  # Note [code origin]
+    assert 'raise IndexError("index out of range in actor")' in str(info.value)
+
+
+def _helper_that_fails(n):
+    return 1 / n
+
+
+@pytest.mark.timeout(30)
+def test_traceback_names_file_and_line_of_helpers_and_scripts(tmp_path):
+    """Code shipped by value keeps its file and lines (Note [code origin]), with any cloudpickle."""
+    @ember.remote
+    def divide(n):
+        return _helper_that_fails(n)
+
+    with pytest.raises(ZeroDivisionError) as info:
+        ember.get(divide.remote(0))
+    text = str(info.value)
+    assert text.count(f'File "{__file__}"') >= 2, text
+    assert "return 1 / n" in text and "return _helper_that_fails(n)" in text
+    script = tmp_path / "user_script.py"
+    script.write_text(
+        "import ember\n"
+        "ember.init(num_cpus=1)\n"
+        "@ember.remote\n"
+        "def boom():\n"
+        "    raise KeyError('from the script')\n"
+        "try:\n"
+        "    ember.get(boom.remote(), timeout=30)\n"
+        "except KeyError as err:\n"
+        "    print(err)\n"
+        "ember.shutdown()\n")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=60, cwd=tmp_path)
+    assert f'File "{script}", line 5, in boom' in out.stdout, out.stdout + out.stderr
+    assert "raise KeyError('from the script')" in out.stdout
 
 
 @pytest.mark.timeout(30)
