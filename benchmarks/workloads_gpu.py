@@ -74,10 +74,11 @@ class GpuWorker:
         self.torch.cuda.synchronize()
         return tensor.numel() * tensor.element_size()
 
-    def d2d_copy_seconds(self, nbytes: int, iters: int) -> float:
-        """Median seconds of a plain device-to-device copy of nbytes on this GPU."""
+    def d2d_copy_seconds(self, nbytes: int, iters: int, to_host: bool = False) -> float:
+        """Median seconds of a plain copy of nbytes on this GPU (to pinned host memory if to_host)."""
         src = self.produce(nbytes)
-        dst = self.torch.empty_like(src)
+        dst = (self.torch.empty(src.shape, dtype=src.dtype, pin_memory=True) if to_host
+               else self.torch.empty_like(src))
         times = []
         for _ in range(iters + 3):
             self.torch.cuda.synchronize()
@@ -154,6 +155,56 @@ def gpu_p2p(rt: ModuleType, cfg: Config) -> list[Row]:
     copy = Row(names[2], "GB/s", round(100 * MiB / GB / copy_s, 2),
                note="reference: one tensor.copy_ on the sender's GPU")
     return [latency_row(names[0], small), gbps_row(names[1], big, 100 * MiB), copy]
+
+
+@workload("gpu_to_driver_100mb", "gpu_d2h_copy_100mb")
+def gpu_to_driver_100mb(rt: ModuleType, cfg: Config) -> list[Row]:
+    """A 100 MiB CUDA tensor from an actor to the driver through a compiled graph (GB/s), beside
+    one device-to-host copy of the same bytes into pinned memory in the actor."""
+    names, units = ("gpu_to_driver_100mb", "gpu_d2h_copy_100mb"), ("GB/s", "GB/s")
+    if why := cuda_missing():
+        return skipped(names, units, why)
+    with spawned(rt, GpuWorker, 1, **GPU_ACTOR) as (sender,):
+        with dag_module(rt).InputNode() as inp:
+            dag = sender.produce.bind(inp).with_tensor_transport("auto")
+        with compiled(dag) as cdag:
+            samples = sample_latencies(
+                lambda: rt.get(cdag.execute(100 * MiB)), cfg.n(3, 1), cfg.n(30, 5)
+            )
+        copy_s = rt.get(sender.d2d_copy_seconds.remote(100 * MiB, cfg.n(30, 5), True))
+    copy = Row(names[1], "GB/s", round(100 * MiB / GB / copy_s, 2),
+               note="reference: one tensor.copy_ into pinned host memory in the actor")
+    return [gbps_row(names[0], samples, 100 * MiB), copy]
+
+
+@workload("gpu_memory_after_teardown")
+def gpu_memory_after_teardown(rt: ModuleType, cfg: Config) -> list[Row]:
+    """Growth of the GPU's used memory (NVML, MiB) across 100 compile/execute/teardown cycles of
+    a same-GPU tensor graph, after one warm-up cycle; the target is zero."""
+    name = "gpu_memory_after_teardown"
+    if why := cuda_missing():
+        return skipped((name,), ("MiB",), why)
+    import pynvml
+
+    pynvml.nvmlInit()
+    try:
+        handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+
+        def used() -> int:
+            return pynvml.nvmlDeviceGetMemoryInfo(handle).used
+
+        cycles = cfg.n(100, 10)
+        with spawned(rt, GpuWorker, 2, **GPU_ACTOR) as (sender, receiver):
+            for i in range(cycles + 1):
+                with compiled(p2p_dag(rt, sender, receiver)) as cdag:
+                    rt.get(cdag.execute(1 * MiB))
+                if i == 0:
+                    start = used()
+            growth = used() - start
+    finally:
+        pynvml.nvmlShutdown()
+    return [Row(name, "MiB", round(growth / MiB, 1),
+                note=f"NVML used memory after {cycles} cycles minus after the first")]
 
 
 @workload("cpu_p2p_small_gloo")
