@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -107,8 +108,10 @@ def test_traceback_names_file_and_line_of_helpers_and_scripts(tmp_path):
         "except KeyError as err:\n"
         "    print(err)\n"
         "ember.shutdown()\n")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                         timeout=60, cwd=tmp_path)
+                         timeout=60, cwd=tmp_path, env=env)
     assert f'File "{script}", line 5, in boom' in out.stdout, out.stdout + out.stderr
     assert "raise KeyError('from the script')" in out.stdout
 
