@@ -118,12 +118,27 @@ class CoreWorker:
 
     # ---- reference counting ------------------------------------------------------------------
 
+    def owned_ref(self, oid: str) -> ObjectRef:
+        """A ref to a new object ``oid`` that this process owns and will resolve."""
+        with self.lock:
+            self.objects[oid] = Entry(self.address, True)
+        return ObjectRef(oid, self.address, self)
+
     def add_local_ref(self, oid: str, owner: str) -> None:
-        """An ObjectRef for ``oid`` was created in this process."""
+        """An ObjectRef for ``oid`` was created in this process.
+
+        A ref this process owns but has no entry for is stale: the object was freed (or never
+        made here); it reads as ObjectFreedError at once instead of waiting for a value that
+        nobody will produce. New objects get their entry first, through ``owned_ref``.
+        """
         with self.lock:
             entry = self.objects.get(oid)
             if entry is None:
                 entry = self.objects[oid] = Entry(owner, owner == self.address)
+                if entry.owned:
+                    entry.state, entry.payload = FAILED, ObjectFreedError(
+                        f"ObjectRef({oid}) was freed: its last reference was gone before this "
+                        f"one was made (e.g. by unpickling a ref after the value was released)")
             entry.local += 1
 
     def remove_local_ref(self, oid: str) -> None:
@@ -225,7 +240,7 @@ class CoreWorker:
         """Store ``value`` as a new object owned by this process."""
         oid = self.new_id()
         ser = serialize(value, "the value passed to ember.put")
-        ref = ObjectRef(oid, self.address, self)
+        ref = self.owned_ref(oid)
         state, payload = self.store_serialized(oid, ser)
         self.resolve(oid, state, payload)
         return ref
@@ -372,14 +387,18 @@ class CoreWorker:
 
     # ---- process deaths ----------------------------------------------------------------------
 
+    def fail_borrowed(self, owners: Callable[[str], bool], reason: str) -> None:
+        """Fail waits on borrowed objects whose owner (``owners(address)`` true) died."""
+        with self.lock:
+            lost = [oid for oid, e in self.objects.items()
+                    if not e.owned and e.state == PENDING and owners(e.owner)]
+        for oid in lost:
+            self.resolve(oid, FAILED, ObjectLostError(
+                f"object {oid} is lost: its owner process died ({reason})"))
+
     def _on_worker_died(self, worker_id: str, address: str | None, reason: str) -> None:
         if address is not None:
             self.endpoint.forget_peer(address)
-            with self.lock:
-                lost = [oid for oid, e in self.objects.items()
-                        if not e.owned and e.state == PENDING and e.owner == address]
-            for oid in lost:
-                self.resolve(oid, FAILED, ObjectLostError(
-                    f"object {oid} is lost: its owner process died ({reason})"))
+            self.fail_borrowed(lambda owner: owner == address, reason)
         for listener in self.death_listeners:
             listener(worker_id, address, reason)

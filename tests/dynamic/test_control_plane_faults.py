@@ -1,0 +1,230 @@
+"""Faults of the control plane fail fast and specifically, never hang: the real processes die.
+
+The node manager or the GCS is killed with SIGKILL (found through the driver's runtime
+objects); every wait in these tests has a timeout, and the module's leftover check (conftest)
+makes sure no process or shared memory of the sessions remains.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import threading
+import time
+
+import pytest
+
+import ember
+from ember.dynamic import api
+from ember.exceptions import (ActorDiedError, ActorNotFoundError, NodeDiedError,
+                              ObjectFreedError)
+
+KILL_BOUND_S = 2.0
+
+
+@ember.remote
+def sleep_for(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+@ember.remote
+def plus_one(x):
+    return x + 1
+
+
+@ember.remote
+class Sleeper:
+    def __init__(self):
+        self.calls = 0
+
+    def nap(self, seconds):
+        self.calls += 1
+        time.sleep(seconds)
+        return self.calls
+
+    def pid(self):
+        return os.getpid()
+
+
+def processes_of_node_manager(nm_pid: int) -> list[int]:
+    """Live worker processes the node manager ``nm_pid`` started (their ids carry its pid)."""
+    tag = f" {nm_pid:x}w"
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        if "ember.dynamic.worker" in cmdline and tag in cmdline and state not in (b"Z", b"X"):
+            found.append(int(entry))
+    return found
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    """Wait until ``predicate()`` holds, failing the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"{what} within {timeout} s"
+        time.sleep(0.02)
+
+
+def kill_node_manager() -> tuple[int, float]:
+    """SIGKILL the driver's node manager; return its pid and the kill time."""
+    pid = api._driver.procs[1].pid
+    os.kill(pid, signal.SIGKILL)
+    return pid, time.monotonic()
+
+
+def assert_fails_fast(ref, killed_at: float, error: type) -> BaseException:
+    """``get(ref)`` raises ``error`` no later than KILL_BOUND_S after the kill."""
+    with pytest.raises(error) as info:
+        ember.get(ref, timeout=10)
+    late = time.monotonic() - killed_at
+    assert late < KILL_BOUND_S, f"{error.__name__} came {late:.2f} s after the kill"
+    return info.value
+
+
+@pytest.mark.timeout(90)
+def test_node_manager_killed_fails_pending_calls_then_restarts():
+    ember.init(num_cpus=2)
+    try:
+        actor = Sleeper.remote()
+        named = Sleeper.options(name="on-the-node").remote()
+        phoenix = Sleeper.options(max_restarts=1).remote()
+        assert ember.get([actor.pid.remote(), named.pid.remote(), phoenix.pid.remote()],
+                         timeout=30)
+        running = [sleep_for.remote(600) for _ in range(2)]
+        queued = [sleep_for.remote(600) for _ in range(6)]
+        call = actor.nap.remote(600)
+        wait_for(lambda: api._driver.submitter.pools and any(
+            lease.inflight for pool in api._driver.submitter.pools.values()
+            for lease in pool.leases.values()), 30, "tasks were dispatched")
+        nm_pid, killed_at = kill_node_manager()
+
+        for ref in running + queued:
+            assert_fails_fast(ref, killed_at, NodeDiedError)
+        error = assert_fails_fast(call, killed_at, ActorDiedError)
+        assert isinstance(error, NodeDiedError), error
+        with pytest.raises(ActorDiedError):  # later calls on the dead actor fail at once
+            ember.get(actor.pid.remote(), timeout=10)
+
+        wait_for(lambda: not processes_of_node_manager(nm_pid), 10,
+                 "the dead node manager's workers exited")
+        new_nm = api._driver.procs[1]
+        assert new_nm.pid != nm_pid and new_nm.poll() is None
+        # Calls made after the death run on the restarted node manager.
+        assert ember.get(plus_one.remote(1), timeout=30) == 2
+        assert ember.get(Sleeper.remote().nap.remote(0), timeout=30) == 1
+        assert ember.get(phoenix.nap.remote(0), timeout=30) == 1  # restarted: a fresh instance
+        with pytest.raises(ActorNotFoundError):
+            ember.get_actor("on-the-node")
+    finally:
+        ember.shutdown()
+
+
+@pytest.mark.timeout(60)
+def test_node_manager_out_of_restarts_fails_later_calls_at_once():
+    ember.init(num_cpus=1)
+    try:
+        assert ember.get(plus_one.remote(1), timeout=30) == 2
+        api._driver.NODE_MANAGER_RESTARTS = 0
+        running = sleep_for.remote(600)
+        _, killed_at = kill_node_manager()
+        assert_fails_fast(running, killed_at, NodeDiedError)
+        later = time.monotonic()
+        assert_fails_fast(plus_one.remote(1), later, NodeDiedError)
+        with pytest.raises(ActorDiedError) as info:
+            ember.get(Sleeper.remote().pid.remote(), timeout=10)
+        assert isinstance(info.value, NodeDiedError)
+    finally:
+        ember.shutdown()
+
+
+@ember.remote
+class Keeper:
+    def ping(self):
+        return "pong"
+
+
+@ember.remote
+def never_run_before(x):
+    return x * 3
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("backend", ["memory", "sqlite"])
+def test_gcs_killed_keeps_functions_names_kv_and_jobs(tmp_path, backend):
+    storage = "memory" if backend == "memory" else f"sqlite://{tmp_path}/gcs.db"
+    ember.init(num_cpus=1, _gcs_storage=storage)
+    try:
+        core, _ = api.runtime()
+        keeper = Keeper.options(name="keeper").remote()
+        assert ember.get(keeper.ping.remote(), timeout=30) == "pong"
+        never_run_before.function_id(core)  # exported, never run: a worker must fetch it
+        assert core.endpoint.call(core.gcs_address, "kv_put", "kv", "answer", 42, True)
+        driver = api._driver
+        old_pid = driver.procs[0].pid
+        os.kill(old_pid, signal.SIGKILL)
+        wait_for(lambda: driver.procs[0].pid != old_pid and driver.procs[0].poll() is None,
+                 20, "the GCS was restarted")
+
+        assert ember.get(never_run_before.remote(2), timeout=30) == 6
+        assert ember.get(Keeper.remote().ping.remote(), timeout=30) == "pong"  # known class
+        again = ember.get_actor("keeper")
+        assert ember.get(again.ping.remote(), timeout=30) == "pong"
+        assert core.endpoint.call(core.gcs_address, "kv_get", "kv", "answer") == 42
+        job = core.endpoint.call(core.gcs_address, "kv_get", "jobs", driver.sid)
+        assert job["driver_pid"] == os.getpid()
+
+        @ember.remote
+        def new_function():
+            return "exported after the restart"
+        assert ember.get(new_function.remote(), timeout=30) == "exported after the restart"
+    finally:
+        ember.shutdown()
+
+
+@pytest.mark.timeout(60)
+def test_runtime_started_from_a_thread_outlives_the_thread():
+    started = threading.Thread(target=ember.init, kwargs={"num_cpus": 1})
+    started.start()
+    started.join(timeout=30)
+    assert not started.is_alive()
+    try:
+        procs = list(api._driver.procs)
+        time.sleep(0.5)  # the thread is gone: a parent-death signal would have fired by now
+        assert [p.poll() for p in procs] == [None, None]
+        began = time.monotonic()
+        assert ember.get(plus_one.remote(1), timeout=10) == 2
+        assert time.monotonic() - began < 5
+        assert api._driver.procs == procs  # nothing died and was restarted
+    finally:
+        ember.shutdown()
+
+
+@pytest.mark.timeout(30)
+def test_stale_ref_to_a_freed_object_raises_object_freed_at_once():
+    ember.init(num_cpus=1)
+    try:
+        ref = ember.put("value")
+        blob = pickle.dumps(ref)
+        assert ember.get(pickle.loads(blob), timeout=10) == "value"  # in transit: still alive
+        del ref
+        began = time.monotonic()
+        stale = pickle.loads(blob)  # the same pickle again: its object is freed by now
+        with pytest.raises(ObjectFreedError):
+            ember.get(stale, timeout=10)
+        with pytest.raises(ObjectFreedError):
+            ember.get([stale], timeout=10)
+        assert time.monotonic() - began < 1
+        ready, _ = ember.wait([stale], timeout=10)
+        assert ready == [stale]
+    finally:
+        ember.shutdown()
