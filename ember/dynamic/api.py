@@ -205,7 +205,9 @@ def cancel(ref: ObjectRef, force: bool = False, recursive: bool = True) -> None:
 
 
 def _node_state() -> tuple[dict, dict, dict]:
-    core, _ = runtime()
+    core, submitter = runtime()
+    if submitter.node_gone is not None:  # Note [node manager death] in supervisor.py
+        raise submitter.node_gone
     return core.endpoint.call(core.nm_address, "resources")
 
 

@@ -9,13 +9,11 @@ Run as ``python -m ember.dynamic.gcs <address> <driver_address> <storage_url> [<
 
 from __future__ import annotations
 
-import os
-import pickle
 import sys
 import threading
 from typing import Any
 
-from ember.dynamic.gcs_storage import open_storage
+from ember.dynamic.gcs_storage import open_storage, read_snapshot
 from ember.dynamic.messaging import Endpoint
 from ember.dynamic.process import bind_to_parent, wait_until_done
 
@@ -117,21 +115,6 @@ class GcsServer:
         """Tell every subscriber of ``channel`` about a change."""
         for address in self.subscribers.get(channel, ()):
             self.endpoint.send(address, "pub", channel, key, value)
-
-
-def write_snapshot(path: str, tables: dict) -> None:
-    """Save a replica's tables for a restarting GCS (a file only this user can read)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        pickle.dump(tables, f, protocol=5)
-
-
-def read_snapshot(path: str) -> dict:
-    """Load and remove the tables ``write_snapshot`` saved."""
-    with open(path, "rb") as f:
-        tables = pickle.load(f)
-    os.unlink(path)
-    return tables
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import sqlite3
 from typing import Any, Callable
@@ -92,3 +93,18 @@ def open_storage(url: str | None, tables: dict[str, dict[str, Any]] | None = Non
     if url.startswith("sqlite://"):
         return SqliteStorage(url[len("sqlite://"):])
     raise ValueError(f"unknown GCS storage {url!r}; use 'memory' or 'sqlite:///path'")
+
+
+def write_snapshot(path: str, tables: dict) -> None:
+    """Save a replica's tables for a restarting GCS (a file only this user can read)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        pickle.dump(tables, f, protocol=5)
+
+
+def read_snapshot(path: str) -> dict:
+    """Load and remove the tables ``write_snapshot`` saved."""
+    with open(path, "rb") as f:
+        tables = pickle.load(f)
+    os.unlink(path)
+    return tables

@@ -28,8 +28,7 @@ import os
 import subprocess
 
 from ember.dynamic.core_worker import CoreWorker
-from ember.dynamic.gcs import write_snapshot
-from ember.dynamic.gcs_storage import MemoryStorage
+from ember.dynamic.gcs_storage import MemoryStorage, write_snapshot
 from ember.dynamic.process import pidfd, session_dir, spawn
 
 GCS, NODE_MANAGER = 0, 1

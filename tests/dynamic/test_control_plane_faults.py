@@ -143,6 +143,8 @@ def test_node_manager_out_of_restarts_fails_later_calls_at_once():
         with pytest.raises(ActorDiedError) as info:
             ember.get(Sleeper.remote().pid.remote(), timeout=10)
         assert isinstance(info.value, NodeDiedError)
+        with pytest.raises(NodeDiedError):
+            ember.available_resources()
     finally:
         ember.shutdown()
 
