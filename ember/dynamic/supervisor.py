@@ -6,8 +6,9 @@ dies the driver starts a new one at the same address, up to ``GCS_RESTARTS`` tim
 reads its file back; the in-memory backend sends every change to the driver (``gcs_replica``),
 which keeps a copy and hands it to the new GCS as a 0600 snapshot file in the session folder,
 read before the new GCS binds its socket, so no request finds the tables empty. Messages sent
-meanwhile wait in ZeroMQ until it listens. A change the dying GCS made but had not yet sent to
-the driver (a window of microseconds) is lost with the memory backend.
+meanwhile wait in ZeroMQ until it listens; a message the GCS had received but not handled dies
+with it, so the driver sends the state of its own actors again. A change the dying GCS made but
+had not yet sent to the driver (a window of microseconds) is lost with the memory backend.
 
 Note [node manager death]: the driver watches its node manager the same way. When it dies, its
 workers die too (Note [parent death] in process.py), so every call already sent to them or
@@ -81,6 +82,8 @@ class Driver:
             self.restarts[which] += 1
             self.procs[which] = self._respawn(which)
             self._watch(which)
+        if which == GCS and restart:
+            self._republish_actors()
         if which == NODE_MANAGER:
             self._node_manager_died(
                 f"the node manager (pid {proc.pid}) died (exit code {proc.returncode})", restart)
@@ -92,6 +95,17 @@ class Driver:
             write_snapshot(path, self.replica.tables)
             args.append(path)
         return spawn(MODULES[which], args)
+
+    def _republish_actors(self) -> None:
+        """Tell a new GCS the state of this driver's actors again: the dead GCS may have
+        died with an update unread in its socket."""
+        with self.submitter.lock:
+            updates = [(a.actor_id, {"state": "DEAD"} if a.dead is not None else
+                        {"state": "ALIVE", "address": a.address, "worker_id": a.worker_id})
+                       for a in self.submitter.actors.values()
+                       if a.creation is not None and (a.dead is not None or a.address)]
+        for actor_id, fields in updates:
+            self.core.endpoint.send(self.core.gcs_address, "update_actor", actor_id, fields)
 
     def _node_manager_died(self, reason: str, restarted: bool) -> None:
         core = self.core

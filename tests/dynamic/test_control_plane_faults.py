@@ -30,6 +30,12 @@ def sleep_for(seconds):
 
 
 @ember.remote
+def mark_then_sleep(path, seconds):
+    open(path, "w").close()
+    time.sleep(seconds)
+
+
+@ember.remote
 def plus_one(x):
     return x + 1
 
@@ -48,23 +54,11 @@ class Sleeper:
         return os.getpid()
 
 
-def processes_of_node_manager(nm_pid: int) -> list[int]:
-    """Live worker processes the node manager ``nm_pid`` started (their ids carry its pid)."""
+def workers_of(nm_pid: int, processes) -> list[int]:
+    """Live workers the node manager ``nm_pid`` started (their ids begin with its pid)."""
     tag = f" {nm_pid:x}w"
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                state = f.read().rsplit(b")", 1)[1].split()[0]
-        except (FileNotFoundError, ProcessLookupError, IndexError):
-            continue
-        if "ember.dynamic.worker" in cmdline and tag in cmdline and state not in (b"Z", b"X"):
-            found.append(int(entry))
-    return found
+    return [pid for pid, cmdline in processes({api._driver.sid})
+            if "ember.dynamic.worker" in cmdline and tag in cmdline]
 
 
 def wait_for(predicate, timeout: float, what: str) -> None:
@@ -92,7 +86,7 @@ def assert_fails_fast(ref, killed_at: float, error: type) -> BaseException:
 
 
 @pytest.mark.timeout(90)
-def test_node_manager_killed_fails_pending_calls_then_restarts():
+def test_node_manager_killed_fails_pending_calls_then_restarts(processes, tmp_path):
     ember.init(num_cpus=2)
     try:
         actor = Sleeper.remote()
@@ -100,22 +94,21 @@ def test_node_manager_killed_fails_pending_calls_then_restarts():
         phoenix = Sleeper.options(max_restarts=1).remote()
         assert ember.get([actor.pid.remote(), named.pid.remote(), phoenix.pid.remote()],
                          timeout=30)
-        running = [sleep_for.remote(600) for _ in range(2)]
+        running = mark_then_sleep.remote(str(tmp_path / "running"), 600)
         queued = [sleep_for.remote(600) for _ in range(6)]
         call = actor.nap.remote(600)
-        wait_for(lambda: api._driver.submitter.pools and any(
-            lease.inflight for pool in api._driver.submitter.pools.values()
-            for lease in pool.leases.values()), 30, "tasks were dispatched")
+        wait_for((tmp_path / "running").exists, 30, "a task started")
+        assert len(workers_of(api._driver.procs[1].pid, processes)) >= 4  # 3 actors, tasks
         nm_pid, killed_at = kill_node_manager()
 
-        for ref in running + queued:
+        for ref in [running, *queued]:
             assert_fails_fast(ref, killed_at, NodeDiedError)
         error = assert_fails_fast(call, killed_at, ActorDiedError)
         assert isinstance(error, NodeDiedError), error
         with pytest.raises(ActorDiedError):  # later calls on the dead actor fail at once
             ember.get(actor.pid.remote(), timeout=10)
 
-        wait_for(lambda: not processes_of_node_manager(nm_pid), 10,
+        wait_for(lambda: not workers_of(nm_pid, processes), 10,
                  "the dead node manager's workers exited")
         new_nm = api._driver.procs[1]
         assert new_nm.pid != nm_pid and new_nm.poll() is None
