@@ -1,8 +1,9 @@
 """Starting and watching ember's own OS processes (GCS, node manager, workers).
 
 Every child is started with ``python -m <module>`` and arranges at start-up to receive SIGTERM
-when its parent process dies (``bind_to_parent``, Note [parent death]), so a driver killed with SIGKILL takes its GCS, node
-manager and workers with it; the node manager then removes the session's shared memory.
+when its parent process dies (``bind_to_parent``, Note [parent death]), so a driver killed with
+SIGKILL takes its GCS, node manager and workers with it; the node manager then removes the
+session's shared memory.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ import pytest
 import ember
 from ember.dynamic import api
 from ember.exceptions import (ActorDiedError, ActorNotFoundError, NodeDiedError,
-                              ObjectFreedError)
+                              ObjectFreedError, ObjectLostError)
 
 KILL_BOUND_S = 2.0
 
@@ -52,6 +52,9 @@ class Sleeper:
 
     def pid(self):
         return os.getpid()
+
+    def borrowed(self):
+        return [sleep_for.remote(600)]  # a ref this actor owns, pending for long
 
 
 def workers_of(nm_pid: int, processes) -> list[int]:
@@ -96,6 +99,7 @@ def test_node_manager_killed_fails_pending_calls_then_restarts(processes, tmp_pa
                          timeout=30)
         running = mark_then_sleep.remote(str(tmp_path / "running"), 600)
         queued = [sleep_for.remote(600) for _ in range(6)]
+        [borrowed] = ember.get(named.borrowed.remote(), timeout=30)
         call = actor.nap.remote(600)
         wait_for((tmp_path / "running").exists, 30, "a task started")
         assert len(workers_of(api._driver.procs[1].pid, processes)) >= 4  # 3 actors, tasks
@@ -105,6 +109,7 @@ def test_node_manager_killed_fails_pending_calls_then_restarts(processes, tmp_pa
             assert_fails_fast(ref, killed_at, NodeDiedError)
         error = assert_fails_fast(call, killed_at, ActorDiedError)
         assert isinstance(error, NodeDiedError), error
+        assert_fails_fast(borrowed, killed_at, ObjectLostError)  # its owner died with the node
         with pytest.raises(ActorDiedError):  # later calls on the dead actor fail at once
             ember.get(actor.pid.remote(), timeout=10)
 
