@@ -85,7 +85,9 @@ def bind_to_parent() -> None:
 # either way. Only where pidfds are missing (Linux < 5.3) does PR_SET_PDEATHSIG stand in.
 
 def _watch_parent(fd: int) -> None:
-    select.select([fd], [], [])
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    poller.poll()
     os.kill(os.getpid(), signal.SIGTERM)
 
 
