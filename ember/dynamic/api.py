@@ -85,7 +85,7 @@ def init(num_cpus: int | None = None, num_gpus: int | None = None,
                 raise EmberError(f"the {name} process did not start within 30 s; see its "
                                  f"output above")
         core.endpoint.send(nm_address, "register_client", address, os.getpid())
-        core.endpoint.call(gcs_address, "kv_put", "jobs", sid, {
+        core.gcs_call("kv_put", "jobs", sid, {
             "driver_pid": os.getpid(), "driver_address": address, "namespace": namespace,
             "start_time": time.time()}, True)
         submitter = Submitter(core)

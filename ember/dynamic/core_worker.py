@@ -35,6 +35,7 @@ from ember.exceptions import (GetTimeoutError, ObjectFreedError, ObjectLostError
 
 INLINE_MAX = 100 * 1024
 RESTORE_ATTEMPTS = 10
+GCS_RETRY_S = 1.0
 
 PENDING, INLINE, IN_SHM, FAILED = range(4)
 
@@ -115,6 +116,26 @@ class CoreWorker:
         """Stop messaging; refs left alive no longer count."""
         self.segments.close()
         self.endpoint.stop()
+
+    def gcs_call(self, kind: str, *fields: Any, timeout: float = 30.0) -> Any:
+        """Ask the GCS and wait for the answer, asking again if it is slow to come.
+
+        A GCS killed with requests unread loses them, and so does a socket that has not yet
+        noticed the death; the driver restarts the GCS (Note [GCS restart] in supervisor.py).
+        Asking again after 1, 2, 4... s reaches the new one. The requests sent this way must be
+        idempotent (a resent ``kv_put`` with ``overwrite=False`` would answer False).
+        """
+        deadline = time.monotonic() + timeout
+        wait = GCS_RETRY_S
+        while True:
+            answer = self.endpoint.request(self.gcs_address, kind, *fields)
+            try:
+                return answer.result(max(0.0, min(wait, deadline - time.monotonic())))
+            except TimeoutError:
+                if time.monotonic() >= deadline:
+                    raise GetTimeoutError(f"no answer to {kind!r} from the GCS within "
+                                          f"{timeout} s; is it still alive?") from None
+            wait *= 2
 
     # ---- reference counting ------------------------------------------------------------------
 

@@ -74,7 +74,7 @@ class GcsServer:
         if name:
             key = f"{info.get('namespace') or ''}/{name}"
             existing = self.storage.get("named_actors", key)
-            if existing is not None:
+            if existing is not None and existing != actor_id:  # a resent request: idempotent
                 state = (self.storage.get("actors", existing) or {}).get("state")
                 if state != "DEAD":
                     self.endpoint.reply(reply_to, rid, self.storage.get("actors", existing))

@@ -172,10 +172,10 @@ def test_gcs_killed_keeps_functions_names_kv_and_jobs(tmp_path, backend):
         driver = api._driver
         old_pid = driver.procs[0].pid
         os.kill(old_pid, signal.SIGKILL)
+        # At once: a request the dying GCS never reads is asked again of the new one.
+        assert ember.get(never_run_before.remote(2), timeout=30) == 6
         wait_for(lambda: driver.procs[0].pid != old_pid and driver.procs[0].poll() is None,
                  20, "the GCS was restarted")
-
-        assert ember.get(never_run_before.remote(2), timeout=30) == 6
         assert ember.get(Keeper.remote().ping.remote(), timeout=30) == "pong"  # known class
         again = ember.get_actor("keeper")
         assert ember.get(again.ping.remote(), timeout=30) == "pong"
