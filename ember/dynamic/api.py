@@ -208,7 +208,7 @@ def _node_state() -> tuple[dict, dict, dict]:
     core, submitter = runtime()
     if submitter.node_gone is not None:  # Note [node manager death] in supervisor.py
         raise submitter.node_gone
-    return core.endpoint.call(core.nm_address, "resources")
+    return core.ask(core.nm_address, "resources")
 
 
 def cluster_resources() -> dict[str, float]:

@@ -35,7 +35,7 @@ from ember.exceptions import (GetTimeoutError, ObjectFreedError, ObjectLostError
 
 INLINE_MAX = 100 * 1024
 RESTORE_ATTEMPTS = 10
-GCS_RETRY_S = 1.0
+ASK_AGAIN_S = 1.0
 
 PENDING, INLINE, IN_SHM, FAILED = range(4)
 
@@ -118,23 +118,28 @@ class CoreWorker:
         self.endpoint.stop()
 
     def gcs_call(self, kind: str, *fields: Any, timeout: float = 30.0) -> Any:
-        """Ask the GCS and wait for the answer, asking again if it is slow to come.
+        """Ask the GCS (``ask``); the driver restarts a dead one (Note [GCS restart])."""
+        return self.ask(self.gcs_address, kind, *fields, timeout=timeout)
 
-        A GCS killed with requests unread loses them, and so does a socket that has not yet
-        noticed the death; the driver restarts the GCS (Note [GCS restart] in supervisor.py).
-        Asking again after 1, 2, 4... s reaches the new one. The requests sent this way must be
-        idempotent (a resent ``kv_put`` with ``overwrite=False`` would answer False).
+    def ask(self, address: str, kind: str, *fields: Any, timeout: float = 30.0) -> Any:
+        """Send a request and wait for the answer, asking again if it is slow to come.
+
+        A GCS or node manager killed with requests unread loses them, and so does a socket
+        that has not yet noticed the death; the driver restarts either process at the same
+        address (supervisor.py). Asking again after 1, 2, 4... s reaches the new one. The
+        requests sent this way must be idempotent (a resent ``kv_put`` with
+        ``overwrite=False`` would answer False).
         """
         deadline = time.monotonic() + timeout
-        wait = GCS_RETRY_S
+        wait = ASK_AGAIN_S
         while True:
-            answer = self.endpoint.request(self.gcs_address, kind, *fields)
+            answer = self.endpoint.request(address, kind, *fields)
             try:
                 return answer.result(max(0.0, min(wait, deadline - time.monotonic())))
             except TimeoutError:
                 if time.monotonic() >= deadline:
-                    raise GetTimeoutError(f"no answer to {kind!r} from the GCS within "
-                                          f"{timeout} s; is it still alive?") from None
+                    raise GetTimeoutError(f"no answer to {kind!r} from {address} within "
+                                          f"{timeout} s; is that ember process alive?") from None
             wait *= 2
 
     # ---- reference counting ------------------------------------------------------------------
@@ -378,7 +383,7 @@ class CoreWorker:
             try:
                 seg = shm.Segment.open(path)
             except FileNotFoundError:
-                if not self.endpoint.call(self.nm_address, "obj_restore", oid):
+                if not self.ask(self.nm_address, "obj_restore", oid):
                     break
                 continue
             return deserialize(seg.buf.toreadonly(), f"object {oid}")
