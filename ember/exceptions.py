@@ -115,6 +115,10 @@ class ObjectFreedError(ObjectLostError):
     """An object was read after it had been freed."""
 
 
+class OwnerDiedError(ObjectLostError):
+    """The process that owned an object died before the object had a value (Note [ownership])."""
+
+
 class TaskCancelledError(EmberError):
     """The task was cancelled with ``ember.cancel`` before it finished."""
 

@@ -31,7 +31,7 @@ from ember.dynamic.object_ref import ObjectRef
 from ember.dynamic.segment_writer import SegmentWriter
 from ember.dynamic.serialization import Serialized, deserialize, serialize
 from ember.exceptions import (GetTimeoutError, ObjectFreedError, ObjectLostError,
-                              RuntimeNotInitializedError)
+                              OwnerDiedError, RuntimeNotInitializedError)
 
 INLINE_MAX = 100 * 1024
 RESTORE_ATTEMPTS = 10
@@ -419,7 +419,7 @@ class CoreWorker:
             lost = [oid for oid, e in self.objects.items()
                     if not e.owned and e.state == PENDING and owners(e.owner)]
         for oid in lost:
-            self.resolve(oid, FAILED, ObjectLostError(
+            self.resolve(oid, FAILED, OwnerDiedError(
                 f"object {oid} is lost: its owner process died ({reason})"))
 
     def _on_worker_died(self, worker_id: str, address: str | None, reason: str) -> None:

@@ -18,7 +18,7 @@ import pytest
 import ember
 from ember.dynamic import api
 from ember.exceptions import (ActorDiedError, ActorNotFoundError, NodeDiedError,
-                              ObjectFreedError, ObjectLostError)
+                              ObjectFreedError, OwnerDiedError)
 
 KILL_BOUND_S = 2.0
 
@@ -109,7 +109,7 @@ def test_node_manager_killed_fails_pending_calls_then_restarts(processes, tmp_pa
             assert_fails_fast(ref, killed_at, NodeDiedError)
         error = assert_fails_fast(call, killed_at, ActorDiedError)
         assert isinstance(error, NodeDiedError), error
-        assert_fails_fast(borrowed, killed_at, ObjectLostError)  # its owner died with the node
+        assert_fails_fast(borrowed, killed_at, OwnerDiedError)  # its owner died with the node
         with pytest.raises(ActorDiedError):  # later calls on the dead actor fail at once
             ember.get(actor.pid.remote(), timeout=10)
 
