@@ -73,7 +73,7 @@ def init(num_cpus: int | None = None, num_gpus: int | None = None,
         ready: dict[str, threading.Event] = {"gcs": threading.Event(),
                                              "node_manager": threading.Event()}
         core.endpoint.on("process_ready", lambda name, _addr: ready[name].set())
-        driver = Driver(sid, core, config, [gcs_address, address, _gcs_storage or "memory"],
+        driver = Driver(sid, core, [gcs_address, address, _gcs_storage or "memory"],
                         [nm_address, address, gcs_address, json.dumps(config)])
         core.start()
         driver.start()

@@ -27,10 +27,14 @@ from __future__ import annotations
 
 import os
 import subprocess
+from typing import TYPE_CHECKING
 
 from ember.dynamic.core_worker import CoreWorker
 from ember.dynamic.gcs_storage import MemoryStorage, write_snapshot
 from ember.dynamic.process import pidfd, session_dir, spawn
+
+if TYPE_CHECKING:
+    from ember.dynamic.submitter import Submitter
 
 GCS, NODE_MANAGER = 0, 1
 MODULES = ("ember.dynamic.gcs", "ember.dynamic.node_manager")
@@ -42,16 +46,15 @@ class Driver:
     GCS_RESTARTS = 5
     NODE_MANAGER_RESTARTS = 5
 
-    def __init__(self, sid: str, core: CoreWorker, config: dict, gcs_args: list[str],
+    def __init__(self, sid: str, core: CoreWorker, gcs_args: list[str],
                  nm_args: list[str]) -> None:
         self.sid = sid
         self.core = core
-        self.config = config
         self.args = (gcs_args, nm_args)
         self.procs: list[subprocess.Popen] = []
         self.restarts = [0, 0]
         self.stopping = False
-        self.submitter = None
+        self.submitter: "Submitter | None" = None
         self.replica = MemoryStorage()
         core.endpoint.on("gcs_replica", self.replica.apply)
 
@@ -59,7 +62,7 @@ class Driver:
         """Start the GCS and the node manager."""
         self.procs = [spawn(module, args) for module, args in zip(MODULES, self.args)]
 
-    def watch(self, submitter) -> None:
+    def watch(self, submitter: "Submitter") -> None:
         """Restart either process if it exits before shutdown; tell ``submitter`` of deaths."""
         self.submitter = submitter
         for which in (GCS, NODE_MANAGER):
