@@ -91,6 +91,14 @@ class ActorDiedError(ActorError):
     """The actor's process is dead (killed, crashed, or its creation failed)."""
 
 
+class NodeDiedError(EmberError):
+    """The node manager running a call died; the call did not finish (Note [node manager death])."""
+
+
+class ActorNodeDiedError(NodeDiedError, ActorDiedError):
+    """An actor died with its node manager: both a NodeDiedError and an ActorDiedError."""
+
+
 class ActorNotFoundError(ActorError, ValueError):
     """No live actor has the requested name."""
 
@@ -105,6 +113,10 @@ class ObjectLostError(EmberError):
 
 class ObjectFreedError(ObjectLostError):
     """An object was read after it had been freed."""
+
+
+class OwnerDiedError(ObjectLostError):
+    """The process that owned an object died before the object had a value (Note [ownership])."""
 
 
 class TaskCancelledError(EmberError):

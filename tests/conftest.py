@@ -64,6 +64,12 @@ def wait_until_clean(sids, timeout: float = 10.0) -> tuple[list[str], list[tuple
 
 
 @pytest.fixture
+def processes():
+    """``processes(sids)``: (pid, cmdline) of the live ember processes of sessions ``sids``."""
+    return session_processes
+
+
+@pytest.fixture
 def leftovers():
     """``leftovers(sids)``: wait for sessions ``sids`` to be gone; return (files, processes)."""
     return wait_until_clean

@@ -63,8 +63,7 @@ class ActorClass:
                 "class_name": self._cls.__name__, "methods": self._methods, "state": "PENDING",
                 "owner": core.address, "restartable": int(opts["max_restarts"]) != 0}
         if opts["name"]:
-            existing = core.endpoint.call(core.gcs_address, "register_actor", actor_id, info,
-                                          opts["get_if_exists"])
+            existing = core.gcs_call("register_actor", actor_id, info, opts["get_if_exists"])
             if existing is not None:
                 if opts["get_if_exists"]:
                     return handle_from_info(existing)
@@ -190,7 +189,7 @@ def get_actor(name: str, namespace: str | None = None, timeout: float = 10.0) ->
     core, _ = api.runtime()
     deadline = time.monotonic() + timeout
     while True:
-        info = core.endpoint.call(core.gcs_address, "get_named_actor", name, namespace)
+        info = core.gcs_call("get_named_actor", name, namespace)
         if info is None or info.get("state") == "DEAD":
             raise ActorNotFoundError(f"no live actor is named {name!r}; create it with "
                                      f"Cls.options(name={name!r}).remote()")

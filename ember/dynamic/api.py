@@ -14,51 +14,15 @@ from typing import Any, Callable
 from ember.dynamic import shm
 from ember.dynamic.core_worker import CoreWorker, set_current_core
 from ember.dynamic.object_ref import ObjectRef
-from ember.dynamic.process import pidfd, remove_session_dir, session_dir, spawn
+from ember.dynamic.process import remove_session_dir, session_dir
 from ember.dynamic.resources import detect_gpus, detect_memory
+from ember.dynamic.supervisor import Driver
 from ember.exceptions import EmberError, ReinitError
 
 _lock = threading.RLock()
 _runtime: tuple[Any, Any] | None = None
 _driver: "Driver | None" = None
 _shutdown_hooks: list[Callable[[], None]] = []
-
-
-class Driver:
-    """The processes a driver started (GCS, node manager) and its own CoreWorker.
-
-    Note [GCS restart]: the driver watches its GCS process; when it dies the driver starts a
-    new one at the same address over the same storage, up to ``GCS_RESTARTS`` times. With the
-    SQLite backend the tables (actors, names, functions, KV, subscriptions) come back; with the
-    memory backend they start empty. Messages sent meanwhile wait in ZeroMQ until it listens.
-    """
-
-    GCS_RESTARTS = 5
-
-    def __init__(self, sid: str, core: CoreWorker, procs: list[subprocess.Popen],
-                 config: dict, gcs_args: list[str]) -> None:
-        self.sid = sid
-        self.core = core
-        self.procs = procs
-        self.config = config
-        self.gcs_args = gcs_args
-        self.gcs_restarts = 0
-        self.stopping = False
-
-    def watch_gcs(self) -> None:
-        """Restart the GCS process if it exits before shutdown (Note [GCS restart])."""
-        fd = pidfd(self.procs[0].pid)
-        if fd is not None:
-            self.core.endpoint.watch_fd(fd, lambda: self._gcs_exited(fd))
-
-    def _gcs_exited(self, fd: int) -> None:
-        os.close(fd)
-        self.procs[0].wait()
-        if self.stopping or self.gcs_restarts >= self.GCS_RESTARTS:
-            return
-        self.gcs_restarts += 1
-        self.procs[0] = spawn("ember.dynamic.gcs", self.gcs_args)
-        self.watch_gcs()
 
 
 def set_runtime(core: Any, submitter: Any) -> None:
@@ -109,25 +73,25 @@ def init(num_cpus: int | None = None, num_gpus: int | None = None,
         ready: dict[str, threading.Event] = {"gcs": threading.Event(),
                                              "node_manager": threading.Event()}
         core.endpoint.on("process_ready", lambda name, _addr: ready[name].set())
+        driver = Driver(sid, core, [gcs_address, address, _gcs_storage or "memory"],
+                        [nm_address, address, gcs_address, json.dumps(config)])
         core.start()
-        gcs_args = [gcs_address, address, _gcs_storage or "memory"]
-        procs = [spawn("ember.dynamic.gcs", gcs_args),
-                 spawn("ember.dynamic.node_manager",
-                       [nm_address, address, gcs_address, json.dumps(config)])]
+        driver.start()
         for name, event in ready.items():
             if not event.wait(30):
-                _stop_processes(procs)
+                _stop_processes(driver.procs)
                 core.stop()
                 remove_session_dir(sid)
                 raise EmberError(f"the {name} process did not start within 30 s; see its "
                                  f"output above")
         core.endpoint.send(nm_address, "register_client", address, os.getpid())
-        core.endpoint.call(gcs_address, "kv_put", "jobs", sid, {
+        core.gcs_call("kv_put", "jobs", sid, {
             "driver_pid": os.getpid(), "driver_address": address, "namespace": namespace,
             "start_time": time.time()}, True)
-        set_runtime(core, Submitter(core))
-        _driver = Driver(sid, core, procs, config, gcs_args)
-        _driver.watch_gcs()
+        submitter = Submitter(core)
+        set_runtime(core, submitter)
+        _driver = driver
+        driver.watch(submitter)
         atexit.register(shutdown)
         return {"session": sid, "address": address, "resources": total}
 
@@ -241,8 +205,10 @@ def cancel(ref: ObjectRef, force: bool = False, recursive: bool = True) -> None:
 
 
 def _node_state() -> tuple[dict, dict, dict]:
-    core, _ = runtime()
-    return core.endpoint.call(core.nm_address, "resources")
+    core, submitter = runtime()
+    if submitter.node_gone is not None:  # Note [node manager death] in supervisor.py
+        raise submitter.node_gone
+    return core.ask(core.nm_address, "resources")
 
 
 def cluster_resources() -> dict[str, float]:

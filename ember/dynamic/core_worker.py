@@ -31,10 +31,11 @@ from ember.dynamic.object_ref import ObjectRef
 from ember.dynamic.segment_writer import SegmentWriter
 from ember.dynamic.serialization import Serialized, deserialize, serialize
 from ember.exceptions import (GetTimeoutError, ObjectFreedError, ObjectLostError,
-                              RuntimeNotInitializedError)
+                              OwnerDiedError, RuntimeNotInitializedError)
 
 INLINE_MAX = 100 * 1024
 RESTORE_ATTEMPTS = 10
+ASK_AGAIN_S = 1.0
 
 PENDING, INLINE, IN_SHM, FAILED = range(4)
 
@@ -116,14 +117,54 @@ class CoreWorker:
         self.segments.close()
         self.endpoint.stop()
 
+    def gcs_call(self, kind: str, *fields: Any, timeout: float = 30.0) -> Any:
+        """Ask the GCS (``ask``); the driver restarts a dead one (Note [GCS restart])."""
+        return self.ask(self.gcs_address, kind, *fields, timeout=timeout)
+
+    def ask(self, address: str, kind: str, *fields: Any, timeout: float = 30.0) -> Any:
+        """Send a request and wait for the answer, asking again if it is slow to come.
+
+        A GCS or node manager killed with requests unread loses them, and so does a socket
+        that has not yet noticed the death; the driver restarts either process at the same
+        address (supervisor.py). Asking again after 1, 2, 4... s reaches the new one. The
+        requests sent this way must be idempotent (a resent ``kv_put`` with
+        ``overwrite=False`` would answer False).
+        """
+        deadline = time.monotonic() + timeout
+        wait = ASK_AGAIN_S
+        while True:
+            answer = self.endpoint.request(address, kind, *fields)
+            try:
+                return answer.result(max(0.0, min(wait, deadline - time.monotonic())))
+            except TimeoutError:
+                if time.monotonic() >= deadline:
+                    raise GetTimeoutError(f"no answer to {kind!r} from {address} within "
+                                          f"{timeout} s; is that ember process alive?") from None
+            wait *= 2
+
     # ---- reference counting ------------------------------------------------------------------
 
+    def owned_ref(self, oid: str) -> ObjectRef:
+        """A ref to a new object ``oid`` that this process owns and will resolve."""
+        with self.lock:
+            self.objects[oid] = Entry(self.address, True)
+        return ObjectRef(oid, self.address, self)
+
     def add_local_ref(self, oid: str, owner: str) -> None:
-        """An ObjectRef for ``oid`` was created in this process."""
+        """An ObjectRef for ``oid`` was created in this process.
+
+        A ref this process owns but has no entry for is stale: the object was freed (or never
+        made here); it reads as ObjectFreedError at once instead of waiting for a value that
+        nobody will produce. New objects get their entry first, through ``owned_ref``.
+        """
         with self.lock:
             entry = self.objects.get(oid)
             if entry is None:
                 entry = self.objects[oid] = Entry(owner, owner == self.address)
+                if entry.owned:
+                    entry.state, entry.payload = FAILED, ObjectFreedError(
+                        f"ObjectRef({oid}) was freed: its last reference was gone before this "
+                        f"one was made (e.g. by unpickling a ref after the value was released)")
             entry.local += 1
 
     def remove_local_ref(self, oid: str) -> None:
@@ -225,7 +266,7 @@ class CoreWorker:
         """Store ``value`` as a new object owned by this process."""
         oid = self.new_id()
         ser = serialize(value, "the value passed to ember.put")
-        ref = ObjectRef(oid, self.address, self)
+        ref = self.owned_ref(oid)
         state, payload = self.store_serialized(oid, ser)
         self.resolve(oid, state, payload)
         return ref
@@ -342,7 +383,7 @@ class CoreWorker:
             try:
                 seg = shm.Segment.open(path)
             except FileNotFoundError:
-                if not self.endpoint.call(self.nm_address, "obj_restore", oid):
+                if not self.ask(self.nm_address, "obj_restore", oid):
                     break
                 continue
             return deserialize(seg.buf.toreadonly(), f"object {oid}")
@@ -372,14 +413,18 @@ class CoreWorker:
 
     # ---- process deaths ----------------------------------------------------------------------
 
+    def fail_borrowed(self, owners: Callable[[str], bool], reason: str) -> None:
+        """Fail waits on borrowed objects whose owner (``owners(address)`` true) died."""
+        with self.lock:
+            lost = [oid for oid, e in self.objects.items()
+                    if not e.owned and e.state == PENDING and owners(e.owner)]
+        for oid in lost:
+            self.resolve(oid, FAILED, OwnerDiedError(
+                f"object {oid} is lost: its owner process died ({reason})"))
+
     def _on_worker_died(self, worker_id: str, address: str | None, reason: str) -> None:
         if address is not None:
             self.endpoint.forget_peer(address)
-            with self.lock:
-                lost = [oid for oid, e in self.objects.items()
-                        if not e.owned and e.state == PENDING and e.owner == address]
-            for oid in lost:
-                self.resolve(oid, FAILED, ObjectLostError(
-                    f"object {oid} is lost: its owner process died ({reason})"))
+            self.fail_borrowed(lambda owner: owner == address, reason)
         for listener in self.death_listeners:
             listener(worker_id, address, reason)

@@ -3,7 +3,8 @@
 Tables (in a ``gcs_storage`` backend): ``nodes``, ``actors`` (actor id -> info dict),
 ``named_actors`` ("namespace/name" -> actor id), ``functions`` (id -> pickled code), ``jobs``,
 ``kv`` (user key-value). Subscribers of a channel receive ``("pub", channel, key, value)``.
-Run as ``python -m ember.dynamic.gcs <address> <ready_address> <storage_url>``.
+In-memory tables are replicated to the driver, which restarts a dead GCS (Note [GCS restart]).
+Run as ``python -m ember.dynamic.gcs <address> <driver_address> <storage_url> [<snapshot>]``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import sys
 import threading
 from typing import Any
 
-from ember.dynamic.gcs_storage import open_storage
+from ember.dynamic.gcs_storage import open_storage, read_snapshot
 from ember.dynamic.messaging import Endpoint
 from ember.dynamic.process import bind_to_parent, wait_until_done
 
@@ -20,9 +21,13 @@ from ember.dynamic.process import bind_to_parent, wait_until_done
 class GcsServer:
     """The GCS's handlers over its storage backend."""
 
-    def __init__(self, address: str, storage_url: str | None) -> None:
-        self.storage = open_storage(storage_url)
+    def __init__(self, address: str, storage_url: str | None, replica_address: str,
+                 tables: dict | None = None) -> None:
+        self.storage = open_storage(storage_url, tables)
         self.endpoint = Endpoint(address, "gcs")
+        if not self.storage.durable:
+            self.storage.on_change = lambda *change: self.endpoint.send(
+                replica_address, "gcs_replica", *change)
         self.subscribers: dict[str, set[str]] = {}
         for key, _ in self.storage.items("subscribers"):
             channel, address = key.split("|", 1)
@@ -37,6 +42,7 @@ class GcsServer:
         ep.on("update_actor", self.update_actor)
         ep.on("get_named_actor", self.get_named_actor)
         ep.on("subscribe", self.subscribe)
+        ep.on("node_died", self.node_died)
         ep.on("shutdown", lambda: self.done.set())
 
     def kv_put(self, reply_to: str, rid: int, table: str, key: str, value: Any,
@@ -68,7 +74,7 @@ class GcsServer:
         if name:
             key = f"{info.get('namespace') or ''}/{name}"
             existing = self.storage.get("named_actors", key)
-            if existing is not None:
+            if existing is not None and existing != actor_id:  # a resent request: idempotent
                 state = (self.storage.get("actors", existing) or {}).get("state")
                 if state != "DEAD":
                     self.endpoint.reply(reply_to, rid, self.storage.get("actors", existing))
@@ -94,6 +100,12 @@ class GcsServer:
         info = self.storage.get("actors", actor_id) if actor_id else None
         self.endpoint.reply(reply_to, rid, info)
 
+    def node_died(self, keep: list[str]) -> None:
+        """The node manager died and its actors with it, but for ``keep`` (restarting ones)."""
+        for actor_id, info in self.storage.items("actors"):
+            if info.get("state") != "DEAD" and actor_id not in keep:
+                self.update_actor(actor_id, {"state": "DEAD"})
+
     def subscribe(self, channel: str, address: str) -> None:
         """Send changes of ``channel`` (a table name) to ``address`` from now on."""
         self.subscribers.setdefault(channel, set()).add(address)
@@ -108,8 +120,9 @@ class GcsServer:
 def main() -> None:
     """Entry point of the GCS process."""
     bind_to_parent()
-    address, ready_address, storage_url = sys.argv[1], sys.argv[2], sys.argv[3]
-    server = GcsServer(address, None if storage_url == "memory" else storage_url)
+    address, ready_address, storage_url = sys.argv[1:4]
+    server = GcsServer(address, None if storage_url == "memory" else storage_url,
+                       ready_address, read_snapshot(sys.argv[4]) if len(sys.argv) > 4 else None)
     server.endpoint.start()
     server.endpoint.send(ready_address, "process_ready", "gcs", address)
     wait_until_done(server.done)

@@ -2,32 +2,55 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import sqlite3
-from typing import Any
+from typing import Any, Callable
+
+
+Change = Callable[[str, str, str, Any], None]
 
 
 class MemoryStorage:
-    """Tables as dicts in the GCS process; gone when it exits."""
+    """Tables as dicts in the GCS process, replicated to its driver (Note [GCS restart]).
 
-    def __init__(self) -> None:
-        self._tables: dict[str, dict[str, Any]] = {}
+    ``on_change(op, table, key, value)`` ("put" or "delete") hears of every change; the driver
+    keeps the copy (a MemoryStorage itself) and hands its ``tables`` to a restarted GCS.
+    """
+
+    durable = False
+
+    def __init__(self, tables: dict[str, dict[str, Any]] | None = None) -> None:
+        self.tables: dict[str, dict[str, Any]] = tables or {}
+        self.on_change: Change | None = None
 
     def put(self, table: str, key: str, value: Any) -> None:
         """Store ``value`` under ``key``."""
-        self._tables.setdefault(table, {})[key] = value
+        self.tables.setdefault(table, {})[key] = value
+        if self.on_change is not None:
+            self.on_change("put", table, key, value)
 
     def get(self, table: str, key: str) -> Any:
         """Return the value under ``key`` or None."""
-        return self._tables.get(table, {}).get(key)
+        return self.tables.get(table, {}).get(key)
 
     def delete(self, table: str, key: str) -> bool:
         """Remove ``key``; return whether it was there."""
-        return self._tables.get(table, {}).pop(key, None) is not None
+        existed = self.tables.get(table, {}).pop(key, None) is not None
+        if existed and self.on_change is not None:
+            self.on_change("delete", table, key, None)
+        return existed
+
+    def apply(self, op: str, table: str, key: str, value: Any) -> None:
+        """Replay one change heard through another storage's ``on_change``."""
+        if op == "put":
+            self.put(table, key, value)
+        else:
+            self.delete(table, key)
 
     def items(self, table: str) -> list[tuple[str, Any]]:
         """Return every (key, value) of ``table``."""
-        return list(self._tables.get(table, {}).items())
+        return list(self.tables.get(table, {}).items())
 
     def close(self) -> None:
         """Nothing to release."""
@@ -35,6 +58,8 @@ class MemoryStorage:
 
 class SqliteStorage(MemoryStorage):
     """Tables in a SQLite file, read back when a GCS restarts over the same file."""
+
+    durable = True
 
     def __init__(self, path: str) -> None:
         super().__init__()
@@ -59,10 +84,27 @@ class SqliteStorage(MemoryStorage):
         self._db.close()
 
 
-def open_storage(url: str | None) -> MemoryStorage:
-    """Open the backend named by ``url``: None or "memory", or "sqlite:///path/to/file"."""
+def open_storage(url: str | None, tables: dict[str, dict[str, Any]] | None = None
+                 ) -> MemoryStorage:
+    """Open the backend named by ``url``: None or "memory" (starting from ``tables``, a
+    replica's copy), or "sqlite:///path/to/file"."""
     if url in (None, "", "memory"):
-        return MemoryStorage()
+        return MemoryStorage(tables)
     if url.startswith("sqlite://"):
         return SqliteStorage(url[len("sqlite://"):])
     raise ValueError(f"unknown GCS storage {url!r}; use 'memory' or 'sqlite:///path'")
+
+
+def write_snapshot(path: str, tables: dict) -> None:
+    """Save a replica's tables for a restarting GCS (a file only this user can read)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        pickle.dump(tables, f, protocol=5)
+
+
+def read_snapshot(path: str) -> dict:
+    """Load and remove the tables ``write_snapshot`` saved."""
+    with open(path, "rb") as f:
+        tables = pickle.load(f)
+    os.unlink(path)
+    return tables

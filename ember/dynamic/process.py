@@ -1,14 +1,16 @@
 """Starting and watching ember's own OS processes (GCS, node manager, workers).
 
 Every child is started with ``python -m <module>`` and arranges at start-up to receive SIGTERM
-when its parent dies (``bind_to_parent``), so a driver killed with SIGKILL takes its GCS, node
-manager and workers with it; the node manager then removes the session's shared memory.
+when its parent process dies (``bind_to_parent``, Note [parent death]), so a driver killed with
+SIGKILL takes its GCS, node manager and workers with it; the node manager then removes the
+session's shared memory.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -60,15 +62,41 @@ def _user_import_path() -> list[str]:
 
 
 def bind_to_parent() -> None:
-    """Ask the kernel for SIGTERM when the parent dies; exit now if it is already gone."""
+    """Get SIGTERM when the parent *process* exits (Note [parent death]); exit if it is gone."""
+    expected = int(os.environ.get("EMBER_PARENT_PID", "0"))
+    fd = pidfd(expected) if expected else None
+    if fd is None:
+        _parent_death_signal()
+    if expected and os.getppid() != expected:
+        os._exit(0)
+    if fd is not None:
+        threading.Thread(target=_watch_parent, args=(fd,), name="ember-parent-watch",
+                         daemon=True).start()
+
+
+# Note [parent death]: every ember child (GCS, node manager, worker) must end with the process
+# that started it, also when that one is SIGKILLed, yet live on when the *thread* that started
+# it ends (``ember.init()`` called from a short-lived thread; the driver restarting its GCS or
+# node manager from its I/O thread). The kernel's PR_SET_PDEATHSIG follows the forking thread,
+# so it would kill the whole runtime with that thread. Instead each child opens a pidfd of its
+# parent process and a daemon thread waits for it to become readable (the parent exited), then
+# sends SIGTERM to its own process: the same signal, and so the same clean-up, as before. The
+# pidfd is opened before the ``getppid`` check, so a parent that dies in between is noticed
+# either way. Only where pidfds are missing (Linux < 5.3) does PR_SET_PDEATHSIG stand in.
+
+def _watch_parent(fd: int) -> None:
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    poller.poll()
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _parent_death_signal() -> None:
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     except (OSError, AttributeError):
         pass
-    expected = int(os.environ.get("EMBER_PARENT_PID", "0"))
-    if expected and os.getppid() != expected:
-        os._exit(0)
 
 
 class _Terminated(BaseException):

@@ -56,7 +56,7 @@ def publish(core: Any, exported: tuple[str, bytes]) -> str:
     """Put exported code into the GCS function table once per process; return its id."""
     function_id, blob = exported
     if function_id not in core.exported:
-        core.endpoint.call(core.gcs_address, "kv_put", "functions", function_id, blob, True)
+        core.gcs_call("kv_put", "functions", function_id, blob, True)
         core.exported.add(function_id)
     return function_id
 

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
 from ember.dynamic.core_worker import FAILED, CoreWorker
 from ember.dynamic.object_ref import ObjectRef
 from ember.dynamic.task_spec import PendingCall, encode_args, release_args, resolve_refs
-from ember.exceptions import (ActorDiedError, TaskCancelledError, TaskError,
-                              WorkerCrashedError)
+from ember.exceptions import (ActorDiedError, ActorNodeDiedError, NodeDiedError,
+                              TaskCancelledError, TaskError, WorkerCrashedError)
 
 PIPELINE_DEPTH = 4
 MAX_LEASES = 64
@@ -52,7 +53,6 @@ class LeasePool:
 
     def pump(self) -> None:
         """Dispatch queued tasks onto leases; ask for another lease if work is waiting."""
-        core = self.submitter.core
         while self.queue:
             lease = min(self.leases.values(), key=lambda l: len(l.inflight), default=None)
             if lease is None or len(lease.inflight) >= PIPELINE_DEPTH:
@@ -64,9 +64,7 @@ class LeasePool:
             lease.inflight[call.task_id] = call
         if self.queue and not self.requesting and len(self.leases) < MAX_LEASES:
             self.requesting = True
-            fut = core.endpoint.request(core.nm_address, "request_lease", self.resources, None,
-                                        core.address)
-            fut.add_done_callback(self._granted)
+            self.submitter.request_lease(self.resources, None).add_done_callback(self._granted)
 
     def _granted(self, fut) -> None:
         with self.submitter.lock:
@@ -157,6 +155,8 @@ class Submitter:
         self.pools: dict[tuple, LeasePool] = {}
         self.actors: dict[str, ActorState] = {}
         self.subscribed = False
+        self.lease_requests: set[Future] = set()
+        self.node_gone: NodeDiedError | None = None
         core.endpoint.on("task_done", self._on_task_done)
         core.endpoint.on("pub", self._on_actor_update)
         core.death_listeners.append(self._on_worker_died)
@@ -206,15 +206,15 @@ class Submitter:
 
     def _lease_actor(self, actor: ActorState, resources: dict[str, float]) -> None:
         core = self.core
-        fut = core.endpoint.request(core.nm_address, "request_lease", resources,
-                                    actor.actor_id, core.address)
+        fut = self.request_lease(resources, actor.actor_id)
 
         def granted(fut) -> None:
             with self.lock:
                 try:
                     worker_id, address, gpu_ids = fut.result()
                 except Exception as exc:  # noqa: BLE001 - cannot place the actor
-                    self.actor_died(actor, ActorDiedError(
+                    dead = ActorNodeDiedError if isinstance(exc, NodeDiedError) else ActorDiedError
+                    self.actor_died(actor, dead(
                         f"actor {actor.actor_id} could not be created: {exc}"))
                     actor.ready.set()
                     return
@@ -242,7 +242,7 @@ class Submitter:
         core = self.core
         task_id = core.new_id()
         return_ids = [f"{task_id}.{i}" for i in range(num_returns)]
-        refs = [ObjectRef(rid, core.address, core) for rid in return_ids]
+        refs = [core.owned_ref(rid) for rid in return_ids]
         body, arg_refs, pinned = encode_args(core, args, kwargs, what)
         call = PendingCall(task_id, kind, target, body, arg_refs, return_ids, pinned=pinned)
         self.calls[task_id] = call
@@ -349,9 +349,10 @@ class Submitter:
                                            (address is not None and actor.address == address)):
                     self._actor_lost(actor, reason)
 
-    def _actor_lost(self, actor: ActorState, reason: str) -> None:
+    def _actor_lost(self, actor: ActorState, reason: str,
+                    dead: type[ActorDiedError] = ActorDiedError) -> None:
         if not actor.restartable or (actor.creation is not None and actor.restarts_left == 0):
-            self.actor_died(actor, ActorDiedError(
+            self.actor_died(actor, dead(
                 f"the actor {actor.actor_id} is dead: its process {reason}. Calls on it fail "
                 f"from now on; create a new actor (or set max_restarts)."))
             if actor.creation is not None:
@@ -367,7 +368,7 @@ class Submitter:
                 call.retries_left -= 1
                 actor.queue.appendleft(call)
             else:
-                self.finish(call, [(FAILED, ActorDiedError(
+                self.finish(call, [(FAILED, dead(
                     f"the actor {actor.actor_id} died ({reason}) while running this call; it "
                     f"is restarting. Set max_task_retries to retry such calls."))] *
                     len(call.return_ids))
@@ -399,6 +400,67 @@ class Submitter:
                 actor.address, actor.worker_id = info["address"], info.get("worker_id")
                 actor.ready.set()
                 self.flush_actor(actor)
+
+    # ---- node manager death (Note [node manager death] in supervisor.py) ----------------------
+
+    def request_lease(self, resources: dict[str, float], actor_id: str | None) -> Future:
+        """Ask the node manager for a worker; NodeDiedError if it dies before it answers."""
+        core = self.core
+        fut: Future = Future()
+        with self.lock:
+            if self.node_gone is not None:
+                fut.set_exception(self.node_gone)
+                return fut
+            self.lease_requests.add(fut)
+        asked = core.endpoint.request(core.nm_address, "request_lease", resources, actor_id,
+                                      core.address)
+
+        def answered(asked: Future) -> None:
+            with self.lock:
+                self.lease_requests.discard(fut)
+                if not fut.done():
+                    if asked.exception() is not None:
+                        fut.set_exception(asked.exception())
+                    else:
+                        fut.set_result(asked.result())
+                elif asked.exception() is None:  # granted by a node manager born meanwhile
+                    worker_id = asked.result()[0]
+                    core.endpoint.send(core.nm_address, "kill_worker" if actor_id else
+                                       "return_lease", worker_id)
+
+        asked.add_done_callback(answered)
+        return fut
+
+    def node_died(self, reason: str, restarted: bool) -> list[str]:
+        """Fail every call and lease request sent to a dead node manager's node.
+
+        Returns the ids of the actors this process owns that live on (restartable ones).
+        """
+        with self.lock:
+            error = NodeDiedError(f"{reason}; the calls sent to its node did not finish")
+            if not restarted:
+                self.node_gone = NodeDiedError(f"{reason} and was not restarted; no call can "
+                                               f"run in this session any more")
+            waiting, self.lease_requests = self.lease_requests, set()
+            for fut in waiting:
+                fut.set_exception(error)
+            for pool in self.pools.values():
+                calls = [c for lease in pool.leases.values() for c in lease.inflight.values()]
+                calls += pool.queue
+                pool.leases.clear()
+                pool.queue.clear()
+                for call in calls:
+                    self.finish(call, [(FAILED, error)] * len(call.return_ids))
+            for actor in list(self.actors.values()):
+                if actor.dead is not None:
+                    continue
+                if actor.creation is None:
+                    self.actor_died(actor, ActorNodeDiedError(
+                        f"the actor {actor.actor_id} is dead: {reason}"))
+                elif actor.worker_id is not None:
+                    self._actor_lost(actor, reason, ActorNodeDiedError)
+            return [a.actor_id for a in self.actors.values()
+                    if a.creation is not None and a.dead is None]
 
     def cancel(self, ref: ObjectRef, force: bool) -> None:
         """Cancel the call that makes ``ref``: drop it if queued, else interrupt its worker."""

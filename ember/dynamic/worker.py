@@ -141,8 +141,7 @@ class WorkerProcess:
         """The function or class exported under ``function_id`` (fetched once from the GCS)."""
         fn = self.core.function_cache.get(function_id)
         if fn is None:
-            blob = self.core.endpoint.call(self.core.gcs_address, "kv_get", "functions",
-                                           function_id)
+            blob = self.core.gcs_call("kv_get", "functions", function_id)
             fn = remote_function.load(blob)
             self.core.function_cache[function_id] = fn
         return fn

@@ -14,12 +14,17 @@ import pytest
 import ember
 
 DRIVER = textwrap.dedent("""
-    import sys, time
+    import sys, threading, time
     import numpy as np
     import ember
     from ember.dynamic import shm
 
-    ember.init(num_cpus=2)
+    if sys.argv[1] == "sigkill-after-init-in-a-thread":  # the runtime outlives that thread
+        starter = threading.Thread(target=ember.init, kwargs={"num_cpus": 2})
+        starter.start()
+        starter.join()
+    else:
+        ember.init(num_cpus=2)
 
     @ember.remote
     class Holder:
@@ -46,7 +51,7 @@ DRIVER = textwrap.dedent("""
 
 
 @pytest.mark.timeout(90)
-@pytest.mark.parametrize("end", ["sigkill", "exit"])
+@pytest.mark.parametrize("end", ["sigkill", "exit", "sigkill-after-init-in-a-thread"])
 def test_driver_end_leaves_nothing(leftovers, tmp_path, end):
     script = tmp_path / "driver.py"
     script.write_text(DRIVER)
