@@ -111,6 +111,14 @@ class TaskCancelledError(EmberError):
     """The task was cancelled with ``ember.cancel`` before it finished."""
 
 
+class AuthenticationError(EmberError):
+    """A peer failed the session's or cluster's authentication check; its message was dropped."""
+
+
+class ActorClassInheritanceException(EmberError, TypeError):
+    """A class tried to inherit from an actor class (``@ember.remote`` class); inherit its original."""
+
+
 class SchedulingError(EmberError):
     """A task or actor asks for resources that no node in the cluster has."""
 

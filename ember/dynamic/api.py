@@ -13,9 +13,11 @@ from typing import Any, Callable
 
 from ember.dynamic import shm
 from ember.dynamic.core_worker import CoreWorker, set_current_core
+from ember.dynamic.labels import NODE_ID_LABEL, validate_labels
 from ember.dynamic.object_ref import ObjectRef
 from ember.dynamic.process import pidfd, remove_session_dir, session_dir, spawn
 from ember.dynamic.resources import detect_gpus, detect_memory
+from ember.dynamic.runtime_context import facts
 from ember.exceptions import EmberError, ReinitError
 
 _lock = threading.RLock()
@@ -80,13 +82,23 @@ def is_initialized() -> bool:
     return _runtime is not None
 
 
-def init(num_cpus: int | None = None, num_gpus: int | None = None,
-         resources: dict[str, float] | None = None, object_store_memory: int | None = None,
+def init(address: str | None = None, *, num_cpus: int | None = None,
+         num_gpus: int | None = None, resources: dict[str, float] | None = None,
+         labels: dict[str, str] | None = None, object_store_memory: int | None = None,
          ignore_reinit_error: bool = False, namespace: str | None = None,
          _gcs_storage: str | None = None, **_ignored: Any) -> dict:
-    """Start a local cluster: a GCS, a node manager with its workers, and this driver."""
+    """Start a local cluster: a GCS, a node manager with its workers, and this driver.
+
+    ``address`` is Ray's first parameter: None or "local" start a new local cluster; "auto"
+    (or a "host:port") would join a running one, which this runtime does not offer yet, so it
+    raises ConnectionError instead of starting a cluster the caller did not ask for.
+    """
     global _driver
     from ember.dynamic.submitter import Submitter
+    check_address(address)
+    node_labels = validate_labels(labels)
+    if namespace is not None and not isinstance(namespace, str):
+        raise TypeError(f"namespace must be a str, not {type(namespace).__name__}")
     with _lock:
         if _runtime is not None:
             if ignore_reinit_error:
@@ -101,7 +113,9 @@ def init(num_cpus: int | None = None, num_gpus: int | None = None,
                  "memory": float(detect_memory() // 2), **(resources or {})}
         store_memory = object_store_memory or int(detect_memory() * 0.3)
         config = {"resources": total, "object_store_memory": store_memory,
-                  "prestart": int(min(total["CPU"], 4))}
+                  "prestart": int(min(total["CPU"], 4)),
+                  "labels": {**node_labels, NODE_ID_LABEL: sid}}
+        facts().namespace = namespace = namespace or f"anonymous-{uuid.uuid4()}"
         address = f"ipc://{folder}/driver_{os.getpid()}.sock"
         gcs_address = f"ipc://{folder}/gcs.sock"
         nm_address = f"ipc://{folder}/node_manager.sock"
@@ -132,6 +146,18 @@ def init(num_cpus: int | None = None, num_gpus: int | None = None,
         return {"session": sid, "address": address, "resources": total}
 
 
+def check_address(address: str | None) -> None:
+    """Accept the addresses that mean "start a local cluster"; refuse the others clearly."""
+    if address is None or address == "local":
+        return
+    if not isinstance(address, str):
+        raise TypeError(f"address must be a str or None, not {type(address).__name__}")
+    what = ("no running ember cluster was found (address='auto')" if address == "auto" else
+            f"cannot connect to the cluster at {address!r}")
+    raise ConnectionError(f"{what}: this ember runtime starts its own local cluster; call "
+                          f"ember.init() (address=None or 'local')")
+
+
 def shutdown() -> None:
     """Stop the cluster this driver started: every process ends, shared memory is removed."""
     global _driver, _runtime
@@ -147,6 +173,7 @@ def shutdown() -> None:
         driver.stopping = True
         _runtime = None
         set_current_core(None)
+        facts().namespace = facts().node_labels = None
         core = driver.core
         for address in (core.nm_address, core.gcs_address):
             core.endpoint.send(address, "shutdown")
@@ -207,6 +234,8 @@ def wait(refs: list[ObjectRef], num_returns: int = 1, timeout: float | None = No
     """Split ``refs`` into (ready, not ready) once ``num_returns`` are ready or at timeout."""
     if not isinstance(refs, (list, tuple)) or not all(isinstance(r, ObjectRef) for r in refs):
         raise TypeError("ember.wait takes a list of ObjectRefs")
+    if not refs:
+        return [], []
     if len(set(refs)) != len(refs):
         raise ValueError("ember.wait got the same ObjectRef twice")
     if not 0 <= num_returns <= len(refs):
@@ -259,8 +288,10 @@ def nodes() -> list[dict]:
     """One record per node (this runtime runs one node)."""
     total, _, store = _node_state()
     core, _ = runtime()
+    from ember.dynamic.runtime_context import node_labels
     return [{"NodeID": shm.session_id(), "Alive": True, "Resources": total,
-             "NodeManagerAddress": core.nm_address, "ObjectStore": store}]
+             "NodeManagerAddress": core.nm_address, "ObjectStore": store,
+             "Labels": node_labels()}]
 
 
 def get_gpu_ids() -> list[int]:

@@ -255,10 +255,12 @@ def main() -> None:
     """Entry point of the node manager process."""
     bind_to_parent()
     address, ready_address, gcs_address, config = sys.argv[1:5]
-    manager = NodeManager(address, gcs_address, json.loads(config))
+    config = json.loads(config)
+    manager = NodeManager(address, gcs_address, config)
     manager.endpoint.start()
     manager.endpoint.request(gcs_address, "kv_put", "nodes", manager.sid, {
-        "address": address, "resources": manager.resources.total, "pid": os.getpid()}, True)
+        "address": address, "resources": manager.resources.total, "pid": os.getpid(),
+        "labels": config.get("labels", {})}, True)
     manager.endpoint.send(ready_address, "process_ready", "node_manager", address)
     manager.endpoint.call_soon(lambda: [manager.start_worker() for _ in range(manager.prestart)])
     wait_until_done(manager.done)

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import inspect
 from typing import Any, Callable
 
 import cloudpickle
 
-from ember.dynamic import api
+from ember.dynamic import api, labels
 from ember.dynamic.object_ref import ObjectRef
 from ember.exceptions import SerializationError
 
 TASK_DEFAULTS = {"num_cpus": 1, "num_gpus": 0, "resources": None, "memory": None,
-                 "max_retries": 3, "retry_exceptions": False, "num_returns": 1, "name": None}
+                 "max_retries": 3, "retry_exceptions": False, "num_returns": 1, "name": None,
+                 "max_calls": 0, "runtime_env": None, "label_selector": None,
+                 "fallback_strategy": None}
+DEFAULT_TASK_RESOURCES = {"CPU": 1.0}
 
 
 def resource_request(options: dict) -> dict[str, float]:
@@ -48,6 +52,57 @@ def publish(core: Any, exported: tuple[str, bytes]) -> str:
     return function_id
 
 
+def call_signature(target: Any, name: str | None = None) -> inspect.Signature | None:
+    """The picklable signature callers must bind to: of a function, or of method ``name``.
+
+    Defaults become ``...`` and annotations go (they may not pickle; binding needs neither);
+    a method loses ``self`` unless it is a static method. None where Python cannot tell.
+    """
+    try:
+        if name is None:
+            sig = inspect.signature(target)
+        elif name == "__init__":
+            sig = inspect.signature(target)
+        else:
+            sig = inspect.signature(getattr(target, name))
+            if inspect.isfunction(inspect.getattr_static(target, name, None)):
+                sig = sig.replace(parameters=list(sig.parameters.values())[1:])
+    except (TypeError, ValueError):
+        return None
+    return sig.replace(parameters=[
+        p.replace(default=... if p.default is not p.empty else p.empty, annotation=p.empty)
+        for p in sig.parameters.values()], return_annotation=inspect.Signature.empty)
+
+
+def check_arguments(sig: inspect.Signature | None, args: tuple, kwargs: dict,
+                    what: str) -> None:
+    """Raise TypeError naming ``what`` and its signature when the arguments do not bind."""
+    if sig is None:
+        return
+    try:
+        sig.bind(*args, **kwargs)
+    except TypeError as exc:
+        raise TypeError(f"{what}{sig}: {exc}") from None
+
+
+def runtime_env_vars(runtime_env: Any) -> dict[str, str]:
+    """The env vars of a ``runtime_env`` option; the other keys of Ray's are refused clearly."""
+    if runtime_env is None:
+        return {}
+    if not isinstance(runtime_env, dict):
+        raise TypeError(f"runtime_env must be a dict, not {type(runtime_env).__name__}")
+    unsupported = set(runtime_env) - {"env_vars"}
+    if unsupported:
+        raise ValueError(f"runtime_env keys {sorted(unsupported)} are not supported by ember; "
+                         f"only 'env_vars' is. Install packages and ship code to the nodes "
+                         f"before starting ember.")
+    env = runtime_env.get("env_vars") or {}
+    if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                            for k, v in env.items()):
+        raise TypeError(f"runtime_env['env_vars'] must map str to str, not {env!r}")
+    return dict(env)
+
+
 def check_options(options: dict, allowed: dict, what: str) -> None:
     """Reject unknown option names with the list of known ones."""
     unknown = set(options) - set(allowed)
@@ -57,13 +112,26 @@ def check_options(options: dict, allowed: dict, what: str) -> None:
 
 
 class RemoteFunction:
-    """A function that runs as a task: ``f.remote(*args)`` returns ObjectRef(s)."""
+    """A function that runs as a task: ``f.remote(*args)`` returns ObjectRef(s).
+
+    Note [private leases]: a task with ``max_calls`` or ``runtime_env`` env vars runs on leases
+    of its own that are never given back to the node manager's pool: the worker exits when
+    its lease ends (after ``max_calls`` calls, or when idle), so a worker that applied one
+    task's env vars never serves another task, and a new worker serves the next call.
+    """
 
     def __init__(self, fn: Callable, options: dict) -> None:
         check_options(options, TASK_DEFAULTS, f"remote function {fn.__name__}")
         self._function = fn
-        self._options = {**TASK_DEFAULTS, **options}
+        self._options = opts = {**TASK_DEFAULTS, **options}
+        if int(opts["max_calls"] or 0) < 0:
+            raise ValueError(f"max_calls must be >= 0, not {opts['max_calls']}")
+        self._env_vars = runtime_env_vars(opts["runtime_env"])
+        labels.validate_selector(opts["label_selector"])
+        labels.validate_fallback(opts["fallback_strategy"])
+        self._signature = call_signature(fn)
         self._export: tuple[str, bytes] | None = None
+        self._feasible: bool | None = None
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -79,14 +147,44 @@ class RemoteFunction:
     def remote(self, *args: Any, **kwargs: Any) -> ObjectRef | list[ObjectRef]:
         """Submit the task; return one ref, or a list for ``num_returns > 1``."""
         core, submitter = api.runtime()
+        what = f"task {self._function.__qualname__}"
+        check_arguments(self._signature, args, kwargs, f"remote function "
+                                                       f"{self._function.__qualname__}")
         function_id = self.function_id(core)
         opts = self._options
         num_returns = int(opts["num_returns"])
-        refs = submitter.submit_task(
-            function_id, f"task {self._function.__qualname__}", args, kwargs,
-            resource_request(opts), num_returns, int(opts["max_retries"]),
-            opts["retry_exceptions"])
+        if self._feasible is None:
+            self._feasible = labels.feasible_here(opts["label_selector"],
+                                                  opts["fallback_strategy"])
+        if not self._feasible:
+            labels.warn_infeasible(what, opts["label_selector"])
+            refs = [ObjectRef(f"{core.new_id()}.{i}", core.address, core)
+                    for i in range(num_returns)]
+            return refs[0] if num_returns == 1 else refs
+        resources = resource_request(opts)
+        target, lease = self._wire_target(function_id, resources)
+        refs = submitter.submit_task(target, what, args, kwargs, resources, num_returns,
+                                     int(opts["max_retries"]), opts["retry_exceptions"], lease)
         return refs[0] if num_returns == 1 else refs
+
+    def _wire_target(self, function_id: str, resources: dict[str, float]
+                     ) -> tuple[Any, tuple | None]:
+        """What the worker receives as the task's target, and the private lease tag if any.
+
+        A plain task sends only its function id; one with options the worker must know
+        (resources other than one CPU, env vars) sends ``(function_id, extras)``.
+        """
+        extras: dict[str, Any] = {}
+        if resources != DEFAULT_TASK_RESOURCES:
+            extras["resources"] = resources
+        if self._env_vars:
+            extras["env_vars"] = self._env_vars
+        max_calls = int(self._options["max_calls"] or 0)
+        lease = None
+        if max_calls or self._env_vars:
+            lease = (("env_vars", tuple(sorted(self._env_vars.items()))),
+                     ("function", function_id if max_calls else None), ("max_calls", max_calls))
+        return (function_id, extras) if extras else function_id, lease
 
     def function_id(self, core: Any) -> str:
         """Export the function to the GCS once per process; return its id."""

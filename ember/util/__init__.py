@@ -1,0 +1,21 @@
+"""Helpers of Ray's ``ray.util`` namespace that programs ported with ``import ember as ray`` use."""
+
+from __future__ import annotations
+
+import socket
+
+__all__ = ["get_node_ip_address"]
+
+
+def get_node_ip_address() -> str:
+    """The IP address this node is reached at: the source address of its default route.
+
+    Connecting a UDP socket sends no packet; it only asks the kernel which local address it
+    would use. A machine without a route (no network) answers with the loopback address.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.connect(("10.255.255.255", 1))
+            return sock.getsockname()[0]
+        except OSError:
+            return "127.0.0.1"
