@@ -153,3 +153,10 @@ class DAGTeardownError(EmberError, RuntimeError):
 
 class TensorTransportError(EmberError):
     """A tensor could not travel through its GPU transport (shape, dtype or device mismatch)."""
+
+
+# Ray's names for the same errors, so that ``except ray.exceptions.RayTaskError`` (and the
+# other two) port unchanged with ``import ember as ray``.
+RayError = EmberError
+RayTaskError = TaskError
+RayActorError = ActorError

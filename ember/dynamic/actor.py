@@ -21,7 +21,8 @@ from ember.dynamic import api, labels
 from ember.dynamic.core_worker import INLINE
 from ember.dynamic.object_ref import ObjectRef
 from ember.dynamic.remote_function import (call_signature, check_arguments, check_options,
-                                           export, publish, resource_request, runtime_env_vars)
+                                           export, publish, resource_request, runtime_env_vars,
+                                           unpack_refs)
 from ember.dynamic.runtime_context import current_namespace
 from ember.dynamic.submitter import ActorState
 from ember.exceptions import (ActorClassInheritanceException, ActorDiedError, ActorNotFoundError,
@@ -261,8 +262,8 @@ class ActorMethod:
         self._num_returns = num_returns
         self._group = concurrency_group
 
-    def remote(self, *args: Any, **kwargs: Any) -> ObjectRef | list[ObjectRef]:
-        """Call the method; return one ref, or a list for ``num_returns > 1``."""
+    def remote(self, *args: Any, **kwargs: Any) -> ObjectRef | list[ObjectRef] | None:
+        """Call the method; return one ref, a list for ``num_returns > 1``, None for 0."""
         _, submitter = api.runtime()
         name = self._method_name
         check_arguments(self._actor._signatures.get(name), args, kwargs,
@@ -270,7 +271,7 @@ class ActorMethod:
         target = name if self._group is None else (name, self._group)
         refs = submitter.submit_actor_call(self._actor._state(), target, args, kwargs,
                                            self._num_returns)
-        return refs[0] if self._num_returns == 1 else refs
+        return unpack_refs(refs, self._num_returns)
 
     def options(self, num_returns: int | None = None, concurrency_group: str | None = None,
                 **_: Any) -> "ActorMethod":

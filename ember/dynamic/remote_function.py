@@ -103,12 +103,30 @@ def runtime_env_vars(runtime_env: Any) -> dict[str, str]:
     return dict(env)
 
 
+def unpack_refs(refs: list[ObjectRef], num_returns: int) -> ObjectRef | list[ObjectRef] | None:
+    """What ``.remote()`` returns, as in Ray: one ref, a list for several, None for none."""
+    if num_returns == 1:
+        return refs[0]
+    return refs if num_returns else None
+
+
 def check_options(options: dict, allowed: dict, what: str) -> None:
-    """Reject unknown option names with the list of known ones."""
+    """Reject unknown option names, and values out of range (as Ray does, at decoration)."""
     unknown = set(options) - set(allowed)
     if unknown:
         raise ValueError(f"unknown option(s) {sorted(unknown)} for {what}; known: "
                          f"{sorted(allowed)}")
+    amounts = {k: options.get(k) for k in ("num_cpus", "num_gpus", "memory")}
+    amounts.update(options.get("resources") or {})
+    for key, value in amounts.items():
+        if value is not None and (not isinstance(value, (int, float)) or value < 0):
+            raise ValueError(f"{key}={value!r} for {what}: a resource amount is a number >= 0")
+    for key, low in (("num_returns", 0), ("max_calls", 0), ("max_retries", -1),
+                     ("max_restarts", -1), ("max_task_retries", -1), ("max_concurrency", 1)):
+        value = options.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                  or value < low):
+            raise ValueError(f"{key}={value!r} for {what}: it must be an int >= {low}")
 
 
 class RemoteFunction:
@@ -124,8 +142,6 @@ class RemoteFunction:
         check_options(options, TASK_DEFAULTS, f"remote function {fn.__name__}")
         self._function = fn
         self._options = opts = {**TASK_DEFAULTS, **options}
-        if int(opts["max_calls"] or 0) < 0:
-            raise ValueError(f"max_calls must be >= 0, not {opts['max_calls']}")
         self._env_vars = runtime_env_vars(opts["runtime_env"])
         labels.validate_selector(opts["label_selector"])
         labels.validate_fallback(opts["fallback_strategy"])
@@ -144,8 +160,8 @@ class RemoteFunction:
         copy._export = self._export
         return copy
 
-    def remote(self, *args: Any, **kwargs: Any) -> ObjectRef | list[ObjectRef]:
-        """Submit the task; return one ref, or a list for ``num_returns > 1``."""
+    def remote(self, *args: Any, **kwargs: Any) -> ObjectRef | list[ObjectRef] | None:
+        """Submit the task; return one ref, a list for ``num_returns > 1``, None for 0."""
         core, submitter = api.runtime()
         what = f"task {self._function.__qualname__}"
         check_arguments(self._signature, args, kwargs, f"remote function "
@@ -158,14 +174,13 @@ class RemoteFunction:
                                                   opts["fallback_strategy"])
         if not self._feasible:
             labels.warn_infeasible(what, opts["label_selector"])
-            refs = [ObjectRef(f"{core.new_id()}.{i}", core.address, core)
-                    for i in range(num_returns)]
-            return refs[0] if num_returns == 1 else refs
+            return unpack_refs([ObjectRef(f"{core.new_id()}.{i}", core.address, core)
+                                for i in range(num_returns)], num_returns)
         resources = resource_request(opts)
         target, lease = self._wire_target(function_id, resources)
         refs = submitter.submit_task(target, what, args, kwargs, resources, num_returns,
                                      int(opts["max_retries"]), opts["retry_exceptions"], lease)
-        return refs[0] if num_returns == 1 else refs
+        return unpack_refs(refs, num_returns)
 
     def _wire_target(self, function_id: str, resources: dict[str, float]
                      ) -> tuple[Any, tuple | None]:
