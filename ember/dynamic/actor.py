@@ -20,7 +20,7 @@ from typing import Any, Callable
 from ember.dynamic import api, labels
 from ember.dynamic.core_worker import INLINE
 from ember.dynamic.object_ref import ObjectRef
-from ember.dynamic.remote_function import (call_signature, check_arguments, check_options,
+from ember.dynamic.remote_function import (argument_check, check_arguments, check_options,
                                            export, publish, resource_request, runtime_env_vars,
                                            unpack_refs)
 from ember.dynamic.runtime_context import current_namespace
@@ -56,7 +56,7 @@ def method_table(cls: type) -> tuple[dict[str, int], dict[str, Any]]:
     methods = {name: getattr(fn, NUM_RETURNS_ATTR, 1)
                for name, fn in inspect.getmembers(cls, callable)
                if not name.startswith("__") or name == "__call__"}
-    return methods, {name: call_signature(cls, name) for name in methods}
+    return methods, {name: argument_check(cls, name) for name in methods}
 
 
 def make_actor_class(cls: type, options: dict) -> "ActorClass":
@@ -100,7 +100,7 @@ class ActorClass:
         self.__dict__.update(
             _cls=cls, _options=opts, _export=exported, __name__=cls.__name__,
             __doc__=cls.__doc__, _methods=methods, _signatures=signatures,
-            _init_signature=call_signature(cls, "__init__"))
+            _init_signature=argument_check(cls, "__init__"))
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(f"actor class {self._cls.__name__} cannot be instantiated directly; "

@@ -52,16 +52,63 @@ def publish(core: Any, exported: tuple[str, bytes]) -> str:
     return function_id
 
 
-def call_signature(target: Any, name: str | None = None) -> inspect.Signature | None:
-    """The picklable signature callers must bind to: of a function, or of method ``name``.
+class ShownDefault:
+    """A parameter's default as text: shows in a signature, pickles whatever the value was."""
 
-    Defaults become ``...`` and annotations go (they may not pickle; binding needs neither);
-    a method loses ``self`` unless it is a static method. None where Python cannot tell.
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+    def __reduce__(self) -> tuple:
+        return (ShownDefault, (self.text,))
+
+
+class ArgumentCheck:
+    """The signature a call must bind to (as Ray checks at ``.remote()``), picklable.
+
+    Defaults become their text and annotations go (they may not pickle; binding needs neither).
+    A call with positional arguments only is checked by counting them, without ``bind``.
+    """
+
+    __slots__ = ("signature", "required", "most")
+
+    def __init__(self, signature: inspect.Signature) -> None:
+        params = [p.replace(default=p.empty if p.default is p.empty
+                            else ShownDefault(repr(p.default)), annotation=p.empty)
+                  for p in signature.parameters.values()]
+        self.signature = signature.replace(parameters=params,
+                                           return_annotation=inspect.Signature.empty)
+        positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY,
+                                                      p.POSITIONAL_OR_KEYWORD)]
+        self.most = (None if any(p.kind == p.VAR_POSITIONAL for p in params)
+                     else len(positional))
+        self.required = (None if any(p.kind == p.KEYWORD_ONLY and p.default is p.empty
+                                     for p in params)
+                         else sum(p.default is p.empty for p in positional))
+
+    def check(self, args: tuple, kwargs: dict, what: str) -> None:
+        """Raise TypeError naming ``what`` and the signature when the arguments do not bind."""
+        if (not kwargs and self.required is not None and len(args) >= self.required
+                and (self.most is None or len(args) <= self.most)):
+            return
+        try:
+            self.signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"{what}{self.signature}: {exc}") from None
+
+
+def argument_check(target: Any, name: str | None = None) -> ArgumentCheck | None:
+    """The check for calls of a function, or of method ``name`` of class ``target``.
+
+    A method loses ``self`` unless it is a static method; ``__init__`` means the
+    constructor. None where Python cannot tell the signature.
     """
     try:
-        if name is None:
-            sig = inspect.signature(target)
-        elif name == "__init__":
+        if name is None or name == "__init__":
             sig = inspect.signature(target)
         else:
             sig = inspect.signature(getattr(target, name))
@@ -69,20 +116,14 @@ def call_signature(target: Any, name: str | None = None) -> inspect.Signature | 
                 sig = sig.replace(parameters=list(sig.parameters.values())[1:])
     except (TypeError, ValueError):
         return None
-    return sig.replace(parameters=[
-        p.replace(default=... if p.default is not p.empty else p.empty, annotation=p.empty)
-        for p in sig.parameters.values()], return_annotation=inspect.Signature.empty)
+    return ArgumentCheck(sig)
 
 
-def check_arguments(sig: inspect.Signature | None, args: tuple, kwargs: dict,
+def check_arguments(check: ArgumentCheck | None, args: tuple, kwargs: dict,
                     what: str) -> None:
-    """Raise TypeError naming ``what`` and its signature when the arguments do not bind."""
-    if sig is None:
-        return
-    try:
-        sig.bind(*args, **kwargs)
-    except TypeError as exc:
-        raise TypeError(f"{what}{sig}: {exc}") from None
+    """Raise TypeError when ``args``/``kwargs`` do not fit ``check`` (None: anything goes)."""
+    if check is not None:
+        check.check(args, kwargs, what)
 
 
 def runtime_env_vars(runtime_env: Any) -> dict[str, str]:
@@ -145,7 +186,7 @@ class RemoteFunction:
         self._env_vars = runtime_env_vars(opts["runtime_env"])
         labels.validate_selector(opts["label_selector"])
         labels.validate_fallback(opts["fallback_strategy"])
-        self._signature = call_signature(fn)
+        self._signature = argument_check(fn)
         self._export: tuple[str, bytes] | None = None
         self._feasible: bool | None = None
         functools.update_wrapper(self, fn)
