@@ -125,6 +125,11 @@ class ActorClass:
     def __repr__(self) -> str:
         return f"ActorClass({self._cls.__module__}.{self._cls.__qualname__})"
 
+    # The factory's own attribute protocol and identity, whatever the user's class overrides.
+    __getattribute__ = object.__getattribute__
+    __setattr__ = object.__setattr__
+    __delattr__ = object.__delattr__
+
     def __eq__(self, other: object) -> bool:
         return self is other
 
