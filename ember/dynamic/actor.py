@@ -185,7 +185,8 @@ class ActorClass:
                                    resources, options)
         else:
             labels.warn_infeasible(f"actor {cls.__name__}", opts["label_selector"])
-            submitter.actors[actor_id] = state  # calls queue until a matching node exists
+            state.ready.set()  # placed nowhere: calls queue until a matching node exists
+            submitter.actors[actor_id] = state
         ref = None if opts["lifetime"] == "detached" else _handle_object(core, submitter, state)
         return ActorHandle(actor_id, cls.__name__, self._methods, state, self._signatures, ref)
 
@@ -248,6 +249,12 @@ def _end_actor(core: Any, submitter: Any, state: ActorState) -> None:
         if api._runtime is None or api._runtime[0] is not core or state.dead is not None:
             return
         state.restartable, state.restarts_left = False, 0
+        if state.creation is None:  # never placed (label_selector): nothing runs to finish
+            submitter.actor_died(state, ActorDiedError(
+                f"actor {state.actor_id} went out of scope before any node could host it"))
+            core.endpoint.send(core.gcs_address, "update_actor", state.actor_id,
+                               {"state": "DEAD"})
+            return
         done = submitter.submit_actor_call(state, EXIT_METHOD, (), {}, 1)[0]
 
     def exit_now(_answer: ObjectRef = done) -> None:

@@ -86,17 +86,22 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
          num_gpus: int | None = None, resources: dict[str, float] | None = None,
          labels: dict[str, str] | None = None, object_store_memory: int | None = None,
          ignore_reinit_error: bool = False, namespace: str | None = None,
-         _gcs_storage: str | None = None, **_ignored: Any) -> dict:
+         runtime_env: dict | None = None, _gcs_storage: str | None = None,
+         **_ignored: Any) -> dict:
     """Start a local cluster: a GCS, a node manager with its workers, and this driver.
 
     ``address`` is Ray's first parameter: None or "local" start a new local cluster; "auto"
     (or a "host:port") would join a running one, which this runtime does not offer yet, so it
-    raises ConnectionError instead of starting a cluster the caller did not ask for.
+    raises ConnectionError instead of starting a cluster the caller did not ask for. The job's
+    ``runtime_env={"env_vars": {...}}`` is set in every worker (they inherit it from the node
+    manager); Ray options this runtime has no use for (``include_dashboard``...) are ignored.
     """
+    from ember.dynamic.remote_function import runtime_env_vars
     global _driver
     from ember.dynamic.submitter import Submitter
     check_address(address)
     node_labels = validate_labels(labels)
+    job_env = runtime_env_vars(runtime_env)
     if namespace is not None and not isinstance(namespace, str):
         raise TypeError(f"namespace must be a str, not {type(namespace).__name__}")
     with _lock:
@@ -127,7 +132,7 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
         gcs_args = [gcs_address, address, _gcs_storage or "memory"]
         procs = [spawn("ember.dynamic.gcs", gcs_args),
                  spawn("ember.dynamic.node_manager",
-                       [nm_address, address, gcs_address, json.dumps(config)])]
+                       [nm_address, address, gcs_address, json.dumps(config)], env=job_env)]
         for name, event in ready.items():
             if not event.wait(30):
                 _stop_processes(procs)

@@ -14,14 +14,15 @@ import time
 import pytest
 
 import ember
-from ember.exceptions import (ActorClassInheritanceException, AuthenticationError, EmberError,
-                              GetTimeoutError)
+from ember.exceptions import (ActorClassInheritanceException, ActorDiedError,
+                              AuthenticationError, EmberError, GetTimeoutError)
 
 
 @pytest.fixture(scope="module", autouse=True)
 def labelled_cluster():
-    """A cluster with 2 CPUs, a custom resource and a user node label."""
-    info = ember.init(num_cpus=2, num_gpus=0, resources={"custom": 1}, labels={"zone": "z1"})
+    """A cluster with 2 CPUs, a custom resource, a user node label and a job env var."""
+    info = ember.init(num_cpus=2, num_gpus=0, resources={"custom": 1}, labels={"zone": "z1"},
+                      runtime_env={"env_vars": {"EMBER_JOB_VAR": "job"}})
     yield info
     ember.shutdown()
 
@@ -315,6 +316,11 @@ def test_runtime_env_vars_reach_tasks_and_actors_only():
 
     assert ember.get(EnvActor.remote().read.remote()) == (
         "yes", {"env_vars": {"EMBER_ACTOR_VAR": "yes"}})
+    # the job's env (ember.init(runtime_env=...)) reaches every worker, not the driver
+    assert ember.get(read.remote("EMBER_JOB_VAR"))[0] == "job"
+    assert "EMBER_JOB_VAR" not in os.environ
+    assert ember.get(read.options(runtime_env={"env_vars": {"EMBER_JOB_VAR": "task"}})
+                     .remote("EMBER_JOB_VAR"))[0] == "task"
     with pytest.raises(ValueError, match="pip"):
         read.options(runtime_env={"pip": ["requests"]})
     with pytest.raises(TypeError):
@@ -341,7 +347,11 @@ def test_label_selectors_against_the_node_labels():
                      .add.remote(2)) == 2
     with pytest.warns(UserWarning, match="pending"):
         waiting = Probe.options(label_selector={"gpu": "h100"}).remote()
-    assert ember.wait([waiting.add.remote(1)], timeout=0.5)[0] == []
+    queued = waiting.add.remote(1)
+    assert ember.wait([queued], timeout=0.5)[0] == []
+    ember.kill(waiting)  # at once: it was placed nowhere
+    with pytest.raises(ActorDiedError):
+        ember.get(queued, timeout=5)
     for bad in ({"zone": "in()"}, {"-bad": "x"}, {"zone": "a b"}):
         with pytest.raises(ValueError):
             context_of_task.options(label_selector=bad)
