@@ -62,6 +62,7 @@ class WorkerProcess:
         self.group_limits: dict[str, int] = {}
         self.exit_call: tuple | None = None
         self.async_calls: set[futures.Future] = set()
+        self.async_calls_lock = threading.Lock()
         self.running_task: str | None = None
         self.cancelled: set[str] = set()
         self.interrupting: str | None = None
@@ -257,14 +258,19 @@ class WorkerProcess:
                 f"{sorted(self.group_limits)}"))
         elif self.loop is not None:
             future = asyncio.run_coroutine_threadsafe(self._async_call(fields, group), self.loop)
-            self.async_calls.add(future)
-            future.add_done_callback(self.async_calls.discard)
+            with self.async_calls_lock:
+                self.async_calls.add(future)
+            future.add_done_callback(self._async_call_done)
         elif group is not None:
             self.group_pools[group].submit(self._sync_call, fields)
         elif self.pool is not None:
             self.pool.submit(self._sync_call, fields)
         else:
             self._sync_call(fields)
+
+    def _async_call_done(self, future: futures.Future) -> None:
+        with self.async_calls_lock:
+            self.async_calls.discard(future)
 
     def reply_failed(self, fields: tuple, error: BaseException) -> None:
         """Answer a call with ``error`` without running it."""
@@ -282,7 +288,9 @@ class WorkerProcess:
             if pool is not None:
                 pool.shutdown(wait=True)
         self.pool, self.group_pools, self.group_limits = None, {}, {}
-        futures.wait(list(self.async_calls))
+        with self.async_calls_lock:
+            running = list(self.async_calls)
+        futures.wait(running)
         task_id, _, _, _, return_ids, owner, _ = fields
         self.core.endpoint.send(owner, "task_done", task_id,
                                 self.pack(None, return_ids, self.actor_name))

@@ -79,6 +79,30 @@ def test_calls_submitted_before_the_handle_went_still_finish():
 
 
 @pytest.mark.timeout(60)
+def test_running_calls_of_threaded_and_async_actors_finish_first(procs):
+    @ember.remote(max_concurrency=2)
+    class Threaded:
+        def slow(self, t):
+            time.sleep(t)
+            return os.getpid()
+
+    @ember.remote
+    class Async:
+        async def slow(self, t):
+            import asyncio
+            await asyncio.sleep(t)
+            return os.getpid()
+
+    for cls in (Threaded, Async):
+        actor = cls.remote()
+        refs = [actor.slow.remote(0.5), actor.slow.remote(0.2)]
+        del actor
+        pids = ember.get(refs, timeout=20)
+        assert pids[0] == pids[1]
+        procs.wait_gone(pids[0])
+
+
+@pytest.mark.timeout(60)
 def test_borrowed_handles_keep_the_actor_alive(procs):
     w = Worker.remote()
     pid = ember.get(w.pid.remote())
