@@ -21,9 +21,8 @@ from ember.dynamic import api, labels
 from ember.dynamic.core_worker import INLINE
 from ember.dynamic.object_ref import ObjectRef
 from ember.dynamic.remote_function import (argument_check, check_arguments, check_options,
-                                           export, publish, resource_request, runtime_env_vars,
-                                           unpack_refs)
-from ember.dynamic.runtime_context import current_namespace
+                                           export, publish, resource_request, unpack_refs)
+from ember.dynamic.runtime_context import current_namespace, runtime_env_vars
 from ember.dynamic.submitter import ActorState
 from ember.exceptions import (ActorClassInheritanceException, ActorDiedError, ActorNotFoundError,
                               GetTimeoutError)

@@ -17,7 +17,7 @@ from ember.dynamic.labels import NODE_ID_LABEL, validate_labels
 from ember.dynamic.object_ref import ObjectRef
 from ember.dynamic.process import pidfd, remove_session_dir, session_dir, spawn
 from ember.dynamic.resources import detect_gpus, detect_memory
-from ember.dynamic.runtime_context import facts
+from ember.dynamic.runtime_context import facts, node_labels, runtime_env_vars
 from ember.exceptions import EmberError, ReinitError
 
 _lock = threading.RLock()
@@ -96,7 +96,6 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
     ``runtime_env={"env_vars": {...}}`` is set in every worker (they inherit it from the node
     manager); Ray options this runtime has no use for (``include_dashboard``...) are ignored.
     """
-    from ember.dynamic.remote_function import runtime_env_vars
     global _driver
     from ember.dynamic.submitter import Submitter
     check_address(address)
@@ -293,7 +292,6 @@ def nodes() -> list[dict]:
     """One record per node (this runtime runs one node)."""
     total, _, store = _node_state()
     core, _ = runtime()
-    from ember.dynamic.runtime_context import node_labels
     return [{"NodeID": shm.session_id(), "Alive": True, "Resources": total,
              "NodeManagerAddress": core.nm_address, "ObjectStore": store,
              "Labels": node_labels()}]

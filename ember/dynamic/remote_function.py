@@ -11,6 +11,7 @@ import cloudpickle
 
 from ember.dynamic import api, labels
 from ember.dynamic.object_ref import ObjectRef
+from ember.dynamic.runtime_context import runtime_env_vars
 from ember.exceptions import SerializationError
 
 TASK_DEFAULTS = {"num_cpus": 1, "num_gpus": 0, "resources": None, "memory": None,
@@ -124,24 +125,6 @@ def check_arguments(check: ArgumentCheck | None, args: tuple, kwargs: dict,
     """Raise TypeError when ``args``/``kwargs`` do not fit ``check`` (None: anything goes)."""
     if check is not None:
         check.check(args, kwargs, what)
-
-
-def runtime_env_vars(runtime_env: Any) -> dict[str, str]:
-    """The env vars of a ``runtime_env`` option; the other keys of Ray's are refused clearly."""
-    if runtime_env is None:
-        return {}
-    if not isinstance(runtime_env, dict):
-        raise TypeError(f"runtime_env must be a dict, not {type(runtime_env).__name__}")
-    unsupported = set(runtime_env) - {"env_vars"}
-    if unsupported:
-        raise ValueError(f"runtime_env keys {sorted(unsupported)} are not supported by ember; "
-                         f"only 'env_vars' is. Install packages and ship code to the nodes "
-                         f"before starting ember.")
-    env = runtime_env.get("env_vars") or {}
-    if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str)
-                                            for k, v in env.items()):
-        raise TypeError(f"runtime_env['env_vars'] must map str to str, not {env!r}")
-    return dict(env)
 
 
 def unpack_refs(refs: list[ObjectRef], num_returns: int) -> ObjectRef | list[ObjectRef] | None:

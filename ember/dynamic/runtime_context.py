@@ -73,6 +73,24 @@ def node_labels() -> dict[str, str]:
     return _facts.node_labels
 
 
+def runtime_env_vars(runtime_env: Any) -> dict[str, str]:
+    """The env vars of a ``runtime_env`` option; the other keys of Ray's are refused clearly."""
+    if runtime_env is None:
+        return {}
+    if not isinstance(runtime_env, dict):
+        raise TypeError(f"runtime_env must be a dict, not {type(runtime_env).__name__}")
+    unsupported = set(runtime_env) - {"env_vars"}
+    if unsupported:
+        raise ValueError(f"runtime_env keys {sorted(unsupported)} are not supported by ember; "
+                         f"only 'env_vars' is. Install packages and ship code to the nodes "
+                         f"before starting ember.")
+    env = runtime_env.get("env_vars") or {}
+    if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                            for k, v in env.items()):
+        raise TypeError(f"runtime_env['env_vars'] must map str to str, not {env!r}")
+    return dict(env)
+
+
 def _core() -> Any:
     from ember.dynamic import api
     core, _ = api.runtime()

@@ -28,7 +28,7 @@ import cloudpickle
 
 from ember.dynamic import api, shm
 from ember.dynamic import runtime_context as context
-from ember.dynamic.actor import (EXIT_METHOD, GROUP_ATTR, ActorHandle, _rebuild_handle,
+from ember.dynamic.actor import (EXIT_METHOD, GROUP_ATTR, ActorHandle, handle_from_info,
                                  method_table)
 from ember.dynamic.core_worker import FAILED, CoreWorker
 from ember.dynamic.process import bind_to_parent, session_dir
@@ -242,8 +242,10 @@ class WorkerProcess:
         """A handle of the actor hosted here (``get_runtime_context().current_actor``)."""
         cls = type(self.instance)
         methods, signatures = method_table(cls)
-        return _rebuild_handle(actor_id, cls.__name__, methods, self.core.address,
-                               self.core.worker_id, False, signatures)
+        return handle_from_info({"actor_id": actor_id, "class_name": cls.__name__,
+                                 "methods": methods, "signatures": signatures,
+                                 "address": self.core.address,
+                                 "worker_id": self.core.worker_id})
 
     def actor_call(self, fields: tuple) -> None:
         """Run one method call: inline, on a (group's) thread pool, or on the event loop."""
