@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import socket
 
-__all__ = ["get_node_ip_address"]
+from ember.util.actor_pool import ActorPool
+
+__all__ = ["ActorPool", "get_node_ip_address"]
 
 
 def get_node_ip_address() -> str:
