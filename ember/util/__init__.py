@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import socket
 
+from ember.dynamic import api
+from ember.dynamic.runtime_context import current_namespace
 from ember.util.actor_pool import ActorPool
 
-__all__ = ["ActorPool", "get_node_ip_address"]
+__all__ = ["ActorPool", "get_node_ip_address", "list_named_actors"]
 
 
 def get_node_ip_address() -> str:
@@ -21,3 +23,15 @@ def get_node_ip_address() -> str:
             return sock.getsockname()[0]
         except OSError:
             return "127.0.0.1"
+
+
+def list_named_actors(all_namespaces: bool = False) -> list:
+    """Names of the live named actors: of this job's namespace, or (``all_namespaces``) of
+    every namespace as ``{"name": ..., "namespace": ...}`` dicts, as Ray returns them."""
+    core, _ = api.runtime()
+    entries = [key.split("/", 1) for key, _ in
+               core.endpoint.call(core.gcs_address, "kv_items", "named_actors")]
+    if all_namespaces:
+        return [{"name": name, "namespace": namespace} for namespace, name in entries]
+    here = current_namespace()
+    return [name for namespace, name in entries if namespace == here]

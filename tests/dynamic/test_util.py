@@ -44,3 +44,19 @@ def test_actor_pool_submit_queue_and_membership():
     with pytest.raises(ValueError, match="already"):
         pool.push(a)
     assert pool.pop_idle() in (a, b) and pool.has_free()
+
+
+@pytest.mark.timeout(30)
+def test_list_named_actors():
+    kept = [Doubler.options(name="listed-a").remote(),
+            Doubler.options(name="listed-b", namespace="elsewhere").remote()]
+    ember.get([k.__ray_ready__.remote() for k in kept])
+    assert "listed-a" in ember.util.list_named_actors()
+    assert "listed-b" not in ember.util.list_named_actors()
+    everywhere = ember.util.list_named_actors(all_namespaces=True)
+    assert {"name": "listed-b", "namespace": "elsewhere"} in everywhere
+    ember.kill(kept[0])
+    deadline = time.monotonic() + 10
+    while "listed-a" in ember.util.list_named_actors():
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
