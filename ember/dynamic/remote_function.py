@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import inspect
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import cloudpickle
@@ -153,6 +154,21 @@ def check_options(options: dict, allowed: dict, what: str) -> None:
             raise ValueError(f"{key}={value!r} for {what}: it must be an int >= {low}")
 
 
+@dataclass(frozen=True)
+class SubmitPlan:
+    """What each ``.remote()`` of one remote function (with its options) submits."""
+
+    what: str
+    caller: str
+    target: Any  # the function id, or (function_id, extras) the worker reads
+    lease: tuple | None  # the private lease tag (Note [private leases])
+    resources: dict[str, float]
+    num_returns: int
+    max_retries: int
+    retry_exceptions: Any
+    feasible: bool  # whether this node's labels satisfy the label_selector / fallbacks
+
+
 class RemoteFunction:
     """A function that runs as a task: ``f.remote(*args)`` returns ObjectRef(s).
 
@@ -171,7 +187,7 @@ class RemoteFunction:
         labels.validate_fallback(opts["fallback_strategy"])
         self._signature = argument_check(fn)
         self._export: tuple[str, bytes] | None = None
-        self._feasible: bool | None = None
+        self._plan: SubmitPlan | None = None
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -187,43 +203,45 @@ class RemoteFunction:
     def remote(self, *args: Any, **kwargs: Any) -> ObjectRef | list[ObjectRef] | None:
         """Submit the task; return one ref, a list for ``num_returns > 1``, None for 0."""
         core, submitter = api.runtime()
-        what = f"task {self._function.__qualname__}"
-        check_arguments(self._signature, args, kwargs, f"remote function "
-                                                       f"{self._function.__qualname__}")
-        function_id = self.function_id(core)
-        opts = self._options
-        num_returns = int(opts["num_returns"])
-        if self._feasible is None:
-            self._feasible = labels.feasible_here(opts["label_selector"],
-                                                  opts["fallback_strategy"])
-        if not self._feasible:
-            labels.warn_infeasible(what, opts["label_selector"])
+        plan = self._plan or self._make_plan()
+        check_arguments(self._signature, args, kwargs, plan.caller)
+        self.function_id(core)
+        if not plan.feasible:
+            labels.warn_infeasible(plan.what, self._options["label_selector"])
             return unpack_refs([ObjectRef(f"{core.new_id()}.{i}", core.address, core)
-                                for i in range(num_returns)], num_returns)
+                                for i in range(plan.num_returns)], plan.num_returns)
+        refs = submitter.submit_task(plan.target, plan.what, args, kwargs, plan.resources,
+                                     plan.num_returns, plan.max_retries,
+                                     plan.retry_exceptions, plan.lease)
+        return unpack_refs(refs, plan.num_returns)
+
+    def _make_plan(self) -> "SubmitPlan":
+        """What every ``.remote()`` of these options sends, worked out once."""
+        opts = self._options
+        qualname = self._function.__qualname__
+        if self._export is None:
+            self._export = export(self._function, f"remote function {qualname}")
+        function_id = self._export[0]
         resources = resource_request(opts)
-        target, lease = self._wire_target(function_id, resources)
-        refs = submitter.submit_task(target, what, args, kwargs, resources, num_returns,
-                                     int(opts["max_retries"]), opts["retry_exceptions"], lease)
-        return unpack_refs(refs, num_returns)
-
-    def _wire_target(self, function_id: str, resources: dict[str, float]
-                     ) -> tuple[Any, tuple | None]:
-        """What the worker receives as the task's target, and the private lease tag if any.
-
-        A plain task sends only its function id; one with options the worker must know
-        (resources other than one CPU, env vars) sends ``(function_id, extras)``.
-        """
+        # A plain task sends only its function id; one with options the worker must know
+        # (resources other than one CPU, env vars) sends ``(function_id, extras)``.
         extras: dict[str, Any] = {}
         if resources != DEFAULT_TASK_RESOURCES:
             extras["resources"] = resources
         if self._env_vars:
             extras["env_vars"] = self._env_vars
-        max_calls = int(self._options["max_calls"] or 0)
+        max_calls = int(opts["max_calls"] or 0)
         lease = None
         if max_calls or self._env_vars:
             lease = (("env_vars", tuple(sorted(self._env_vars.items()))),
                      ("function", function_id if max_calls else None), ("max_calls", max_calls))
-        return (function_id, extras) if extras else function_id, lease
+        self._plan = SubmitPlan(
+            what=f"task {qualname}", caller=f"remote function {qualname}",
+            target=(function_id, extras) if extras else function_id, lease=lease,
+            resources=resources, num_returns=int(opts["num_returns"]),
+            max_retries=int(opts["max_retries"]), retry_exceptions=opts["retry_exceptions"],
+            feasible=labels.feasible_here(opts["label_selector"], opts["fallback_strategy"]))
+        return self._plan
 
     def function_id(self, core: Any) -> str:
         """Export the function to the GCS once per process; return its id."""

@@ -103,7 +103,7 @@ class WorkerProcess:
         """Run a normal task and send its results to the owner.
 
         ``target`` is the function id, or ``(function_id, extras)`` for a task whose options
-        the worker must know (remote_function.RemoteFunction._wire_target).
+        the worker must know (remote_function.RemoteFunction._make_plan).
         """
         function_id, extras = target if isinstance(target, tuple) else (target, {})
         self.set_gpus(gpu_ids)
