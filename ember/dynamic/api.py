@@ -93,8 +93,8 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
     ``address`` is Ray's first parameter: None or "local" start a new local cluster; "auto"
     (or a "host:port") would join a running one, which this runtime does not offer yet, so it
     raises ConnectionError instead of starting a cluster the caller did not ask for. The job's
-    ``runtime_env={"env_vars": {...}}`` is set in every worker (they inherit it from the node
-    manager); Ray options this runtime has no use for (``include_dashboard``...) are ignored.
+    ``runtime_env={"env_vars": {...}}`` is set in every worker (the node manager starts them
+    with it); Ray options this runtime has no use for (``include_dashboard``...) are ignored.
     """
     global _driver
     from ember.dynamic.submitter import Submitter
@@ -118,7 +118,7 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
         store_memory = object_store_memory or int(detect_memory() * 0.3)
         config = {"resources": total, "object_store_memory": store_memory,
                   "prestart": int(min(total["CPU"], 4)),
-                  "labels": {**node_labels, NODE_ID_LABEL: sid}}
+                  "labels": {**node_labels, NODE_ID_LABEL: sid}, "worker_env": job_env}
         facts().namespace = namespace = namespace or f"anonymous-{uuid.uuid4()}"
         address = f"ipc://{folder}/driver_{os.getpid()}.sock"
         gcs_address = f"ipc://{folder}/gcs.sock"
@@ -131,7 +131,7 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
         gcs_args = [gcs_address, address, _gcs_storage or "memory"]
         procs = [spawn("ember.dynamic.gcs", gcs_args),
                  spawn("ember.dynamic.node_manager",
-                       [nm_address, address, gcs_address, json.dumps(config)], env=job_env)]
+                       [nm_address, address, gcs_address, json.dumps(config)])]
         for name, event in ready.items():
             if not event.wait(30):
                 _stop_processes(procs)
