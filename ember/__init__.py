@@ -7,19 +7,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from ember import exceptions
-from ember.dynamic.actor import ActorClass, ActorHandle, get_actor, kill, method
+from ember import exceptions, util
+from ember.dynamic.actor import ActorHandle, get_actor, kill, make_actor_class, method
 from ember.dynamic.api import (available_resources, cancel, cluster_resources, get,
                                get_gpu_ids, init, is_initialized, nodes, put, shutdown, wait)
 from ember.dynamic.object_ref import ObjectRef
 from ember.dynamic.remote_function import RemoteFunction
+from ember.dynamic.runtime_context import get_runtime_context
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ActorHandle", "ObjectRef", "available_resources", "cancel", "cluster_resources",
-    "exceptions", "get", "get_actor", "get_gpu_ids", "init", "is_initialized", "kill",
-    "method", "nodes", "put", "remote", "shutdown", "wait", "__version__",
+    "exceptions", "get", "get_actor", "get_gpu_ids", "get_runtime_context", "init",
+    "is_initialized", "kill", "method", "nodes", "put", "remote", "shutdown", "util", "wait",
+    "__version__",
 ]
 
 
@@ -34,5 +36,5 @@ def remote(*args: Any, **options: Any) -> Any:
 
 def _make_remote(target: Any, options: dict) -> Any:
     if isinstance(target, type):
-        return ActorClass(target, options)
+        return make_actor_class(target, options)
     return RemoteFunction(target, options)

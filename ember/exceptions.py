@@ -123,6 +123,14 @@ class TaskCancelledError(EmberError):
     """The task was cancelled with ``ember.cancel`` before it finished."""
 
 
+class AuthenticationError(EmberError):
+    """A peer failed the session's or cluster's authentication check; its message was dropped."""
+
+
+class ActorClassInheritanceException(EmberError, TypeError):
+    """A class tried to inherit from an actor class (``@ember.remote`` class); inherit its original."""
+
+
 class SchedulingError(EmberError):
     """A task or actor asks for resources that no node in the cluster has."""
 
@@ -157,3 +165,10 @@ class DAGTeardownError(EmberError, RuntimeError):
 
 class TensorTransportError(EmberError):
     """A tensor could not travel through its GPU transport (shape, dtype or device mismatch)."""
+
+
+# Ray's names for the same errors, so that ``except ray.exceptions.RayTaskError`` (and the
+# other two) port unchanged with ``import ember as ray``.
+RayError = EmberError
+RayTaskError = TaskError
+RayActorError = ActorError

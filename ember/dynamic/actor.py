@@ -1,4 +1,15 @@
-"""``@ember.remote`` classes: actors in their own process, called through handles."""
+"""``@ember.remote`` classes: actors in their own process, called through handles.
+
+Note [actor lifetime]: like Ray, an actor lives while a handle to it exists. Its creator owns a
+*handle object* (``<actor id>.handle``) and every ``ActorHandle`` holds an ObjectRef to it, so
+the ownership protocol of core_worker.py counts the handles: those in the creator, those
+pickled into other processes (borrowers) and those in transit. When the count falls to zero,
+the creator queues a last call, ``__ember_exit__``, behind every call already submitted; the
+actor finishes those calls, answers, and the creator then tells its process to exit, which
+returns its resources. Handles from ``get_actor`` do not keep an actor alive (Ray's rule); an
+actor created with ``lifetime="detached"`` has no handle object and lives until ``kill`` or
+``shutdown``.
+"""
 
 from __future__ import annotations
 
@@ -6,48 +17,133 @@ import inspect
 import time
 from typing import Any, Callable
 
-from ember.dynamic import api
+from ember.dynamic import api, labels
+from ember.dynamic.core_worker import INLINE
 from ember.dynamic.object_ref import ObjectRef
-from ember.dynamic.remote_function import check_options, export, publish, resource_request
+from ember.dynamic.remote_function import (argument_check, check_arguments, check_options,
+                                           export, publish, resource_request, unpack_refs)
+from ember.dynamic.runtime_context import current_namespace, runtime_env_vars
 from ember.dynamic.submitter import ActorState
-from ember.exceptions import ActorDiedError, ActorNotFoundError, GetTimeoutError
+from ember.exceptions import (ActorClassInheritanceException, ActorDiedError, ActorNotFoundError,
+                              GetTimeoutError)
 
 ACTOR_DEFAULTS = {"num_cpus": 0, "num_gpus": 0, "resources": None, "memory": None,
                   "name": None, "namespace": None, "get_if_exists": False,
                   "max_concurrency": None, "max_restarts": 0, "max_task_retries": 0,
-                  "lifetime": None}
-_NUM_RETURNS = "__ember_num_returns__"
+                  "lifetime": None, "concurrency_groups": None, "runtime_env": None,
+                  "label_selector": None, "fallback_strategy": None}
+NUM_RETURNS_ATTR = "__ember_num_returns__"
+GROUP_ATTR = "__ember_concurrency_group__"
+EXIT_METHOD = "__ember_exit__"
+# Methods every actor has (worker.py runs them): Ray's names, and ember's hook for the engine.
+BUILTIN_METHODS = {"__ray_ready__": "__ray_ready__", "__ray_call__": "__ray_call__",
+                   "_ember_run": "__ember_run__"}
 
 
-def method(*, num_returns: int = 1) -> Callable:
-    """Decorate an actor method, e.g. ``@ember.method(num_returns=2)``."""
+def method(*, num_returns: int = 1, concurrency_group: str | None = None) -> Callable:
+    """Decorate an actor method: ``@ember.method(num_returns=2, concurrency_group="io")``."""
     def decorate(fn: Callable) -> Callable:
-        setattr(fn, _NUM_RETURNS, num_returns)
+        setattr(fn, NUM_RETURNS_ATTR, num_returns)
+        if concurrency_group is not None:
+            setattr(fn, GROUP_ATTR, concurrency_group)
         return fn
     return decorate
+
+
+def method_table(cls: type) -> tuple[dict[str, int], dict[str, Any]]:
+    """The methods a handle of ``cls`` offers: name -> num_returns, and name -> signature."""
+    methods = {name: getattr(fn, NUM_RETURNS_ATTR, 1)
+               for name, fn in inspect.getmembers(cls, callable)
+               if not name.startswith("__") or name == "__call__"}
+    return methods, {name: argument_check(cls, name) for name in methods}
+
+
+def make_actor_class(cls: type, options: dict) -> "ActorClass":
+    """The actor factory for ``cls``: an ActorClass that is also a subclass of ``cls``.
+
+    As in Ray, the factory inherits from the user's class, so its class attributes, static and
+    class methods stay reachable through it (``Cls.X`` inside a method of ``Cls`` works) and
+    ``isinstance(Cls, Base)`` holds. A class that cannot be subclassed that way (slots, a C
+    base, a metaclass conflict) gets a plain ActorClass.
+    """
+    factory = object.__new__(_derived_class(cls))
+    factory._setup(cls, options)
+    return factory
+
+
+_DERIVED: dict[type, type] = {}
+
+
+def _derived_class(cls: type) -> type:
+    derived = _DERIVED.get(cls)
+    if derived is None:
+        name = f"ActorClass({cls.__name__})"
+        try:
+            derived = type(name, (ActorClass, cls), {"__module__": cls.__module__,
+                                                     "__qualname__": name})
+            object.__new__(derived)
+        except Exception:  # noqa: BLE001 - any refusal to subclass means "a plain factory"
+            derived = ActorClass
+        _DERIVED[cls] = derived
+    return derived
 
 
 class ActorClass:
     """A class turned into an actor factory: ``Cls.remote(*args)`` starts an actor."""
 
-    def __init__(self, cls: type, options: dict) -> None:
+    def _setup(self, cls: type, options: dict, exported: tuple[str, bytes] | None = None) -> None:
         check_options(options, ACTOR_DEFAULTS, f"actor class {cls.__name__}")
-        self._cls = cls
-        self._options = {**ACTOR_DEFAULTS, **options}
-        self._export: tuple[str, bytes] | None = None
-        self._methods = {name: getattr(fn, _NUM_RETURNS, 1)
-                         for name, fn in inspect.getmembers(cls, callable)
-                         if not name.startswith("__") or name == "__call__"}
-        self.__name__ = cls.__name__
-        self.__doc__ = cls.__doc__
+        opts = {**ACTOR_DEFAULTS, **options}
+        _check_actor_options(cls, opts)
+        methods, signatures = method_table(cls)
+        self.__dict__.update(
+            _cls=cls, _options=opts, _export=exported, __name__=cls.__name__,
+            __doc__=cls.__doc__, _methods=methods, _signatures=signatures,
+            _init_signature=argument_check(cls, "__init__"))
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(f"actor class {self._cls.__name__} cannot be instantiated directly; "
                         f"use {self._cls.__name__}.remote(...)")
 
+    def __mro_entries__(self, bases: tuple) -> tuple:
+        raise ActorClassInheritanceException(
+            f"Inheriting from actor classes is not currently supported: inherit from the "
+            f"original class {self._cls.__name__} and decorate the subclass with @ember.remote")
+
+    def __reduce_ex__(self, protocol: int) -> tuple:
+        # The class travels in the state, not the arguments, so that a class whose methods
+        # name their own actor class (a cycle) pickles: the blank factory is memoized first.
+        return (_blank_actor_class, (), {"cls": self._cls, "options": self._options})
+
+    def __setstate__(self, state: dict) -> None:
+        derived = _derived_class(state["cls"])
+        if derived is not ActorClass:
+            self.__class__ = derived
+        self._setup(state["cls"], state["options"])
+
+    def __repr__(self) -> str:
+        return f"ActorClass({self._cls.__module__}.{self._cls.__qualname__})"
+
+    # The factory's own attribute protocol and identity, whatever the user's class overrides.
+    __getattribute__ = object.__getattribute__
+    __setattr__ = object.__setattr__
+    __delattr__ = object.__delattr__
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+    def __hash__(self) -> int:
+        return id(self)
+
+    def __bool__(self) -> bool:
+        return True
+
+    def __del__(self) -> None:
+        pass  # not the user's class's __del__: this object is a factory, not an instance
+
     def options(self, **options: Any) -> "ActorClass":
         """A copy with some options changed (name, num_gpus, max_concurrency, ...)."""
-        copy = ActorClass(self._cls, {**self._options, **options})
+        copy = make_actor_class(self._cls, {**self._options, **options})
         copy._export = self._export
         return copy
 
@@ -55,13 +151,17 @@ class ActorClass:
         """Start the actor (asynchronously) and return its handle."""
         core, submitter = api.runtime()
         opts = self._options
+        cls = self._cls
+        check_arguments(self._init_signature, args, kwargs, f"the constructor of {cls.__name__}")
         if self._export is None:
-            self._export = export(self._cls, f"actor class {self._cls.__name__}")
+            self._export = export(cls, f"actor class {cls.__name__}")
         class_id = publish(core, self._export)
         actor_id = core.new_id()
-        info = {"actor_id": actor_id, "name": opts["name"], "namespace": opts["namespace"],
-                "class_name": self._cls.__name__, "methods": self._methods, "state": "PENDING",
-                "owner": core.address, "restartable": int(opts["max_restarts"]) != 0}
+        namespace = opts["namespace"] if opts["namespace"] is not None else current_namespace()
+        info = {"actor_id": actor_id, "name": opts["name"], "namespace": namespace,
+                "class_name": cls.__name__, "methods": self._methods,
+                "signatures": self._signatures, "state": "PENDING", "owner": core.address,
+                "restartable": int(opts["max_restarts"]) != 0}
         if opts["name"]:
             existing = core.gcs_call("register_actor", actor_id, info, opts["get_if_exists"])
             if existing is not None:
@@ -73,35 +173,122 @@ class ActorClass:
             core.endpoint.request(core.gcs_address, "register_actor", actor_id, info, False)
         state = ActorState(actor_id, restarts_left=int(opts["max_restarts"]),
                            max_task_retries=int(opts["max_task_retries"]))
-        options = {"max_concurrency": opts["max_concurrency"]}
-        submitter.create_actor(state, class_id, f"actor {self._cls.__name__}", args, kwargs,
-                               resource_request(opts), options)
-        return ActorHandle(actor_id, self._cls.__name__, self._methods, state)
+        resources = resource_request(opts)
+        options = {"max_concurrency": opts["max_concurrency"],
+                   "concurrency_groups": opts["concurrency_groups"] or {},
+                   "env_vars": runtime_env_vars(opts["runtime_env"]), "resources": resources,
+                   "name": opts["name"] or "", "restartable": info["restartable"]}
+        if labels.feasible_here(opts["label_selector"], opts["fallback_strategy"]):
+            submitter.create_actor(state, class_id, f"actor {cls.__name__}", args, kwargs,
+                                   resources, options)
+        else:
+            labels.warn_infeasible(f"actor {cls.__name__}", opts["label_selector"])
+            state.ready.set()  # placed nowhere: calls queue until a matching node exists
+            submitter.actors[actor_id] = state
+        ref = None if opts["lifetime"] == "detached" else _handle_object(core, submitter, state)
+        return ActorHandle(actor_id, cls.__name__, self._methods, state, self._signatures, ref)
 
     def bind(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError("bind() an actor's methods, not its class: create the actor with "
                         ".remote() first, then use actor.method.bind(...)")
 
 
+def _blank_actor_class() -> ActorClass:
+    return object.__new__(ActorClass)
+
+
+def _check_actor_options(cls: type, opts: dict) -> None:
+    """Reject option values Ray rejects, naming the option."""
+    if opts["name"] is not None and not isinstance(opts["name"], str):
+        raise TypeError(f"name must be a str, not {type(opts['name']).__name__}")
+    if opts["namespace"] is not None and not isinstance(opts["namespace"], str):
+        raise TypeError(f"namespace must be a str, not {type(opts['namespace']).__name__}")
+    if opts["get_if_exists"] and not opts["name"]:
+        raise ValueError("get_if_exists=True needs a name: Cls.options(name=..., "
+                         "get_if_exists=True)")
+    if opts["lifetime"] not in (None, "detached", "non_detached"):
+        raise ValueError(f"lifetime must be None, 'detached' or 'non_detached', not "
+                         f"{opts['lifetime']!r}")
+    groups = opts["concurrency_groups"] or {}
+    if not isinstance(groups, dict) or not all(
+            isinstance(k, str) and isinstance(v, int) and v > 0 for k, v in groups.items()):
+        raise ValueError(f"concurrency_groups must map group names to positive ints, not "
+                         f"{groups!r}")
+    for name, fn in inspect.getmembers(cls, callable):
+        group = getattr(fn, GROUP_ATTR, None)
+        if group is not None and group not in groups:
+            raise ValueError(f"method {name} of {cls.__name__} is in concurrency group "
+                             f"{group!r}, which concurrency_groups={groups} does not define")
+    runtime_env_vars(opts["runtime_env"])
+    labels.validate_selector(opts["label_selector"])
+    labels.validate_fallback(opts["fallback_strategy"])
+
+
+def _handle_object(core: Any, submitter: Any, state: ActorState) -> ObjectRef:
+    """The ref every handle of a new actor holds (Note [actor lifetime])."""
+    oid = f"{state.actor_id}.handle"
+    ref = core.owned_ref(oid)
+    core.on_free[oid] = lambda: _out_of_scope(core, submitter, state)
+    core.resolve(oid, INLINE, None)
+    return ref
+
+
+def _out_of_scope(core: Any, submitter: Any, state: ActorState) -> None:
+    """The last handle is gone: end the actor after the calls already submitted.
+
+    Runs from an ObjectRef's ``__del__`` (any thread, any moment), so the work moves to the
+    I/O thread.
+    """
+    core.endpoint.call_soon(lambda: _end_actor(core, submitter, state))
+
+
+def _end_actor(core: Any, submitter: Any, state: ActorState) -> None:
+    with submitter.lock:
+        if api._runtime is None or api._runtime[0] is not core or state.dead is not None:
+            return
+        state.restartable, state.restarts_left = False, 0
+        if state.creation is None:  # never placed (label_selector): nothing runs to finish
+            submitter.actor_died(state, ActorDiedError(
+                f"actor {state.actor_id} went out of scope before any node could host it"))
+            core.endpoint.send(core.gcs_address, "update_actor", state.actor_id,
+                               {"state": "DEAD"})
+            return
+        done = submitter.submit_actor_call(state, EXIT_METHOD, (), {}, 1)[0]
+
+    def exit_now(_answer: ObjectRef = done) -> None:
+        if state.address is not None and state.dead is None:
+            core.endpoint.send(state.address, "exit")
+
+    core.when_ready(done, exit_now)
+
+
 class ActorMethod:
     """``handle.method``: ``.remote(*args)`` calls it; ``.bind(*args)`` puts it in a graph."""
 
-    def __init__(self, actor: "ActorHandle", name: str, num_returns: int) -> None:
+    def __init__(self, actor: "ActorHandle", name: str, num_returns: int,
+                 concurrency_group: str | None = None) -> None:
         self._actor = actor
         self._method_name = name
         self._num_returns = num_returns
+        self._group = concurrency_group
 
-    def remote(self, *args: Any, **kwargs: Any) -> ObjectRef | list[ObjectRef]:
-        """Call the method; return one ref, or a list for ``num_returns > 1``."""
+    def remote(self, *args: Any, **kwargs: Any) -> ObjectRef | list[ObjectRef] | None:
+        """Call the method; return one ref, a list for ``num_returns > 1``, None for 0."""
         _, submitter = api.runtime()
-        refs = submitter.submit_actor_call(self._actor._state(), self._method_name, args,
-                                           kwargs, self._num_returns)
-        return refs[0] if self._num_returns == 1 else refs
+        name = self._method_name
+        check_arguments(self._actor._signatures.get(name), args, kwargs,
+                        f"{self._actor._class_name}.{name}")
+        target = name if self._group is None else (name, self._group)
+        refs = submitter.submit_actor_call(self._actor._state(), target, args, kwargs,
+                                           self._num_returns)
+        return unpack_refs(refs, self._num_returns)
 
-    def options(self, num_returns: int | None = None, **_: Any) -> "ActorMethod":
-        """A copy with another ``num_returns``."""
+    def options(self, num_returns: int | None = None, concurrency_group: str | None = None,
+                **_: Any) -> "ActorMethod":
+        """A copy with another ``num_returns`` or ``concurrency_group`` for this call."""
         return ActorMethod(self._actor, self._method_name,
-                           self._num_returns if num_returns is None else num_returns)
+                           self._num_returns if num_returns is None else num_returns,
+                           self._group if concurrency_group is None else concurrency_group)
 
     def bind(self, *args: Any, **kwargs: Any) -> Any:
         """A graph node calling this method (see ember.dag)."""
@@ -117,16 +304,19 @@ class ActorHandle:
     """A reference to a live actor; picklable, so it can be passed to tasks and other actors."""
 
     def __init__(self, actor_id: str, class_name: str, methods: dict[str, int],
-                 state: ActorState | None = None) -> None:
+                 state: ActorState | None = None, signatures: dict | None = None,
+                 ref: ObjectRef | None = None) -> None:
         self._actor_id = actor_id
         self._class_name = class_name
         self._methods = methods
+        self._signatures = signatures or {}
         self._local_state = state
+        self._ref = ref
 
     def __getattr__(self, name: str) -> ActorMethod:
+        if name in BUILTIN_METHODS:
+            return ActorMethod(self, BUILTIN_METHODS[name], 1)
         if name.startswith("_") and name not in self.__dict__.get("_methods", {}):
-            if name == "_ember_run":
-                return ActorMethod(self, "__ember_run__", 1)
             raise AttributeError(name)
         if name not in self._methods:
             raise AttributeError(f"actor {self._class_name} has no method {name!r}")
@@ -151,7 +341,8 @@ class ActorHandle:
         if state.address is None and state.creation is not None:
             state = self._wait_started()
         return (_rebuild_handle, (self._actor_id, self._class_name, self._methods,
-                                  state.address, state.worker_id, state.restartable))
+                                  state.address, state.worker_id, state.restartable,
+                                  self._signatures, self._ref))
 
     def __repr__(self) -> str:
         return f"Actor({self._class_name}, {self._actor_id})"
@@ -164,7 +355,9 @@ class ActorHandle:
 
 
 def _rebuild_handle(actor_id: str, class_name: str, methods: dict, address: str | None,
-                    worker_id: str | None, restartable: bool = False) -> ActorHandle:
+                    worker_id: str | None, restartable: bool = False,
+                    signatures: dict | None = None, ref: ObjectRef | None = None
+                    ) -> ActorHandle:
     _, submitter = api.runtime()
     state = submitter.actors.get(actor_id)
     if state is None:
@@ -174,19 +367,21 @@ def _rebuild_handle(actor_id: str, class_name: str, methods: dict, address: str 
         submitter.actors[actor_id] = state
         if restartable:
             submitter.watch_actor(state)
-    return ActorHandle(actor_id, class_name, methods, state)
+    return ActorHandle(actor_id, class_name, methods, state, signatures, ref)
 
 
 def handle_from_info(info: dict) -> ActorHandle:
-    """A handle for the actor described by a GCS record."""
+    """A handle for the actor described by a GCS record (it does not keep the actor alive)."""
     return _rebuild_handle(info["actor_id"], info["class_name"], info["methods"],
                            info.get("address"), info.get("worker_id"),
-                           bool(info.get("restartable")))
+                           bool(info.get("restartable")), info.get("signatures"))
 
 
 def get_actor(name: str, namespace: str | None = None, timeout: float = 10.0) -> ActorHandle:
-    """The handle of the live actor named ``name``."""
+    """The handle of the live actor named ``name`` (in the job's namespace by default)."""
     core, _ = api.runtime()
+    if namespace is None:
+        namespace = current_namespace()
     deadline = time.monotonic() + timeout
     while True:
         info = core.gcs_call("get_named_actor", name, namespace)

@@ -13,9 +13,11 @@ from typing import Any, Callable
 
 from ember.dynamic import shm
 from ember.dynamic.core_worker import CoreWorker, set_current_core
+from ember.dynamic.labels import NODE_ID_LABEL, validate_labels
 from ember.dynamic.object_ref import ObjectRef
 from ember.dynamic.process import remove_session_dir, session_dir
 from ember.dynamic.resources import detect_gpus, detect_memory
+from ember.dynamic.runtime_context import facts, node_labels, runtime_env_vars
 from ember.dynamic.supervisor import Driver
 from ember.exceptions import EmberError, ReinitError
 
@@ -44,13 +46,27 @@ def is_initialized() -> bool:
     return _runtime is not None
 
 
-def init(num_cpus: int | None = None, num_gpus: int | None = None,
-         resources: dict[str, float] | None = None, object_store_memory: int | None = None,
+def init(address: str | None = None, *, num_cpus: int | None = None,
+         num_gpus: int | None = None, resources: dict[str, float] | None = None,
+         labels: dict[str, str] | None = None, object_store_memory: int | None = None,
          ignore_reinit_error: bool = False, namespace: str | None = None,
-         _gcs_storage: str | None = None, **_ignored: Any) -> dict:
-    """Start a local cluster: a GCS, a node manager with its workers, and this driver."""
+         runtime_env: dict | None = None, _gcs_storage: str | None = None,
+         **_ignored: Any) -> dict:
+    """Start a local cluster: a GCS, a node manager with its workers, and this driver.
+
+    ``address`` is Ray's first parameter: None or "local" start a new local cluster; "auto"
+    (or a "host:port") would join a running one, which this runtime does not offer yet, so it
+    raises ConnectionError instead of starting a cluster the caller did not ask for. The job's
+    ``runtime_env={"env_vars": {...}}`` is set in every worker (the node manager starts them
+    with it); Ray options this runtime has no use for (``include_dashboard``...) are ignored.
+    """
     global _driver
     from ember.dynamic.submitter import Submitter
+    check_address(address)
+    node_labels = validate_labels(labels)
+    job_env = runtime_env_vars(runtime_env)
+    if namespace is not None and not isinstance(namespace, str):
+        raise TypeError(f"namespace must be a str, not {type(namespace).__name__}")
     with _lock:
         if _runtime is not None:
             if ignore_reinit_error:
@@ -65,7 +81,9 @@ def init(num_cpus: int | None = None, num_gpus: int | None = None,
                  "memory": float(detect_memory() // 2), **(resources or {})}
         store_memory = object_store_memory or int(detect_memory() * 0.3)
         config = {"resources": total, "object_store_memory": store_memory,
-                  "prestart": int(min(total["CPU"], 4))}
+                  "prestart": int(min(total["CPU"], 4)),
+                  "labels": {**node_labels, NODE_ID_LABEL: sid}, "worker_env": job_env}
+        facts().namespace = namespace = namespace or f"anonymous-{uuid.uuid4()}"
         address = f"ipc://{folder}/driver_{os.getpid()}.sock"
         gcs_address = f"ipc://{folder}/gcs.sock"
         nm_address = f"ipc://{folder}/node_manager.sock"
@@ -96,6 +114,18 @@ def init(num_cpus: int | None = None, num_gpus: int | None = None,
         return {"session": sid, "address": address, "resources": total}
 
 
+def check_address(address: str | None) -> None:
+    """Accept the addresses that mean "start a local cluster"; refuse the others clearly."""
+    if address is None or address == "local":
+        return
+    if not isinstance(address, str):
+        raise TypeError(f"address must be a str or None, not {type(address).__name__}")
+    what = ("no running ember cluster was found (address='auto')" if address == "auto" else
+            f"cannot connect to the cluster at {address!r}")
+    raise ConnectionError(f"{what}: this ember runtime starts its own local cluster; call "
+                          f"ember.init() (address=None or 'local')")
+
+
 def shutdown() -> None:
     """Stop the cluster this driver started: every process ends, shared memory is removed."""
     global _driver, _runtime
@@ -111,6 +141,7 @@ def shutdown() -> None:
         driver.stopping = True
         _runtime = None
         set_current_core(None)
+        facts().namespace = facts().node_labels = None
         core = driver.core
         for address in (core.nm_address, core.gcs_address):
             core.endpoint.send(address, "shutdown")
@@ -171,6 +202,8 @@ def wait(refs: list[ObjectRef], num_returns: int = 1, timeout: float | None = No
     """Split ``refs`` into (ready, not ready) once ``num_returns`` are ready or at timeout."""
     if not isinstance(refs, (list, tuple)) or not all(isinstance(r, ObjectRef) for r in refs):
         raise TypeError("ember.wait takes a list of ObjectRefs")
+    if not refs:
+        return [], []
     if len(set(refs)) != len(refs):
         raise ValueError("ember.wait got the same ObjectRef twice")
     if not 0 <= num_returns <= len(refs):
@@ -226,7 +259,8 @@ def nodes() -> list[dict]:
     total, _, store = _node_state()
     core, _ = runtime()
     return [{"NodeID": shm.session_id(), "Alive": True, "Resources": total,
-             "NodeManagerAddress": core.nm_address, "ObjectStore": store}]
+             "NodeManagerAddress": core.nm_address, "ObjectStore": store,
+             "Labels": node_labels()}]
 
 
 def get_gpu_ids() -> list[int]:

@@ -94,6 +94,7 @@ class CoreWorker:
         self.exported: set[str] = set()
         self.executing_task = threading.local()
         self.death_listeners: list[Callable[[str, str | None, str], None]] = []
+        self.on_free: dict[str, Callable[[], None]] = {}  # owned oid -> called once it is freed
         ep = self.endpoint
         ep.on("get_object", self._on_get_object)
         ep.on("borrow", self._on_borrow)
@@ -251,6 +252,9 @@ class CoreWorker:
         del self.objects[oid]
         if entry.state == IN_SHM:
             self.free_segments([oid])
+        on_free = self.on_free.pop(oid, None)
+        if on_free is not None:
+            on_free()
 
     def free_segments(self, oids: list[str]) -> None:
         """Remove freed objects' segments and their spilled copies (Note [who unlinks])."""

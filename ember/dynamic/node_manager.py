@@ -95,12 +95,14 @@ class NodeManager:
             reply_to, rid, (self.resources.total, self.resources.available, self.store.stats())))
         ep.on("shutdown", lambda: self.done.set())
         self.prestart = int(config.get("prestart", 0))
+        self.worker_env = {**WORKER_THREAD_ENV, **config.get("worker_env", {})}  # job env_vars
+        self.labels: dict[str, str] = config.get("labels", {})
 
     def start_worker(self) -> None:
         """Spawn one worker process; it reports back with ``worker_ready``."""
         wid = f"{os.getpid():x}w{next(self.worker_ids)}"
         proc = spawn("ember.dynamic.worker", [self.endpoint.address, self.gcs_address, wid],
-                     env=WORKER_THREAD_ENV)
+                     env=self.worker_env)
         worker = Worker(wid, proc)
         self.workers[wid] = worker
         self.starting += 1
@@ -258,7 +260,8 @@ def main() -> None:
     manager = NodeManager(address, gcs_address, json.loads(config))
     manager.endpoint.start()
     manager.endpoint.request(gcs_address, "kv_put", "nodes", manager.sid, {
-        "address": address, "resources": manager.resources.total, "pid": os.getpid()}, True)
+        "address": address, "resources": manager.resources.total, "pid": os.getpid(),
+        "labels": manager.labels}, True)
     manager.endpoint.send(ready_address, "process_ready", "node_manager", address)
     manager.endpoint.call_soon(lambda: [manager.start_worker() for _ in range(manager.prestart)])
     wait_until_done(manager.done)

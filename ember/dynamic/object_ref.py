@@ -32,6 +32,18 @@ class ObjectRef:
         """The object id as text."""
         return self.id
 
+    def binary(self) -> bytes:
+        """The object id as bytes (Ray's ``ObjectRef.binary``)."""
+        return self.id.encode()
+
+    def task_id(self) -> "TaskID":
+        """The id of the task that makes this object (for ``put``, the id of the put itself).
+
+        A task's return ids are ``<task id>.<index>`` (submitter.py), so the task id is their
+        prefix; it equals ``get_runtime_context().get_task_id()`` inside that task.
+        """
+        return TaskID(self.id.rsplit(".", 1)[0])
+
     def __repr__(self) -> str:
         return f"ObjectRef({self.id})"
 
@@ -60,6 +72,40 @@ class ObjectRef:
 
     def __await__(self):
         return self.future().__await__()
+
+
+class ID:
+    """An id in Ray's form (``TaskID``, ``JobID``, ...): ``hex()``, ``binary()``, ``is_nil()``."""
+
+    __slots__ = ("_id",)
+
+    def __init__(self, hex_id: str) -> None:
+        self._id = hex_id
+
+    def hex(self) -> str:
+        """The id as text."""
+        return self._id
+
+    def binary(self) -> bytes:
+        """The id as bytes."""
+        return self._id.encode()
+
+    def is_nil(self) -> bool:
+        """Whether this is the empty id (never, for a real task)."""
+        return not self._id
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._id})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ID) and type(other) is type(self) and other._id == self._id
+
+    def __hash__(self) -> int:
+        return hash(self._id)
+
+
+class TaskID(ID):
+    """A task's id, as ``ObjectRef.task_id()`` returns it."""
 
 
 def _settle(fut: "asyncio.Future", value: Any, exc: BaseException | None) -> None:

@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import inspect
 import pickle
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import cloudpickle
 
-from ember.dynamic import api, code_origin
+from ember.dynamic import api, code_origin, labels
 from ember.dynamic.object_ref import ObjectRef
+from ember.dynamic.runtime_context import runtime_env_vars
 from ember.exceptions import SerializationError
 
 TASK_DEFAULTS = {"num_cpus": 1, "num_gpus": 0, "resources": None, "memory": None,
-                 "max_retries": 3, "retry_exceptions": False, "num_returns": 1, "name": None}
+                 "max_retries": 3, "retry_exceptions": False, "num_returns": 1, "name": None,
+                 "max_calls": 0, "runtime_env": None, "label_selector": None,
+                 "fallback_strategy": None}
+DEFAULT_TASK_RESOURCES = {"CPU": 1.0}
 
 
 def resource_request(options: dict) -> dict[str, float]:
@@ -61,22 +67,140 @@ def publish(core: Any, exported: tuple[str, bytes]) -> str:
     return function_id
 
 
+class ShownDefault:
+    """A parameter's default as text: shows in a signature, pickles whatever the value was."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+    def __reduce__(self) -> tuple:
+        return (ShownDefault, (self.text,))
+
+
+class ArgumentCheck:
+    """The signature a call must bind to (as Ray checks at ``.remote()``), picklable.
+
+    Defaults become their text and annotations go (they may not pickle; binding needs neither).
+    A call with positional arguments only is checked by counting them, without ``bind``.
+    """
+
+    __slots__ = ("signature", "required", "most")
+
+    def __init__(self, signature: inspect.Signature) -> None:
+        params = [p.replace(default=p.empty if p.default is p.empty
+                            else ShownDefault(repr(p.default)), annotation=p.empty)
+                  for p in signature.parameters.values()]
+        self.signature = signature.replace(parameters=params,
+                                           return_annotation=inspect.Signature.empty)
+        positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY,
+                                                      p.POSITIONAL_OR_KEYWORD)]
+        self.most = (None if any(p.kind == p.VAR_POSITIONAL for p in params)
+                     else len(positional))
+        self.required = (None if any(p.kind == p.KEYWORD_ONLY and p.default is p.empty
+                                     for p in params)
+                         else sum(p.default is p.empty for p in positional))
+
+    def check(self, args: tuple, kwargs: dict, what: str) -> None:
+        """Raise TypeError naming ``what`` and the signature when the arguments do not bind."""
+        if (not kwargs and self.required is not None and len(args) >= self.required
+                and (self.most is None or len(args) <= self.most)):
+            return
+        try:
+            self.signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"{what}{self.signature}: {exc}") from None
+
+
+def argument_check(target: Any, name: str | None = None) -> ArgumentCheck | None:
+    """The check for calls of a function, or of method ``name`` of class ``target``.
+
+    A method loses ``self`` unless it is a static method; ``__init__`` means the
+    constructor. None where Python cannot tell the signature.
+    """
+    try:
+        if name is None or name == "__init__":
+            sig = inspect.signature(target)
+        else:
+            sig = inspect.signature(getattr(target, name))
+            if inspect.isfunction(inspect.getattr_static(target, name, None)):
+                sig = sig.replace(parameters=list(sig.parameters.values())[1:])
+    except (TypeError, ValueError):
+        return None
+    return ArgumentCheck(sig)
+
+
+def check_arguments(check: ArgumentCheck | None, args: tuple, kwargs: dict,
+                    what: str) -> None:
+    """Raise TypeError when ``args``/``kwargs`` do not fit ``check`` (None: anything goes)."""
+    if check is not None:
+        check.check(args, kwargs, what)
+
+
+def unpack_refs(refs: list[ObjectRef], num_returns: int) -> ObjectRef | list[ObjectRef] | None:
+    """What ``.remote()`` returns, as in Ray: one ref, a list for several, None for none."""
+    if num_returns == 1:
+        return refs[0]
+    return refs if num_returns else None
+
+
 def check_options(options: dict, allowed: dict, what: str) -> None:
-    """Reject unknown option names with the list of known ones."""
+    """Reject unknown option names, and values out of range (as Ray does, at decoration)."""
     unknown = set(options) - set(allowed)
     if unknown:
         raise ValueError(f"unknown option(s) {sorted(unknown)} for {what}; known: "
                          f"{sorted(allowed)}")
+    amounts = {k: options.get(k) for k in ("num_cpus", "num_gpus", "memory")}
+    amounts.update(options.get("resources") or {})
+    for key, value in amounts.items():
+        if value is not None and (not isinstance(value, (int, float)) or value < 0):
+            raise ValueError(f"{key}={value!r} for {what}: a resource amount is a number >= 0")
+    for key, low in (("num_returns", 0), ("max_calls", 0), ("max_retries", -1),
+                     ("max_restarts", -1), ("max_task_retries", -1), ("max_concurrency", 1)):
+        value = options.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                  or value < low):
+            raise ValueError(f"{key}={value!r} for {what}: it must be an int >= {low}")
+
+
+@dataclass(frozen=True)
+class SubmitPlan:
+    """What each ``.remote()`` of one remote function (with its options) submits."""
+
+    what: str
+    caller: str
+    target: Any  # the function id, or (function_id, extras) the worker reads
+    lease: tuple | None  # the private lease tag (Note [private leases])
+    resources: dict[str, float]
+    num_returns: int
+    max_retries: int
+    retry_exceptions: Any
+    feasible: bool  # whether this node's labels satisfy the label_selector / fallbacks
 
 
 class RemoteFunction:
-    """A function that runs as a task: ``f.remote(*args)`` returns ObjectRef(s)."""
+    """A function that runs as a task: ``f.remote(*args)`` returns ObjectRef(s).
+
+    Note [private leases]: a task with ``max_calls`` or ``runtime_env`` env vars runs on leases
+    of its own that are never given back to the node manager's pool: the worker exits when
+    its lease ends (after ``max_calls`` calls, or when idle), so a worker that applied one
+    task's env vars never serves another task, and a new worker serves the next call.
+    """
 
     def __init__(self, fn: Callable, options: dict) -> None:
         check_options(options, TASK_DEFAULTS, f"remote function {fn.__name__}")
         self._function = fn
-        self._options = {**TASK_DEFAULTS, **options}
+        self._options = opts = {**TASK_DEFAULTS, **options}
+        self._env_vars = runtime_env_vars(opts["runtime_env"])
+        labels.validate_selector(opts["label_selector"])
+        labels.validate_fallback(opts["fallback_strategy"])
+        self._signature = argument_check(fn)
         self._export: tuple[str, bytes] | None = None
+        self._plan: SubmitPlan | None = None
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -89,17 +213,48 @@ class RemoteFunction:
         copy._export = self._export
         return copy
 
-    def remote(self, *args: Any, **kwargs: Any) -> ObjectRef | list[ObjectRef]:
-        """Submit the task; return one ref, or a list for ``num_returns > 1``."""
+    def remote(self, *args: Any, **kwargs: Any) -> ObjectRef | list[ObjectRef] | None:
+        """Submit the task; return one ref, a list for ``num_returns > 1``, None for 0."""
         core, submitter = api.runtime()
-        function_id = self.function_id(core)
+        plan = self._plan or self._make_plan()
+        check_arguments(self._signature, args, kwargs, plan.caller)
+        self.function_id(core)
+        if not plan.feasible:
+            labels.warn_infeasible(plan.what, self._options["label_selector"])
+            return unpack_refs([core.owned_ref(f"{core.new_id()}.{i}")
+                                for i in range(plan.num_returns)], plan.num_returns)
+        refs = submitter.submit_task(plan.target, plan.what, args, kwargs, plan.resources,
+                                     plan.num_returns, plan.max_retries,
+                                     plan.retry_exceptions, plan.lease)
+        return unpack_refs(refs, plan.num_returns)
+
+    def _make_plan(self) -> "SubmitPlan":
+        """What every ``.remote()`` of these options sends, worked out once."""
         opts = self._options
-        num_returns = int(opts["num_returns"])
-        refs = submitter.submit_task(
-            function_id, f"task {self._function.__qualname__}", args, kwargs,
-            resource_request(opts), num_returns, int(opts["max_retries"]),
-            opts["retry_exceptions"])
-        return refs[0] if num_returns == 1 else refs
+        qualname = self._function.__qualname__
+        if self._export is None:
+            self._export = export(self._function, f"remote function {qualname}")
+        function_id = self._export[0]
+        resources = resource_request(opts)
+        # A plain task sends only its function id; one with options the worker must know
+        # (resources other than one CPU, env vars) sends ``(function_id, extras)``.
+        extras: dict[str, Any] = {}
+        if resources != DEFAULT_TASK_RESOURCES:
+            extras["resources"] = resources
+        if self._env_vars:
+            extras["env_vars"] = self._env_vars
+        max_calls = int(opts["max_calls"] or 0)
+        lease = None
+        if max_calls or self._env_vars:
+            lease = (("env_vars", tuple(sorted(self._env_vars.items()))),
+                     ("function", function_id if max_calls else None), ("max_calls", max_calls))
+        self._plan = SubmitPlan(
+            what=f"task {qualname}", caller=f"remote function {qualname}",
+            target=(function_id, extras) if extras else function_id, lease=lease,
+            resources=resources, num_returns=int(opts["num_returns"]),
+            max_retries=int(opts["max_retries"]), retry_exceptions=opts["retry_exceptions"],
+            feasible=labels.feasible_here(opts["label_selector"], opts["fallback_strategy"]))
+        return self._plan
 
     def function_id(self, core: Any) -> str:
         """Export the function to the GCS once per process; return its id."""

@@ -34,14 +34,18 @@ class Lease:
     gpu_ids: list[int]
     inflight: dict[str, PendingCall] = field(default_factory=dict)
     idle_generation: int = 0  # bumped each time the lease goes idle; its timer checks it
+    dispatched: int = 0
 
 
 class LeasePool:
     """Leases and queued tasks of one resource shape."""
 
-    def __init__(self, submitter: "Submitter", resources: dict[str, float]) -> None:
+    def __init__(self, submitter: "Submitter", resources: dict[str, float],
+                 private: tuple | None = None) -> None:
         self.submitter = submitter
         self.resources = resources
+        self.private = private is not None  # Note [private leases] in remote_function.py
+        self.max_calls = int(dict(private or ()).get("max_calls") or 0)
         self.queue: deque[PendingCall] = deque()
         self.leases: dict[str, Lease] = {}
         self.requesting = False
@@ -54,7 +58,8 @@ class LeasePool:
     def pump(self) -> None:
         """Dispatch queued tasks onto leases; ask for another lease if work is waiting."""
         while self.queue:
-            lease = min(self.leases.values(), key=lambda l: len(l.inflight), default=None)
+            lease = min((l for l in self.leases.values() if not self._spent(l)),
+                        key=lambda l: len(l.inflight), default=None)
             if lease is None or len(lease.inflight) >= PIPELINE_DEPTH:
                 break
             call = self.queue.popleft()
@@ -62,6 +67,7 @@ class LeasePool:
                 continue
             self.submitter.dispatch(call, lease.address, lease.gpu_ids)
             lease.inflight[call.task_id] = call
+            lease.dispatched += 1
         if self.queue and not self.requesting and len(self.leases) < MAX_LEASES:
             self.requesting = True
             self.submitter.request_lease(self.resources, None).add_done_callback(self._granted)
@@ -85,8 +91,18 @@ class LeasePool:
         lease = next((l for l in self.leases.values() if call.task_id in l.inflight), None)
         if lease is not None:
             del lease.inflight[call.task_id]
+            if self._spent(lease) and not lease.inflight:
+                self._end_private(lease)
             self.pump()
             self._maybe_return(lease.worker_id)
+
+    def _spent(self, lease: Lease) -> bool:
+        return bool(self.max_calls) and lease.dispatched >= self.max_calls
+
+    def _end_private(self, lease: Lease) -> None:
+        """Drop a private lease and let its worker exit (it never serves anyone else)."""
+        del self.leases[lease.worker_id]
+        self.submitter.core.endpoint.send(lease.address, "exit")
 
     def _maybe_return(self, worker_id: str) -> None:
         lease = self.leases.get(worker_id)
@@ -100,6 +116,9 @@ class LeasePool:
             with self.submitter.lock:
                 if (lease.idle_generation == generation and not lease.inflight and not self.queue
                         and self.leases.get(worker_id) is lease):
+                    if self.private:
+                        self._end_private(lease)
+                        return
                     del self.leases[worker_id]
                     core.endpoint.send(core.nm_address, "return_lease", worker_id)
 
@@ -165,16 +184,16 @@ class Submitter:
 
     def submit_task(self, function_id: str, what: str, args: tuple, kwargs: dict,
                     resources: dict[str, float], num_returns: int, max_retries: int,
-                    retry_exceptions: Any) -> list[ObjectRef]:
-        """Submit a task; return refs to its results."""
+                    retry_exceptions: Any, private: tuple | None = None) -> list[ObjectRef]:
+        """Submit a task; return refs to its results (``private``: a lease tag of its own)."""
         call, refs = self._new_call("task", function_id, what, args, kwargs, num_returns)
         call.retries_left = max_retries
         call.retry_exceptions = retry_exceptions
-        key = tuple(sorted(resources.items()))
+        key = (tuple(sorted(resources.items())), private)
         with self.lock:
             pool = self.pools.get(key)
             if pool is None:
-                pool = self.pools[key] = LeasePool(self, resources)
+                pool = self.pools[key] = LeasePool(self, resources, private)
             call.pool_key = key
             self._when_args_ready(call, lambda: pool.enqueue(call))
         return refs

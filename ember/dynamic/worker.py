@@ -2,7 +2,9 @@
 
 The I/O thread queues incoming calls; the main thread runs them in arrival order. An actor whose
 methods are coroutines runs them on an asyncio loop of its own thread (up to ``max_concurrency``
-at once); a threaded actor (``max_concurrency > 1``) runs calls on a thread pool.
+at once); a threaded actor (``max_concurrency > 1``) runs calls on a thread pool. An actor with
+``concurrency_groups`` runs each group's methods on the group's own pool (or, async, under the
+group's own limit), so a slow group cannot starve another.
 Run as ``python -m ember.dynamic.worker <nm_address> <gcs_address> <worker_id>``.
 """
 
@@ -18,18 +20,24 @@ import signal
 import sys
 import threading
 import traceback
+from concurrent import futures
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ember.dynamic import api, remote_function, shm
+from ember.dynamic import runtime_context as context
+from ember.dynamic.actor import (EXIT_METHOD, GROUP_ATTR, ActorHandle, handle_from_info,
+                                 method_table)
 from ember.dynamic.core_worker import FAILED, CoreWorker
 from ember.dynamic.process import bind_to_parent, session_dir
+from ember.dynamic.remote_function import DEFAULT_TASK_RESOURCES
 from ember.dynamic.serialization import serialize
 from ember.dynamic.submitter import Submitter
 from ember.dynamic.task_spec import decode_args
 from ember.exceptions import SerializationError, TaskCancelledError, TaskError
 
 EMBER_RUN = "__ember_run__"
+DEFAULT_GROUP = "_ember_default"
 
 
 class WorkerProcess:
@@ -46,13 +54,20 @@ class WorkerProcess:
         self.actor_name = ""
         self.early_calls: list[tuple] = []
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.semaphore: asyncio.Semaphore | None = None
+        self.semaphores: dict[str, asyncio.Semaphore] = {}
         self.pool: ThreadPoolExecutor | None = None
+        self.group_pools: dict[str, ThreadPoolExecutor] = {}
+        self.group_limits: dict[str, int] = {}
+        self.exit_call: tuple | None = None
+        self.async_calls: set[futures.Future] = set()
+        self.async_calls_lock = threading.Lock()
         self.running_task: str | None = None
         self.cancelled: set[str] = set()
         self.interrupting: str | None = None
         signal.signal(signal.SIGUSR1, self._interrupt)
         self.gpu_ids: list[int] | None = None  # None: CUDA_VISIBLE_DEVICES not yet set
+        facts = context.facts()
+        facts.worker_id, facts.is_worker = worker_id, True
         ep = self.core.endpoint
         for kind in ("task", "actor_call", "create_actor"):
             ep.on(kind, lambda *fields, kind=kind: self.inbox.put((kind, fields)))
@@ -76,19 +91,34 @@ class WorkerProcess:
                 self.actor_call(fields)
             else:
                 self.run_task(*fields)
+            if self.exit_call is not None:
+                self.finish_actor()
 
     # ---- tasks -------------------------------------------------------------------------------
 
-    def run_task(self, task_id: str, function_id: str, body: tuple, resolved: list,
+    def run_task(self, task_id: str, target: Any, body: tuple, resolved: list,
                  return_ids: list[str], owner: str, gpu_ids: list[int]) -> None:
-        """Run a normal task and send its results to the owner."""
+        """Run a normal task and send its results to the owner.
+
+        ``target`` is the function id, or ``(function_id, extras)`` for a task whose options
+        the worker must know (remote_function.RemoteFunction._make_plan).
+        """
+        function_id, extras = target if isinstance(target, tuple) else (target, {})
         self.set_gpus(gpu_ids)
+        self.apply_env(extras.get("env_vars"))
         results = self.execute(task_id, lambda: self.load(function_id), body, resolved,
-                               return_ids, f"task {task_id}")
+                               return_ids, f"task {task_id}",
+                               extras.get("resources", DEFAULT_TASK_RESOURCES))
         self.core.endpoint.send(owner, "task_done", task_id, results)
 
+    def apply_env(self, env_vars: dict[str, str] | None) -> None:
+        """Set a runtime env's variables in this process (its lease is private to them)."""
+        if env_vars:
+            os.environ.update(env_vars)
+            context.facts().runtime_env = {"env_vars": dict(env_vars)}
+
     def execute(self, task_id: str, target, body: tuple, resolved: list,
-                return_ids: list[str], where: str) -> list:
+                return_ids: list[str], where: str, resources: dict | None = None) -> list:
         """Call ``target()(*args)``; return the result entries, or the error for each return."""
         if task_id in self.cancelled:
             self.cancelled.discard(task_id)
@@ -96,6 +126,7 @@ class WorkerProcess:
         self.core.executing_task.active = True
         if threading.current_thread() is threading.main_thread():
             self.running_task = task_id  # only a task on the main thread can be interrupted
+        token = context.enter_call(task_id, resources or {})
         try:
             fn = target()
             args, kwargs = decode_args(self.core, body, resolved)
@@ -105,6 +136,7 @@ class WorkerProcess:
         except BaseException as exc:  # noqa: BLE001 - every failure goes to the caller
             return _failed(self.wrap_error(exc, where), return_ids)
         finally:
+            context.leave_call(token)
             self.running_task = None
             self.core.executing_task.active = False
         return self.pack(value, return_ids, where)
@@ -160,6 +192,7 @@ class WorkerProcess:
         actor_id, args_body, options = body
         self.actor_id = actor_id
         self.set_gpus(gpu_ids)
+        self.apply_env(options.get("env_vars"))
         holder: list[Any] = []
 
         def construct() -> Any:
@@ -167,47 +200,121 @@ class WorkerProcess:
             self.actor_name = f"actor {cls.__name__}"
             return lambda *a, **kw: holder.append(cls(*a, **kw))
 
+        self.describe_actor(actor_id, options)
         results = self.execute(task_id, construct, args_body, resolved, ["init"],
-                               f"the constructor of actor {actor_id}")
+                               f"the constructor of actor {actor_id}",
+                               options.get("resources"))
         failed = results and results[0][0] == FAILED
         self.core.endpoint.send(owner, "task_done", task_id, results if failed else [])
         if failed:
             return
         self.instance = holder[0]
         concurrency = options.get("max_concurrency")
+        self.group_limits = dict(options.get("concurrency_groups") or {})
         if _has_coroutines(type(self.instance)):
             self.start_loop(concurrency or 1000)
-        elif concurrency and concurrency > 1:
-            self.pool = ThreadPoolExecutor(concurrency, thread_name_prefix="ember-actor")
+        else:
+            if concurrency and concurrency > 1:
+                self.pool = ThreadPoolExecutor(concurrency, thread_name_prefix="ember-actor")
+            self.group_pools = {name: ThreadPoolExecutor(n, thread_name_prefix=f"ember-{name}")
+                                for name, n in self.group_limits.items()}
         threading.Thread(target=_warm_graph_runtime, name="ember-warm", daemon=True).start()
         early, self.early_calls = self.early_calls, []
         for fields in early:
             self.actor_call(fields)
 
+    def describe_actor(self, actor_id: str, options: dict) -> None:
+        """Fill the runtime context of the actor this process hosts."""
+        facts = context.facts()
+        facts.actor_id, facts.actor_name = actor_id, options.get("name") or ""
+        facts.actor_resources = dict(options.get("resources") or {})
+        facts.actor_handle = lambda: self.own_handle(actor_id)
+        if options.get("restartable"):
+            # The first incarnation writes the key; a restarted one finds it written.
+            first = self.core.endpoint.request(self.core.gcs_address, "kv_put",
+                                               "actor_incarnations", actor_id, True, False)
+            facts.reconstructed = lambda: not first.result(30)
+
+    def own_handle(self, actor_id: str) -> ActorHandle:
+        """A handle of the actor hosted here (``get_runtime_context().current_actor``)."""
+        cls = type(self.instance)
+        methods, signatures = method_table(cls)
+        return handle_from_info({"actor_id": actor_id, "class_name": cls.__name__,
+                                 "methods": methods, "signatures": signatures,
+                                 "address": self.core.address,
+                                 "worker_id": self.core.worker_id})
+
     def actor_call(self, fields: tuple) -> None:
-        """Run one method call: inline, on the thread pool, or on the event loop."""
-        if self.loop is not None:
-            asyncio.run_coroutine_threadsafe(self._async_call(fields), self.loop)
+        """Run one method call: inline, on a (group's) thread pool, or on the event loop."""
+        name, group = _method_and_group(fields[1])
+        if name == EXIT_METHOD:
+            self.exit_call = fields
+            return
+        group = group or getattr(getattr(type(self.instance), name, None), GROUP_ATTR, None)
+        if group is not None and group not in self.group_limits:
+            self.reply_failed(fields, ValueError(
+                f"{self.actor_name} has no concurrency group {group!r}; its groups are "
+                f"{sorted(self.group_limits)}"))
+        elif self.loop is not None:
+            future = asyncio.run_coroutine_threadsafe(self._async_call(fields, group), self.loop)
+            with self.async_calls_lock:
+                self.async_calls.add(future)
+            future.add_done_callback(self._async_call_done)
+        elif group is not None:
+            self.group_pools[group].submit(self._sync_call, fields)
         elif self.pool is not None:
             self.pool.submit(self._sync_call, fields)
         else:
             self._sync_call(fields)
 
+    def _async_call_done(self, future: futures.Future) -> None:
+        with self.async_calls_lock:
+            self.async_calls.discard(future)
+
+    def reply_failed(self, fields: tuple, error: BaseException) -> None:
+        """Answer a call with ``error`` without running it."""
+        task_id, _, _, _, return_ids, owner, _ = fields
+        self.core.endpoint.send(owner, "task_done", task_id, _failed(error, return_ids))
+
+    def finish_actor(self) -> None:
+        """The actor's last handle is gone: finish running calls, then answer the exit call.
+
+        The owner sends ``exit`` once it has that answer, which follows every earlier answer
+        (Note [actor lifetime] in actor.py).
+        """
+        fields, self.exit_call = self.exit_call, None
+        for pool in [self.pool, *self.group_pools.values()]:
+            if pool is not None:
+                pool.shutdown(wait=True)
+        self.pool, self.group_pools, self.group_limits = None, {}, {}
+        with self.async_calls_lock:
+            running = list(self.async_calls)
+        futures.wait(running)
+        task_id, _, _, _, return_ids, owner, _ = fields
+        self.core.endpoint.send(owner, "task_done", task_id,
+                                self.pack(None, return_ids, self.actor_name))
+
     def _method(self, name: str):
-        if name == EMBER_RUN:
+        if name in (EMBER_RUN, "__ray_call__"):
             return lambda fn, *a, **kw: fn(self.instance, *a, **kw)
+        if name == "__ray_ready__":
+            return lambda: True
         return getattr(self.instance, name)
 
     def _sync_call(self, fields: tuple) -> None:
-        task_id, method, (actor_id, body), resolved, return_ids, owner, _ = fields
+        task_id, target, (actor_id, body), resolved, return_ids, owner, _ = fields
+        method = _method_and_group(target)[0]
         results = self.execute(task_id, lambda: self._method(method), body, resolved,
-                               return_ids, f"{self.actor_name}.{method}")
+                               return_ids, f"{self.actor_name}.{method}",
+                               context.facts().actor_resources)
         self.core.endpoint.send(owner, "task_done", task_id, results)
 
-    async def _async_call(self, fields: tuple) -> None:
-        task_id, method, (actor_id, body), resolved, return_ids, owner, _ = fields
+    async def _async_call(self, fields: tuple, group: str | None) -> None:
+        task_id, target, (actor_id, body), resolved, return_ids, owner, _ = fields
+        method = _method_and_group(target)[0]
         where = f"{self.actor_name}.{method}"
-        async with self.semaphore:
+        async with self.semaphores[group or DEFAULT_GROUP]:
+            token = context.enter_call(task_id, context.facts().actor_resources)
             try:
                 args, kwargs = decode_args(self.core, body, resolved)
                 value = self._method(method)(*args, **kwargs)
@@ -217,6 +324,8 @@ class WorkerProcess:
                 results = _failed(self.wrap_error(exc, where), return_ids)
             else:
                 results = self.pack(value, return_ids, where)
+            finally:
+                context.leave_call(token)
         self.core.endpoint.send(owner, "task_done", task_id, results)
 
     def start_loop(self, concurrency: int) -> None:
@@ -226,7 +335,9 @@ class WorkerProcess:
 
         def run() -> None:
             asyncio.set_event_loop(self.loop)
-            self.semaphore = asyncio.Semaphore(concurrency)
+            self.semaphores = {DEFAULT_GROUP: asyncio.Semaphore(concurrency)}
+            self.semaphores.update((name, asyncio.Semaphore(n))
+                                   for name, n in self.group_limits.items())
             ready.set()
             self.loop.run_forever()
 
@@ -252,6 +363,11 @@ class WorkerProcess:
         task_id, self.interrupting = self.interrupting, None
         if task_id is not None and task_id == self.running_task:
             raise TaskCancelledError(f"task {task_id} was cancelled")
+
+
+def _method_and_group(target: Any) -> tuple[str, str | None]:
+    """An actor call's target is a method name, or ``(name, concurrency group)``."""
+    return target if isinstance(target, tuple) else (target, None)
 
 
 def _failed(error: BaseException, return_ids: list[str]) -> list:

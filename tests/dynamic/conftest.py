@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 import ember
@@ -13,3 +15,34 @@ def cluster():
     info = ember.init(num_cpus=2, num_gpus=0, resources={"custom": 1})
     yield info
     ember.shutdown()
+
+
+class Processes:
+    """Waits on processes by pid: whether one runs, and for one to end."""
+
+    @staticmethod
+    def alive(pid: int) -> bool:
+        """Whether ``pid`` runs (a zombie does not count)."""
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+        except FileNotFoundError:
+            return False
+
+    @staticmethod
+    def wait_until(condition, timeout: float = 10.0) -> None:
+        """Wait up to ``timeout`` for ``condition()``; fail the test past it."""
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert time.monotonic() < deadline, "condition not met in time"
+            time.sleep(0.02)
+
+    def wait_gone(self, pid: int, timeout: float = 10.0) -> None:
+        """Wait for ``pid`` to end; fail the test past ``timeout``."""
+        self.wait_until(lambda: not self.alive(pid), timeout)
+
+
+@pytest.fixture
+def procs() -> Processes:
+    """``procs.alive(pid)``, ``procs.wait_gone(pid)``, ``procs.wait_until(condition)``."""
+    return Processes()

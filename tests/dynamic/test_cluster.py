@@ -72,8 +72,9 @@ def test_get_gpu_ids_without_gpus():
 @pytest.mark.timeout(30)
 def test_public_api_names():
     expected = {"ActorHandle", "ObjectRef", "available_resources", "cancel", "cluster_resources",
-                "exceptions", "get", "get_actor", "get_gpu_ids", "init", "is_initialized",
-                "kill", "method", "nodes", "put", "remote", "shutdown", "wait", "__version__"}
+                "exceptions", "get", "get_actor", "get_gpu_ids", "get_runtime_context", "init",
+                "is_initialized", "kill", "method", "nodes", "put", "remote", "shutdown", "util",
+                "wait", "__version__"}
     assert set(ember.__all__) == expected
     assert all(hasattr(ember, name) for name in expected)
 
@@ -106,7 +107,8 @@ def test_gcs_tables():
     actors = dict(_gcs("kv_items", "actors"))
     info = actors[actor._actor_id]
     assert info["class_name"] == "Named" and info["state"] == "ALIVE" and info["address"]
-    assert _gcs("get_named_actor", "gcs-named", None)["actor_id"] == actor._actor_id
+    namespace = ember.get_runtime_context().namespace  # the job's (anonymous) namespace
+    assert _gcs("get_named_actor", "gcs-named", namespace)["actor_id"] == actor._actor_id
     # Each function is exported once and then referred to by its id.
     before = len(_gcs("kv_items", "functions"))
     assert ember.get([task.remote() for _ in range(20)]) == [1] * 20
@@ -116,7 +118,7 @@ def test_gcs_tables():
     while _gcs("kv_get", "actors", actor._actor_id)["state"] != "DEAD":
         assert time.monotonic() < deadline
         time.sleep(0.02)
-    assert _gcs("get_named_actor", "gcs-named", None) is None
+    assert _gcs("get_named_actor", "gcs-named", namespace) is None
 
 
 @pytest.mark.timeout(30)

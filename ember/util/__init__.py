@@ -1,0 +1,37 @@
+"""Helpers of Ray's ``ray.util`` namespace that programs ported with ``import ember as ray`` use."""
+
+from __future__ import annotations
+
+import socket
+
+from ember.dynamic import api
+from ember.dynamic.runtime_context import current_namespace
+from ember.util.actor_pool import ActorPool
+
+__all__ = ["ActorPool", "get_node_ip_address", "list_named_actors"]
+
+
+def get_node_ip_address() -> str:
+    """The IP address this node is reached at: the source address of its default route.
+
+    Connecting a UDP socket sends no packet; it only asks the kernel which local address it
+    would use. A machine without a route (no network) answers with the loopback address.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.connect(("10.255.255.255", 1))
+            return sock.getsockname()[0]
+        except OSError:
+            return "127.0.0.1"
+
+
+def list_named_actors(all_namespaces: bool = False) -> list:
+    """Names of the live named actors: of this job's namespace, or (``all_namespaces``) of
+    every namespace as ``{"name": ..., "namespace": ...}`` dicts, as Ray returns them."""
+    core, _ = api.runtime()
+    entries = [key.split("/", 1) for key, _ in
+               core.endpoint.call(core.gcs_address, "kv_items", "named_actors")]
+    if all_namespaces:
+        return [{"name": name, "namespace": namespace} for namespace, name in entries]
+    here = current_namespace()
+    return [name for namespace, name in entries if namespace == here]
