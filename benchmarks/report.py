@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any, Iterable, Sequence
 
-LOWER_IS_BETTER = {"us", "ms", "s", "%core"}  # every other unit is a rate: higher is better
+LOWER_IS_BETTER = {"us", "ms", "s", "%core", "bytes"}  # every other unit is a rate: higher is better
 REFERENCE_ROWS = {"numpy_copy_100mb", "torch_allreduce_100mb"}  # no runtime in them: no ratio
 
 
