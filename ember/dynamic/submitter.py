@@ -69,6 +69,7 @@ class LeasePool:
     def __init__(self, submitter: "Submitter", resources: dict[str, float]) -> None:
         self.submitter = submitter
         self.resources = resources
+        self.key = pool_key(resources)
         self.queue: deque[PendingCall] = deque()
         self.leases: dict[str, Lease] = {}
         self.requesting = False
@@ -249,7 +250,7 @@ class Submitter:
             pool = self.pools.get(key)
             if pool is None:
                 pool = self.pools[key] = LeasePool(self, resources)
-            call.pool_key = key
+            call.pool_key = pool.key  # one tuple per pool, not per pending task
             self._when_args_ready(call, lambda: pool.enqueue(call))
         return refs
 

@@ -8,14 +8,21 @@ import time
 import pytest
 
 import ember
+from ember.dynamic import submitter
 
 
 @pytest.fixture(scope="module", autouse=True)
 def four_cpus():
-    """A running ember with 4 CPUs (on any machine), shut down after the module."""
+    """A running ember with 4 CPUs (on any machine) and its workers up; shut down after."""
     info = ember.init(num_cpus=4, num_gpus=0)
+    ember.get([warm.remote() for _ in range(4)], timeout=60)  # the 4 workers are up (timings)
     yield info
     ember.shutdown()
+
+
+@ember.remote
+def warm() -> None:
+    time.sleep(0.2)
 
 
 @ember.remote
@@ -92,6 +99,26 @@ def test_short_tasks_do_not_wait_behind_a_long_one_on_a_full_node():
     long_pid, long_start, long_end = ember.get(long_ref, timeout=30)
     assert long_pid not in {pid for pid, _, _ in spans}, (long_pid, spans)
     assert all(end < long_end for _, _, end in spans), (long_end, spans)
+
+
+@pytest.mark.timeout(60)
+def test_a_flood_of_tiny_tasks_keeps_several_in_flight_per_worker(monkeypatch):
+    @ember.remote
+    def tiny(i):
+        return i
+
+    depths: list[int] = []
+    dispatch = submitter.Submitter.dispatch
+
+    def counting(self, call, address, gpu_ids):
+        pool = self.pools.get(call.pool_key) if call.kind == "task" else None
+        if pool is not None:
+            depths.extend(len(l.inflight) for l in pool.leases.values() if l.address == address)
+        dispatch(self, call, address, gpu_ids)
+
+    monkeypatch.setattr(submitter.Submitter, "dispatch", counting)
+    assert ember.get([tiny.remote(i) for i in range(3000)], timeout=60) == list(range(3000))
+    assert max(depths) == submitter.PIPELINE_DEPTH - 1, max(depths)
 
 
 @pytest.mark.timeout(60)
