@@ -6,7 +6,8 @@ import json
 from typing import Any, Iterable, Sequence
 
 LOWER_IS_BETTER = {"us", "ms", "s", "%core", "bytes"}  # every other unit is a rate: higher is better
-REFERENCE_ROWS = {"numpy_copy_100mb", "torch_allreduce_100mb"}  # no runtime in them: no ratio
+# Reference rows have no runtime in them: no ratio.
+REFERENCE_ROWS = {"numpy_copy_100mb", "torch_allreduce_100mb", "bare_processes_parallel_cpu"}
 
 
 def json_lines(rows: Iterable[dict[str, Any]]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import statistics
 import subprocess
@@ -202,12 +203,23 @@ def efficiency_row(rt: ModuleType, name: str, task: object, arg: float, n: int, 
                note=f"median wall {wall:.3f} s (ideal {ideal_s:.2f} s), {len(pids)} workers")
 
 
-@workload(init={"num_cpus": 2})
+@workload("core_tasks_parallel_cpu", "bare_processes_parallel_cpu", init={"num_cpus": 2})
 def core_tasks_parallel_cpu(rt: ModuleType, cfg: Config) -> list[Row]:
-    """4 tasks x 400 ms of pure-Python CPU on 2 CPUs; efficiency = ideal wall / actual wall."""
+    """4 tasks x 400 ms of pure-Python CPU on 2 CPUs; efficiency = ideal wall / actual wall.
+    Beside it the same work on a pool of 2 bare processes: what this machine allows right now."""
     task = rt.remote(burn_cpu)
-    return [efficiency_row(rt, "core_tasks_parallel_cpu", task, CPU_TASK_S, 4,
-                           4 * CPU_TASK_S / 2, reps=cfg.n(3, 1))]
+    ideal, reps = 4 * CPU_TASK_S / 2, cfg.n(3, 1)
+    row = efficiency_row(rt, "core_tasks_parallel_cpu", task, CPU_TASK_S, 4, ideal, reps)
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        pool.map(burn_cpu, [0.0, 0.0], chunksize=1)  # warmup: both processes up
+        walls = []
+        for _ in range(reps):
+            start = time.perf_counter()
+            pool.map(burn_cpu, [CPU_TASK_S] * 4, chunksize=1)
+            walls.append(time.perf_counter() - start)
+    wall = statistics.median(walls)
+    return [row, Row("bare_processes_parallel_cpu", "efficiency", round(ideal / wall, 3),
+                     note=f"reference: multiprocessing pool of 2, median wall {wall:.3f} s")]
 
 
 @workload(init={"num_cpus": 4})
