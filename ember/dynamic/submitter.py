@@ -38,7 +38,8 @@ from ember.exceptions import (ActorDiedError, TaskCancelledError, TaskError,
 # PIPELINE_DEPTH - 1 tasks of waiting, and only while the node is full. A function not yet seen
 # to finish counts as long. The lease request stays queued at the node manager after
 # ``lease_busy`` and is granted when resources free up; the pool then stops pipelining until the
-# node says it is full again.
+# node says it is full again. Meanwhile idle leases of this process's other pools go back at
+# once (not after IDLE_LEASE_S), since the node may be full only because of them.
 PIPELINE_DEPTH = 4
 PIPELINE_MAX_TASK_S = 0.01
 MAX_LEASES = 64
@@ -324,8 +325,10 @@ class Submitter:
         return call, refs
 
     def waiting_for_resources(self, other_than: LeasePool) -> bool:
-        """Whether a pool other than ``other_than`` waits for resources the node lacks."""
-        return any(pool.node_full for pool in self.pools.values() if pool is not other_than)
+        """Whether a pool other than ``other_than`` has tasks waiting for resources the node
+        lacks (its idle leases then go back at once instead of after IDLE_LEASE_S)."""
+        return any(pool.node_full and pool.queue for pool in self.pools.values()
+                   if pool is not other_than)
 
     def _on_lease_busy(self, resources: dict[str, float]) -> None:
         with self.lock:
