@@ -54,22 +54,26 @@ Workload = Callable[[ModuleType, Config], list[Row]]
 
 @dataclasses.dataclass(frozen=True)
 class Entry:
-    """A registered workload: its function, the rows it emits, and whether it needs rt.init()."""
+    """A registered workload: its function, the rows it emits, whether it needs rt.init(), and
+    the init() keywords it needs (workloads with the same keywords share one init)."""
 
     name: str
     fn: Workload
     rows: tuple[str, ...]
     needs_init: bool = True
+    init: tuple[tuple[str, Any], ...] = ()
 
 
 REGISTRY: list[Entry] = []
 
 
-def workload(*rows: str, needs_init: bool = True) -> Callable[[Workload], Workload]:
-    """Register a workload; `rows` defaults to the function name."""
+def workload(*rows: str, needs_init: bool = True,
+             init: dict[str, Any] | None = None) -> Callable[[Workload], Workload]:
+    """Register a workload; `rows` defaults to the function name; `init`: rt.init() keywords."""
 
     def register(fn: Workload) -> Workload:
-        REGISTRY.append(Entry(fn.__name__, fn, rows or (fn.__name__,), needs_init))
+        REGISTRY.append(Entry(fn.__name__, fn, rows or (fn.__name__,), needs_init,
+                              tuple(sorted((init or {}).items()))))
         return fn
 
     return register

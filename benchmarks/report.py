@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from typing import Any, Iterable, Sequence
 
-LOWER_IS_BETTER = {"us", "ms", "s", "%core"}  # every other unit is a rate: higher is better
-REFERENCE_ROWS = {"numpy_copy_100mb", "torch_allreduce_100mb"}  # no runtime in them: no ratio
+# Units where lower is better; every other unit is a rate or an efficiency: higher is better.
+LOWER_IS_BETTER = {"us", "ms", "s", "%core", "bytes"}
+# Reference rows have no runtime in them: no ratio.
+REFERENCE_ROWS = {"numpy_copy_100mb", "torch_allreduce_100mb", "bare_processes_parallel_cpu"}
 
 
 def json_lines(rows: Iterable[dict[str, Any]]) -> str:

@@ -14,7 +14,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 if __package__ in (None, ""):  # `python benchmarks/run.py`: make the package importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -128,21 +128,29 @@ def child_main(args: argparse.Namespace) -> int:
 
         for entry in (e for e in entries if not e.needs_init):
             emit(run_entry(rt, entry, cfg, args.timeout))
-        rest = [e for e in entries if e.needs_init]
-        if not rest:
-            return 0
-        try:
-            with deadline(args.timeout):
-                rt.init()
-        except Exception as exc:  # noqa: BLE001
-            emit([Row(n, "", None, runtime=args.runtime, error=f"init failed: {exc!r}"[:400])
-                  for e in rest for n in e.rows])
-            return 1
-        for entry in rest:
-            emit(run_entry(rt, entry, cfg, args.timeout))
+        groups: dict[tuple, list[Entry]] = {}
+        for entry in (e for e in entries if e.needs_init):
+            groups.setdefault(entry.init, []).append(entry)
+        started = [run_session(rt, dict(init), group, cfg, args.timeout, emit)
+                   for init, group in groups.items()]
+    return 0 if all(started) else 1
+
+
+def run_session(rt: Any, init: dict[str, Any], entries: list[Entry], cfg: Config,
+                timeout: float, emit: Callable[[list[Row]], None]) -> bool:
+    """rt.init(**init), run entries, rt.shutdown(); False (with error rows) if init failed."""
+    try:
+        with deadline(timeout):
+            rt.init(**init)
+    except Exception as exc:  # noqa: BLE001
+        emit([Row(n, "", None, runtime=rt.__name__, error=f"init failed: {exc!r}"[:400])
+              for e in entries for n in e.rows])
+        return False
+    for entry in entries:
+        emit(run_entry(rt, entry, cfg, timeout))
     with contextlib.suppress(Exception), deadline(60):
         rt.shutdown()
-    return 0
+    return True
 
 
 # --- parent: one subprocess per runtime -------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import statistics
 import subprocess
@@ -164,3 +165,98 @@ def core_put_get_100mb(rt: ModuleType, cfg: Config) -> list[Row]:
         Row("core_put_get_100mb.get", "GB/s", gbps(get_s), note="zero-copy read expected"),
         Row("numpy_copy_100mb", "GB/s", gbps(copy_s), note="reference: np.copy, same run"),
     ]
+
+
+# --- real work: tasks that take time, so that only parallelism can make them fast ---------------
+
+CPU_TASK_S = 0.4  # CPU seconds of each core_tasks_parallel_cpu task
+SLEEP_TASK_S = 1.0  # seconds each core_tasks_parallel_sleep task sleeps
+
+
+def burn_cpu(seconds: float) -> int:
+    """Pure-Python work until this thread has used `seconds` of CPU; returns the worker's pid."""
+    end = time.thread_time() + seconds
+    x = 0
+    while time.thread_time() < end:
+        for i in range(1000):
+            x += i * i
+    return os.getpid()
+
+
+def nap(seconds: float) -> int:
+    """Sleep `seconds`; returns the worker's pid."""
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def efficiency_row(rt: ModuleType, name: str, task: object, arg: float, n: int, ideal_s: float,
+                   reps: int) -> Row:
+    """Run n tasks at once `reps` times (after a warmup); value = ideal wall / median wall."""
+    walls, pids = [], set()
+    for rep in range(1 + reps):
+        start = time.perf_counter()
+        pids.update(rt.get([task.remote(arg) for _ in range(n)]))
+        if rep:
+            walls.append(time.perf_counter() - start)
+    wall = statistics.median(walls)
+    return Row(name, "efficiency", round(ideal_s / wall, 3),
+               note=f"median wall {wall:.3f} s (ideal {ideal_s:.2f} s), {len(pids)} workers")
+
+
+@workload("core_tasks_parallel_cpu", "bare_processes_parallel_cpu", init={"num_cpus": 2})
+def core_tasks_parallel_cpu(rt: ModuleType, cfg: Config) -> list[Row]:
+    """4 tasks x 400 ms of pure-Python CPU on 2 CPUs; efficiency = ideal wall / actual wall.
+    Beside it the same work on a pool of 2 bare processes: what this machine allows right now."""
+    task = rt.remote(burn_cpu)
+    ideal, reps = 4 * CPU_TASK_S / 2, cfg.n(3, 1)
+    row = efficiency_row(rt, "core_tasks_parallel_cpu", task, CPU_TASK_S, 4, ideal, reps)
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        pool.map(burn_cpu, [0.0, 0.0], chunksize=1)  # warmup: both processes up
+        walls = []
+        for _ in range(reps):
+            start = time.perf_counter()
+            pool.map(burn_cpu, [CPU_TASK_S] * 4, chunksize=1)
+            walls.append(time.perf_counter() - start)
+    wall = statistics.median(walls)
+    return [row, Row("bare_processes_parallel_cpu", "efficiency", round(ideal / wall, 3),
+                     note=f"reference: multiprocessing pool of 2, median wall {wall:.3f} s")]
+
+
+@workload(init={"num_cpus": 4})
+def core_tasks_parallel_sleep(rt: ModuleType, cfg: Config) -> list[Row]:
+    """4 tasks x 1 s of sleep with num_cpus=4; efficiency = ideal wall (1 s) / actual wall."""
+    task = rt.remote(nap)
+    return [efficiency_row(rt, "core_tasks_parallel_sleep", task, SLEEP_TASK_S, 4,
+                           SLEEP_TASK_S, reps=cfg.n(3, 1))]
+
+
+def rss_bytes() -> int:
+    """This process's resident memory, from /proc."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@workload("core_tasks_scaling.1k", "core_tasks_scaling.10k", "core_tasks_scaling.100k",
+          "core_tasks_scaling.driver_bytes_per_task")
+def core_tasks_scaling(rt: ModuleType, cfg: Config) -> list[Row]:
+    """core_tasks_async at 1k, 10k and 100k tasks (tasks/s); driver RSS growth per task at 100k."""
+    task = rt.remote(noop)
+    rt.get([task.remote() for _ in range(1000)])  # warmup: workers, leases, function export
+    rows = []
+    growth = 0
+    for label, n, reps in (("1k", 1000, cfg.n(5, 1)), ("10k", 10_000, cfg.n(3, 1)),
+                           ("100k", cfg.n(100_000, 20_000), 1)):
+        rates = []
+        for _ in range(reps):
+            before = rss_bytes()
+            start = time.perf_counter()
+            refs = [task.remote() for _ in range(n)]
+            growth = rss_bytes() - before
+            rt.get(refs)
+            rates.append(n / (time.perf_counter() - start))
+            del refs
+        rows.append(Row(f"core_tasks_scaling.{label}", "tasks/s",
+                        round(float(statistics.median(rates)), 1)))
+    rows.append(Row("core_tasks_scaling.driver_bytes_per_task", "bytes", round(growth / n),
+                    note=f"driver RSS growth while submitting {n} tasks, per task"))
+    return rows

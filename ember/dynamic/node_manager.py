@@ -59,6 +59,7 @@ class LeaseRequest:
     actor_id: str | None
     owner: str
     gpu_ids: list[int] = field(default_factory=list)
+    told_busy: bool = False
 
 
 class NodeManager:
@@ -139,10 +140,12 @@ class NodeManager:
 
     def schedule(self) -> None:
         """Grant waiting leases while resources and idle workers allow; start missing workers."""
-        needed_actor = needed_pool = 0
+        needed_actor = 0
+        needed_pool: list[LeaseRequest] = []
         for req in list(self.pending):
             gpu_ids = self.resources.try_acquire(req.resources)
             if gpu_ids is None:
+                self._tell_busy(req)
                 continue
             worker = self._idle_worker()
             if worker is None:
@@ -150,7 +153,7 @@ class NodeManager:
                 if req.actor_id:
                     needed_actor += 1
                 else:
-                    needed_pool += 1
+                    needed_pool.append(req)
                 continue
             self.pending.remove(req)
             req.gpu_ids = gpu_ids
@@ -158,10 +161,19 @@ class NodeManager:
             worker.actor_id = req.actor_id
             self.endpoint.reply(req.reply_to, req.rid,
                                 (worker.worker_id, worker.address, gpu_ids))
-        running_pool = self._pool_size() - self.starting
-        wanted = needed_actor + min(needed_pool, self.max_pool - running_pool)
+        room = max(0, self.max_pool - (self._pool_size() - self.starting))
+        wanted = needed_actor + min(len(needed_pool), room)
         for _ in range(wanted - self.starting):
             self.start_worker()
+        for req in needed_pool[room:]:  # the pool of workers is full: no worker for these
+            self._tell_busy(req)
+
+    def _tell_busy(self, req: LeaseRequest) -> None:
+        """Tell a task pool that its request waits for others to finish (Note [spreading tasks]
+        in submitter.py); the request stays queued and is granted later."""
+        if req.actor_id is None and not req.told_busy:
+            req.told_busy = True
+            self.endpoint.send(req.reply_to, "lease_busy", req.resources)
 
     def return_lease(self, worker_id: str) -> None:
         """A caller is done with a worker: free its resources and make it idle."""

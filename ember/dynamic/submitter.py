@@ -1,14 +1,17 @@
 """Submitting calls: tasks over leased workers, actor calls straight to the actor's process.
 
 Normal tasks of one resource shape share a ``LeasePool``: the pool asks the node manager for
-leases, keeps up to ``PIPELINE_DEPTH`` tasks in flight on each leased worker, and returns a lease
-after it has been idle for ``IDLE_LEASE_S``. Actor calls go to the actor's address in submission
-order. Results come back as ``task_done`` messages; a worker's death fails or retries its calls.
+leases, hands each queued task to an idle leased worker (queuing more on a busy one only as
+Note [spreading tasks] allows), and returns a lease after it has been idle for ``IDLE_LEASE_S``.
+Actor calls go to the actor's address in submission order. Results come back as ``task_done``
+messages; a worker's death fails or retries its calls.
 """
 
 from __future__ import annotations
 
+import math
 import threading
+import time
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -20,9 +23,34 @@ from ember.dynamic.task_spec import PendingCall, encode_args, release_args, reso
 from ember.exceptions import (ActorDiedError, ActorNodeDiedError, NodeDiedError,
                               TaskCancelledError, TaskError, WorkerCrashedError)
 
+# Note [spreading tasks]: a task goes to a leased worker with nothing in flight; while tasks wait
+# and no lease request is outstanding, the pool asks the node manager for one more lease (up to
+# MAX_LEASES), so work spreads over every core the node has free. A task is queued behind a
+# running one on a busy worker (up to PIPELINE_DEPTH in flight per worker) only when both hold:
+#   - no new lease can come: the node manager said ``lease_busy`` about the outstanding request
+#     (no free resources or no room for another worker), or the pool holds MAX_LEASES;
+#   - the task's function is known to be short: its recent run times (an average over the
+#     worker's busy time per task, measured here) are under PIPELINE_MAX_TASK_S.
+# Otherwise it waits here, where whichever worker frees first (or a new lease) takes it: four
+# 1 s sleeps on 4 CPUs run at once, four 400 ms CPU tasks on 2 CPUs run two by two, and long
+# tasks of uneven length never wait behind each other while a worker idles. A flood of tiny
+# tasks on a full node still keeps PIPELINE_DEPTH in flight per worker, so a worker never idles
+# for the round trip between two tasks; misjudging a task as short costs at most
+# PIPELINE_DEPTH - 1 tasks of waiting, and only while the node is full. A function not yet seen
+# to finish counts as long. The lease request stays queued at the node manager after
+# ``lease_busy`` and is granted when resources free up; the pool then stops pipelining until the
+# node says it is full again. Meanwhile idle leases of this process's other pools go back at
+# once (not after IDLE_LEASE_S), since the node may be full only because of them.
 PIPELINE_DEPTH = 4
+PIPELINE_MAX_TASK_S = 0.01
 MAX_LEASES = 64
 IDLE_LEASE_S = 0.2
+DURATION_WEIGHT = 0.25  # weight of the newest sample in a function's average run time
+
+
+def pool_key(resources: dict[str, float], private: tuple | None = None) -> tuple:
+    """The key of the lease pool for tasks that ask for ``resources`` (and a private tag)."""
+    return tuple(sorted(resources.items())), private
 
 
 @dataclass
@@ -35,6 +63,7 @@ class Lease:
     inflight: dict[str, PendingCall] = field(default_factory=dict)
     idle_generation: int = 0  # bumped each time the lease goes idle; its timer checks it
     dispatched: int = 0
+    head_since: float = 0.0  # when the oldest task in flight began running (about)
 
 
 class LeasePool:
@@ -46,9 +75,12 @@ class LeasePool:
         self.resources = resources
         self.private = private is not None  # Note [private leases] in remote_function.py
         self.max_calls = int(dict(private or ()).get("max_calls") or 0)
+        self.key = pool_key(resources, private)
         self.queue: deque[PendingCall] = deque()
         self.leases: dict[str, Lease] = {}
         self.requesting = False
+        self.node_full = False  # the outstanding request waits for resources (lease_busy)
+        self.run_time: dict[str, float] = {}  # function id -> average seconds per task
 
     def enqueue(self, call: PendingCall) -> None:
         """Queue a task whose arguments are ready, and dispatch what can go."""
@@ -56,15 +88,18 @@ class LeasePool:
         self.pump()
 
     def pump(self) -> None:
-        """Dispatch queued tasks onto leases; ask for another lease if work is waiting."""
+        """Dispatch queued tasks (Note [spreading tasks]); ask for a lease if work still waits."""
         while self.queue:
-            lease = min((l for l in self.leases.values() if not self._spent(l)),
-                        key=lambda l: len(l.inflight), default=None)
-            if lease is None or len(lease.inflight) >= PIPELINE_DEPTH:
-                break
-            call = self.queue.popleft()
+            call = self.queue[0]
             if call.cancelled:
+                self.queue.popleft()
                 continue
+            lease = self._lease_for(call)
+            if lease is None:
+                break
+            self.queue.popleft()
+            if not lease.inflight:
+                lease.head_since = time.monotonic()
             self.submitter.dispatch(call, lease.address, lease.gpu_ids)
             lease.inflight[call.task_id] = call
             lease.dispatched += 1
@@ -72,9 +107,31 @@ class LeasePool:
             self.requesting = True
             self.submitter.request_lease(self.resources, None).add_done_callback(self._granted)
 
+    def _lease_for(self, call: PendingCall) -> Lease | None:
+        """The lease ``call`` should go to now, or None if it should wait here."""
+        lease = min((l for l in self.leases.values() if not self._spent(l)),
+                    key=lambda l: len(l.inflight), default=None)
+        if lease is None or not lease.inflight:
+            return lease
+        if (len(lease.inflight) < PIPELINE_DEPTH
+                and (self.node_full or len(self.leases) >= MAX_LEASES)
+                and self.run_time.get(call.target, math.inf) < PIPELINE_MAX_TASK_S):
+            return lease
+        return None
+
+    def node_busy(self) -> None:
+        """The node manager cannot grant our outstanding request now: free what this process
+        holds idle in other pools, and pipeline short tasks meanwhile."""
+        if self.requesting:
+            self.node_full = True
+            for pool in self.submitter.pools.values():
+                if pool is not self:
+                    pool.give_back_idle()
+            self.pump()
+
     def _granted(self, fut) -> None:
         with self.submitter.lock:
-            self.requesting = False
+            self.requesting = self.node_full = False
             try:
                 worker_id, address, gpu_ids = fut.result()
             except Exception as exc:  # noqa: BLE001 - e.g. SchedulingError: fail the queue
@@ -87,10 +144,16 @@ class LeasePool:
             self._maybe_return(worker_id)
 
     def task_finished(self, call: PendingCall) -> None:
-        """A task of this pool ended: refill its worker or let the lease go idle."""
+        """A task of this pool ended: note its run time, refill its worker or let it go idle."""
         lease = next((l for l in self.leases.values() if call.task_id in l.inflight), None)
         if lease is not None:
             del lease.inflight[call.task_id]
+            now = time.monotonic()
+            sample = now - lease.head_since
+            average = self.run_time.get(call.target)
+            self.run_time[call.target] = sample if average is None else (
+                average + DURATION_WEIGHT * (sample - average))
+            lease.head_since = now
             if self._spent(lease) and not lease.inflight:
                 self._end_private(lease)
             self.pump()
@@ -108,21 +171,33 @@ class LeasePool:
         lease = self.leases.get(worker_id)
         if lease is None or lease.inflight or self.queue:
             return
+        if self.submitter.waiting_for_resources(self):
+            self._give_back(lease)
+            return
         lease.idle_generation += 1
         generation = lease.idle_generation
-        core = self.submitter.core
 
         def give_back() -> None:
             with self.submitter.lock:
                 if (lease.idle_generation == generation and not lease.inflight and not self.queue
                         and self.leases.get(worker_id) is lease):
-                    if self.private:
-                        self._end_private(lease)
-                        return
-                    del self.leases[worker_id]
-                    core.endpoint.send(core.nm_address, "return_lease", worker_id)
+                    self._give_back(lease)
 
-        core.endpoint.call_later(IDLE_LEASE_S, give_back)
+        self.submitter.core.endpoint.call_later(IDLE_LEASE_S, give_back)
+
+    def give_back_idle(self) -> None:
+        """Return every idle lease now (another pool of this process waits for resources)."""
+        if not self.queue:
+            for lease in [l for l in self.leases.values() if not l.inflight]:
+                self._give_back(lease)
+
+    def _give_back(self, lease: Lease) -> None:
+        if self.private:
+            self._end_private(lease)
+            return
+        core = self.submitter.core
+        del self.leases[lease.worker_id]
+        core.endpoint.send(core.nm_address, "return_lease", lease.worker_id)
 
     def worker_died(self, worker_id: str, reason: str) -> None:
         """A leased worker died: retry or fail its tasks."""
@@ -178,6 +253,7 @@ class Submitter:
         self.node_gone: NodeDiedError | None = None
         core.endpoint.on("task_done", self._on_task_done)
         core.endpoint.on("pub", self._on_actor_update)
+        core.endpoint.on("lease_busy", self._on_lease_busy)
         core.death_listeners.append(self._on_worker_died)
 
     # ---- submission --------------------------------------------------------------------------
@@ -189,12 +265,12 @@ class Submitter:
         call, refs = self._new_call("task", function_id, what, args, kwargs, num_returns)
         call.retries_left = max_retries
         call.retry_exceptions = retry_exceptions
-        key = (tuple(sorted(resources.items())), private)
+        key = pool_key(resources, private)
         with self.lock:
             pool = self.pools.get(key)
             if pool is None:
                 pool = self.pools[key] = LeasePool(self, resources, private)
-            call.pool_key = key
+            call.pool_key = pool.key  # one tuple per pool, not per pending task
             self._when_args_ready(call, lambda: pool.enqueue(call))
         return refs
 
@@ -266,6 +342,18 @@ class Submitter:
         call = PendingCall(task_id, kind, target, body, arg_refs, return_ids, pinned=pinned)
         self.calls[task_id] = call
         return call, refs
+
+    def waiting_for_resources(self, other_than: LeasePool) -> bool:
+        """Whether a pool other than ``other_than`` has tasks waiting for resources the node
+        lacks (its idle leases then go back at once instead of after IDLE_LEASE_S)."""
+        return any(pool.node_full and pool.queue for pool in self.pools.values()
+                   if pool is not other_than)
+
+    def _on_lease_busy(self, resources: dict[str, float]) -> None:
+        with self.lock:
+            for pool in list(self.pools.values()):
+                if pool.resources == resources:
+                    pool.node_busy()
 
     def _when_args_ready(self, call: PendingCall, then) -> None:
         pending = [ref for ref in call.deps()
