@@ -53,6 +53,11 @@ def pool_key(resources: dict[str, float], private: tuple | None = None) -> tuple
     return tuple(sorted(resources.items())), private
 
 
+def _function_id(call: PendingCall) -> str:
+    """The function a task runs (its target is the id, or (id, extras) with options)."""
+    return call.target[0] if isinstance(call.target, tuple) else call.target
+
+
 @dataclass
 class Lease:
     """A worker leased from the node manager."""
@@ -115,7 +120,7 @@ class LeasePool:
             return lease
         if (len(lease.inflight) < PIPELINE_DEPTH
                 and (self.node_full or len(self.leases) >= MAX_LEASES)
-                and self.run_time.get(call.target, math.inf) < PIPELINE_MAX_TASK_S):
+                and self.run_time.get(_function_id(call), math.inf) < PIPELINE_MAX_TASK_S):
             return lease
         return None
 
@@ -150,8 +155,9 @@ class LeasePool:
             del lease.inflight[call.task_id]
             now = time.monotonic()
             sample = now - lease.head_since
-            average = self.run_time.get(call.target)
-            self.run_time[call.target] = sample if average is None else (
+            fid = _function_id(call)
+            average = self.run_time.get(fid)
+            self.run_time[fid] = sample if average is None else (
                 average + DURATION_WEIGHT * (sample - average))
             lease.head_since = now
             if self._spent(lease) and not lease.inflight:
