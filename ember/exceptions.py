@@ -145,3 +145,11 @@ class DAGTeardownError(EmberError, RuntimeError):
 
 class TensorTransportError(EmberError):
     """A tensor could not travel through its GPU transport (shape, dtype or device mismatch)."""
+
+
+class AuthenticationError(EmberError):
+    """A message or connection did not carry a valid tag of the session's (or cluster's) key."""
+
+
+class UnsafeSessionDirError(EmberError, PermissionError):
+    """The folder for session files could be changed by another user, so ember will not use it."""

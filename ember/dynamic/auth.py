@@ -1,0 +1,99 @@
+"""The key of the control plane and the HMAC-SHA256 tag every message carries.
+
+Note [authenticated messages]: every message on an ember socket ends with a 32-byte
+HMAC-SHA256 tag; a receiver checks it with ``hmac.compare_digest`` before it unpickles a byte,
+and drops the message otherwise (messaging.py). A message without raw frames is tagged with
+one C call, ``hmac.digest(key, header)``; one with frames is tagged under a second key derived
+from the first, over each part's length and bytes, fed incrementally (no copy of a large
+frame), so no message's tag is valid for a different split of its bytes.
+
+The key comes from one place, ``process_key``, so the same scheme carries the cluster token
+later: a process that sees ``EMBER_AUTH_TOKEN`` uses SHA-256 of the token; otherwise it uses
+the session secret, 32 random bytes the driver writes into the session folder (a 0600 file in
+the 0700 folder, Note [private sessions root] in process.py) before it starts any process.
+
+Children read the secret from that file rather than from an environment variable or an
+inherited fd: the file is readable exactly by those who may already connect to the session's
+sockets (the same user, through the same 0700 folder), so it adds no new holder; an environment
+variable would reach every program a task starts (and its crash reports), and an fd would have
+to be passed through the node manager to each worker. A GCS restarted by the driver reads the
+same file. Tags do not stop a replay; on ipc no one else sees a message to replay, and the TCP
+transport will add a per-connection challenge (DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+import struct
+from typing import Sequence
+
+from ember.dynamic import shm
+from ember.dynamic.process import session_dir
+from ember.exceptions import AuthenticationError
+
+TAG_SIZE = 32
+KEY_SIZE = 32
+SECRET_FILE = "secret"
+TOKEN_ENV = "EMBER_AUTH_TOKEN"
+_LENGTH = struct.Struct("<Q")
+
+
+def create_session_secret(folder: str) -> None:
+    """Write a fresh random session key into ``folder`` as a 0600 file (the driver, at init)."""
+    fd = os.open(os.path.join(folder, SECRET_FILE),
+                 os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, secrets.token_bytes(KEY_SIZE))
+    finally:
+        os.close(fd)
+
+
+def read_session_secret(folder: str) -> bytes:
+    """The session key the driver wrote into ``folder``."""
+    path = os.path.join(folder, SECRET_FILE)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        raise AuthenticationError(f"no session secret at {path}; was this process started by "
+                                  f"an ember driver that is still running?") from None
+    with os.fdopen(fd, "rb") as file:
+        key = file.read(KEY_SIZE + 1)
+    if len(key) != KEY_SIZE:
+        raise AuthenticationError(f"the session secret at {path} is not {KEY_SIZE} bytes long")
+    return key
+
+
+def process_key() -> bytes:
+    """The key this process tags and checks messages with (Note [authenticated messages])."""
+    token = os.environ.get(TOKEN_ENV)
+    if token:
+        return hashlib.sha256(token.encode()).digest()
+    return read_session_secret(session_dir(shm.session_id()))
+
+
+class MessageKey:
+    """Tags and checks messages with one key (Note [authenticated messages])."""
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+        self._frames_key = hmac.digest(key, b"ember message with frames", "sha256")
+
+    def tag(self, header: bytes | memoryview, frames: Sequence = ()) -> bytes:
+        """The tag of a message: its pickled header and every raw frame."""
+        if not frames:
+            return hmac.digest(self._key, header, "sha256")
+        mac = hmac.new(self._frames_key, _LENGTH.pack(len(header)), "sha256")
+        mac.update(header)
+        for frame in frames:
+            view = memoryview(frame)
+            mac.update(_LENGTH.pack(view.nbytes))
+            mac.update(view)
+        return mac.digest()
+
+    def check(self, header: memoryview, frames: Sequence, tag: memoryview) -> bool:
+        """Whether ``tag`` is this key's tag of the message (in constant time)."""
+        return hmac.compare_digest(self.tag(header, frames), tag)
