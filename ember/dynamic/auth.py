@@ -5,7 +5,8 @@ HMAC-SHA256 tag; a receiver checks it with ``hmac.compare_digest`` before it unp
 and drops the message otherwise (messaging.py). A message without raw frames is tagged with
 one C call, ``hmac.digest(key, header)``; one with frames is tagged under a second key derived
 from the first, over each part's length and bytes, fed incrementally (no copy of a large
-frame), so no message's tag is valid for a different split of its bytes.
+frame), so no message's tag is valid for a different split of its bytes. Both are plain
+HMAC-SHA256, computed from precomputed pad states (``MessageKey``).
 
 The key comes from one place, ``process_key``, so the same scheme carries the cluster token
 later: a process that sees ``EMBER_AUTH_TOKEN`` uses SHA-256 of the token; otherwise it uses
@@ -76,24 +77,40 @@ def process_key() -> bytes:
 
 
 class MessageKey:
-    """Tags and checks messages with one key (Note [authenticated messages])."""
+    """Tags and checks messages with one key (Note [authenticated messages]).
+
+    Standard HMAC-SHA256 (RFC 2104) with the padded-key hash states computed once: a tag then
+    costs two SHA-256 state copies, about a third of ``hmac.digest``'s per-call set-up.
+    """
 
     def __init__(self, key: bytes) -> None:
-        self._key = key
-        self._frames_key = hmac.digest(key, b"ember message with frames", "sha256")
+        self._plain = _pad_states(key)
+        self._framed = _pad_states(hmac.digest(key, b"ember message with frames", "sha256"))
 
     def tag(self, header: bytes | memoryview, frames: Sequence = ()) -> bytes:
         """The tag of a message: its pickled header and every raw frame."""
-        if not frames:
-            return hmac.digest(self._key, header, "sha256")
-        mac = hmac.new(self._frames_key, _LENGTH.pack(len(header)), "sha256")
-        mac.update(header)
-        for frame in frames:
-            view = memoryview(frame)
-            mac.update(_LENGTH.pack(view.nbytes))
-            mac.update(view)
-        return mac.digest()
+        if frames:
+            inner, outer = self._framed
+            inner = inner.copy()
+            for part in (header, *frames):
+                view = memoryview(part)
+                inner.update(_LENGTH.pack(view.nbytes))
+                inner.update(view)
+        else:
+            inner, outer = self._plain
+            inner = inner.copy()
+            inner.update(header)
+        outer = outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
 
     def check(self, header: memoryview, frames: Sequence, tag: memoryview) -> bool:
         """Whether ``tag`` is this key's tag of the message (in constant time)."""
         return hmac.compare_digest(self.tag(header, frames), tag)
+
+
+def _pad_states(key: bytes) -> tuple:
+    """SHA-256 states after the inner and outer padded key of HMAC (a key of 64 bytes or less)."""
+    block = key.ljust(64, b"\0")
+    return (hashlib.sha256(bytes(b ^ 0x36 for b in block)),
+            hashlib.sha256(bytes(b ^ 0x5C for b in block)))

@@ -7,11 +7,13 @@ with one log line (Note [dropped messages]), and the cluster keeps serving.
 
 from __future__ import annotations
 
+import hmac
 import os
 import pickle
 import secrets
 import shutil
 import stat
+import struct
 import subprocess
 import sys
 import tempfile
@@ -320,3 +322,15 @@ def test_sticky_shared_root_gets_a_private_folder_per_user(shared_tmp, monkeypat
         os.chown(folder.parent, NOBODY, NOBODY)
         with pytest.raises(UnsafeSessionDirError, match="another user"):
             session_dir("abc")
+
+
+@pytest.mark.timeout(10)
+def test_tags_are_standard_hmac_sha256_over_header_and_frames():
+    key = secrets.token_bytes(32)
+    tagger, header = MessageKey(key), pickle.dumps(("kind", 1), protocol=5)
+    assert tagger.tag(header) == hmac.digest(key, header, "sha256")
+    framed_key = hmac.digest(key, b"ember message with frames", "sha256")
+    length = struct.Struct("<Q").pack
+    assert tagger.tag(header, [b"ab", memoryview(b"c")]) == hmac.digest(
+        framed_key, length(len(header)) + header + length(2) + b"ab" + length(1) + b"c", "sha256")
+    assert tagger.tag(header, [b"abc"]) != tagger.tag(header + length(3) + b"abc")
