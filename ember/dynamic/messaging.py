@@ -248,17 +248,15 @@ class Endpoint:
             except Exception as exc:  # noqa: BLE001 - Note [dropped messages]
                 self._drop(exc, kind)
 
-    def _open(self, parts: list[zmq.Frame]) -> list:
-        """The fields of a received message, once its tag checks out (raw frames last)."""
+    def _open(self, parts: list[zmq.Frame]) -> tuple | list:
+        """``(kind, *fields)`` of a received message once its tag checks out (raw frames last)."""
         data = parts[0].buffer
-        frames = [p.buffer for p in parts[1:]]
-        if len(data) < TAG_SIZE or not self._key.check(data[:-TAG_SIZE], frames,
-                                                          data[-TAG_SIZE:]):
+        header = data[:-TAG_SIZE]
+        frames = [p.buffer for p in parts[1:]] if len(parts) > 1 else ()
+        if len(data) < TAG_SIZE or not self._key.check(header, frames, data[-TAG_SIZE:]):
             raise AuthenticationError("its tag does not match this process's key")
-        message = pickle.loads(data[:-TAG_SIZE])
-        if not isinstance(message, tuple) or not message:
-            raise TypeError(f"it is a {type(message).__name__}, not a (kind, *fields) tuple")
-        return [*message, frames] if frames else list(message)
+        message = pickle.loads(header)
+        return [*message, frames] if frames else message
 
     def _drop(self, exc: Exception, kind: Any = None) -> None:
         """Log one line about a message dropped because of ``exc`` (Note [dropped messages])."""
