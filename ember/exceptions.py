@@ -167,6 +167,10 @@ class TensorTransportError(EmberError):
     """A tensor could not travel through its GPU transport (shape, dtype or device mismatch)."""
 
 
+class UnsafeSessionDirError(EmberError, PermissionError):
+    """The folder for session files could be changed by another user, so ember will not use it."""
+
+
 # Ray's names for the same errors, so that ``except ray.exceptions.RayTaskError`` (and the
 # other two) port unchanged with ``import ember as ray``.
 RayError = EmberError

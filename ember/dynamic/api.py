@@ -12,6 +12,7 @@ import uuid
 from typing import Any, Callable
 
 from ember.dynamic import shm
+from ember.dynamic.auth import create_session_secret
 from ember.dynamic.core_worker import CoreWorker, set_current_core
 from ember.dynamic.labels import NODE_ID_LABEL, validate_labels
 from ember.dynamic.object_ref import ObjectRef
@@ -76,6 +77,7 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
         sid = uuid.uuid4().hex[:12]
         shm.set_session_id(sid)
         folder = session_dir(sid)
+        create_session_secret(folder)
         total = {"CPU": float(num_cpus if num_cpus is not None else os.cpu_count() or 1),
                  "GPU": float(num_gpus if num_gpus is not None else detect_gpus()),
                  "memory": float(detect_memory() // 2), **(resources or {})}

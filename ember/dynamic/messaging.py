@@ -6,14 +6,22 @@ through one PUSH socket per peer (guarded by a lock), so messages from one proce
 arrive in the order they were sent — the ownership protocol relies on that (Note [borrow order]
 in core_worker.py).
 
-A message is a tuple ``(kind, *fields)`` pickled with protocol 5, optionally followed by raw
-frames (large payloads travel as frames, without a copy into the pickle).
+A message is a tuple ``(kind, *fields)`` pickled with protocol 5 and followed by its 32-byte tag
+(Note [authenticated messages] in auth.py), optionally followed by raw frames (large payloads
+travel as frames, without a copy into the pickle). An ipc socket file is 0600 in a 0700 folder
+(Note [private sessions root] in process.py).
+
+Note [dropped messages]: a message whose tag does not check out, that does not unpickle, that
+names no known kind, or whose handler raises (wrong arity or types) is dropped with one log line,
+and the I/O thread goes on serving; nothing in a message can stop it. A dropped request gets no
+answer: its caller's timeout applies.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 import os
 import pickle
 import threading
@@ -23,8 +31,10 @@ from typing import Any, Callable
 
 import zmq
 
-from ember.exceptions import GetTimeoutError
+from ember.dynamic.auth import TAG_SIZE, MessageKey, process_key
+from ember.exceptions import AuthenticationError, GetTimeoutError
 
+logger = logging.getLogger(__name__)
 Handler = Callable[..., None]
 _WAKE = b"\x00wake"
 
@@ -34,11 +44,15 @@ class Endpoint:
 
     def __init__(self, address: str, name: str = "endpoint") -> None:
         self.address = address
+        self.name = name
+        self._key = MessageKey(process_key())
         self.context = zmq.Context.instance()
         self._pull = self.context.socket(zmq.PULL)
         self._pull.setsockopt(zmq.LINGER, 0)
         self._pull.setsockopt(zmq.RCVHWM, 0)
         self._pull.bind(address)
+        if address.startswith("ipc://"):
+            os.chmod(address[len("ipc://"):], 0o600)
         self._wake_addr = f"inproc://wake-{id(self)}"
         self._wake_pull = self.context.socket(zmq.PULL)
         self._wake_pull.bind(self._wake_addr)
@@ -69,7 +83,8 @@ class Endpoint:
     def send(self, address: str, kind: str, *fields: Any, frames: tuple = ()) -> None:
         """Send one message to ``address``; never blocks on a slow or absent peer."""
         sock, lock = self._peer(address)
-        data = pickle.dumps((kind, *fields), protocol=5)
+        header = pickle.dumps((kind, *fields), protocol=5)
+        data = header + self._key.tag(header, frames)
         with lock:
             if frames:
                 sock.send_multipart((data, *frames), copy=False)
@@ -219,13 +234,35 @@ class Endpoint:
                 parts = pull.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            kind, *fields = pickle.loads(parts[0].buffer)
-            handler = self._handlers.get(kind)
-            if handler is None:
+            try:
+                kind, *fields = self._open(parts)
+            except Exception as exc:  # noqa: BLE001 - Note [dropped messages]
+                self._drop(exc)
                 continue
-            if len(parts) > 1:
-                fields.append([p.buffer for p in parts[1:]])
-            self._guard(handler, *fields)
+            handler = self._handlers.get(kind) if isinstance(kind, str) else None
+            if handler is None:
+                self._drop(LookupError("no handler for its kind"), kind)
+                continue
+            try:
+                handler(*fields)
+            except Exception as exc:  # noqa: BLE001 - Note [dropped messages]
+                self._drop(exc, kind)
+
+    def _open(self, parts: list[zmq.Frame]) -> tuple | list:
+        """``(kind, *fields)`` of a received message once its tag checks out (raw frames last)."""
+        data = parts[0].buffer
+        header = data[:-TAG_SIZE]
+        frames = [p.buffer for p in parts[1:]] if len(parts) > 1 else ()
+        if len(data) < TAG_SIZE or not self._key.check(header, frames, data[-TAG_SIZE:]):
+            raise AuthenticationError("its tag does not match this process's key")
+        message = pickle.loads(header)
+        return [*message, frames] if frames else message
+
+    def _drop(self, exc: Exception, kind: Any = None) -> None:
+        """Log one line about a message dropped because of ``exc`` (Note [dropped messages])."""
+        what = "a message" if kind is None else f"a {kind!r} message"
+        logger.warning("ember %s (pid %d) dropped %s on %s: %r", self.name, os.getpid(), what,
+                       self.address, exc, exc_info=logger.isEnabledFor(logging.DEBUG))
 
     @staticmethod
     def _guard(fn: Callable[..., None], *args: Any) -> None:

@@ -13,24 +13,73 @@ import os
 import select
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
 import threading
 
+from ember.exceptions import UnsafeSessionDirError
+
 _PR_SET_PDEATHSIG = 1
 
 
-def _session_path(sid: str) -> str:
+# Note [private sessions root]: session folders live under <tmp>/ember-sessions. Whoever can
+# write a folder can rename what is in it, so ember only uses a sessions root that it makes
+# (0700) or that belongs to this user or root and that no one else may write; a root that
+# others may write but that is sticky like /tmp (its entries can be renamed only by their owner
+# or the folder's owner) gets a 0700 folder per user inside, user-<uid>. Any other root is
+# refused with UnsafeSessionDirError (TMPDIR moves it). A session folder is 0700 and its sockets
+# 0600 (messaging.py): modes are set explicitly, never left to the umask, and a folder is 0700
+# before any socket is bound in it.
+
+
+def _sessions_root() -> str:
+    """This user's folder of session folders (Note [private sessions root])."""
     # "ember-sessions", not "ember": a folder named like the package in /tmp would shadow it
     # for scripts run from /tmp.
-    return os.path.join(tempfile.gettempdir(), "ember-sessions", f"session_{sid}")
+    root = os.path.join(tempfile.gettempdir(), "ember-sessions")
+    mode = _private_dir(root, (os.getuid(), 0))
+    if mode & 0o022:
+        if not mode & stat.S_ISVTX:
+            raise UnsafeSessionDirError(
+                f"{root} can be written by other users and is not sticky, so they could "
+                f"rename ember's session folders; remove it, or set TMPDIR to a private folder")
+        root = os.path.join(root, f"user-{os.getuid()}")
+        _private_dir(root, (os.getuid(),), others=0o022)
+    return root
+
+
+def _private_dir(path: str, owners: tuple[int, ...], others: int = 0) -> int:
+    """Make ``path`` a 0700 folder if absent; return its mode once it is a folder of ``owners``
+    without any of the permission bits ``others`` (Note [private sessions root])."""
+    try:
+        os.mkdir(path, 0o700)
+        os.chmod(path, 0o700)
+    except FileExistsError:
+        pass
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode):
+        raise UnsafeSessionDirError(f"{path} is not a folder (a symbolic link?); remove it, or "
+                                    f"set TMPDIR to a private folder")
+    if info.st_uid not in owners:
+        raise UnsafeSessionDirError(
+            f"{path} belongs to another user (uid {info.st_uid}), who could rename ember's "
+            f"session folders; remove it, or set TMPDIR to a private folder")
+    if info.st_mode & others:
+        raise UnsafeSessionDirError(f"{path} has mode {stat.S_IMODE(info.st_mode):o}: other "
+                                    f"users have access to it; remove it or chmod it 0700")
+    return info.st_mode
+
+
+def _session_path(sid: str) -> str:
+    return os.path.join(_sessions_root(), f"session_{sid}")
 
 
 def session_dir(sid: str) -> str:
-    """Return (and create) the folder holding a session's sockets and spill files."""
+    """Return (and create, 0700) the folder holding a session's sockets, secret and spill files."""
     path = _session_path(sid)
-    os.makedirs(path, exist_ok=True)
+    _private_dir(path, (os.getuid(),), others=0o077)
     return path
 
 
