@@ -139,9 +139,30 @@ class CompileError(EmberError, ValueError):
     """A graph cannot be compiled; the message names the offending node."""
 
 
-class DAGTeardownError(EmberError, RuntimeError):
-    """A compiled graph was used after ``teardown()``."""
+class DAGTeardownError(ChannelError, RuntimeError):
+    """A compiled graph was used after ``teardown()``; a ChannelError too, since its channels
+    are closed (a Ray port catches it as ``RayChannelError``)."""
+
+
+class CapacityExceededError(EmberError):
+    """A compiled graph holds more results than ``max_buffered_results`` allows (only raised
+    when that limit was asked for; ember waits instead by default)."""
+
+
+class InvalidArgumentsError(EmberError, TypeError, ValueError):
+    """A graph was built or executed with arguments of the wrong kind or number (a TypeError
+    for Python's convention, a ValueError for Ray's)."""
 
 
 class TensorTransportError(EmberError):
     """A tensor could not travel through its GPU transport (shape, dtype or device mismatch)."""
+
+
+# -- Ray's names, so that ``import ember as ray`` code catching ``ray.exceptions.X`` works ---------
+
+RayError = EmberError
+RayTaskError = TaskError
+RayActorError = ActorError
+RayChannelError = ChannelError
+RayChannelTimeoutError = ChannelTimeoutError
+RayCgraphCapacityExceeded = CapacityExceededError
