@@ -2,18 +2,12 @@
 
 The nodes run in bind order (Note [bind order] in ``nodes.py``); an upstream node's result
 travels as its ObjectRef, which the dynamic layer resolves before the call.
-
-Note [nested refs]
-~~~~~~~~~~~~~~~~~~
 A node inside a container argument (``f.bind({"x": g.bind()})``) reaches ``f`` as an ObjectRef
-inside the dict, as in Ray: the dynamic layer resolves only top-level arguments, so it does not
-keep that ref alive for ``f``. The driver does: the output's ObjectRefs hold the nested refs
-until they are dropped, so ``ember.get(ref)`` inside ``f`` finds the value.
+inside the container, as in Ray (only top-level arguments are resolved).
 """
 
 from __future__ import annotations
 
-import weakref
 from typing import Any
 
 from ember.dag.collective import CollectiveOutputNode
@@ -39,7 +33,6 @@ def execute_uncompiled(output: DAGNode, args: tuple, kwargs: dict) -> Any:
     inputs = [n for n in nodes if isinstance(n, InputNode)]
     if len(inputs) > 1:
         raise AssertionError("Each DAG should only have one unique InputNode.")
-    nested: list[Any] = []
     for node in nodes:
         if isinstance(node, InputNode):
             results[id(node)] = (input_value(args, kwargs, node)
@@ -47,7 +40,6 @@ def execute_uncompiled(output: DAGNode, args: tuple, kwargs: dict) -> Any:
             continue
         call_args = replace_nodes(node._bound_args, results)
         call_kwargs = replace_nodes(node._bound_kwargs, results)
-        nested.extend(results[id(n)] for n in node._container_upstream())
         if isinstance(node, InputAttributeNode):
             value = node._extract(args, kwargs)
         elif isinstance(node, ClassMethodNode):
@@ -66,10 +58,7 @@ def execute_uncompiled(output: DAGNode, args: tuple, kwargs: dict) -> Any:
         else:
             raise TypeError(f"cannot execute {node._describe()}: unknown node type")
         results[id(node)] = value
-    out = results[id(output)]
-    if nested:
-        _hold(out, nested)
-    return out
+    return results[id(output)]
 
 
 def _method(node: ClassMethodNode, results: dict[int, Any]) -> Any:
@@ -78,15 +67,6 @@ def _method(node: ClassMethodNode, results: dict[int, Any]) -> Any:
         return node._method
     handle = results[id(node._actor)]
     return getattr(handle, node._method_name).options(num_returns=node._num_returns)
-
-
-def _hold(out: Any, refs: list[Any]) -> None:
-    """Keep ``refs`` alive while the output refs live (Note [nested refs])."""
-    for ref in out if isinstance(out, list) else [out]:
-        try:
-            weakref.finalize(ref, lambda kept: None, refs)   # holds refs until ref dies
-        except TypeError:        # not weak-referenceable: a value, not a ref
-            pass
 
 
 def _reads_input_directly(node: InputNode, nodes: list[DAGNode]) -> bool:

@@ -309,7 +309,7 @@ class CompiledDAG:
         if self._broken is not None:
             raise _copy_error(self._broken)
         if self._torn_down:
-            raise DAGTeardownError(f"the compiled graph was torn down before execution {seq} "
+            raise DAGTeardownError(f"Channel closed: the compiled graph was torn down before execution {seq} "
                                    f"finished; compile the graph again to run it")
 
     def _get_timeout_error(self, seq: int, timeout: float | None) -> ChannelTimeoutError:
@@ -325,9 +325,11 @@ class CompiledDAG:
         limit = self._options.max_buffered_results
         if limit is not None and len(self._results) >= limit and seq != self._failed_fast:
             raise CapacityExceededError(
-                f"the compiled graph can't have more than {limit} buffered results, and it "
-                f"has {len(self._results)}: get the results of earlier executions first, or "
-                f"compile with a larger _max_buffered_results (Note [capacity])")
+                f"The compiled graph can't have more than {limit} buffered results, and you "
+                f"currently have {len(self._results)} buffered results. Call `ray.get()` on "
+                "CompiledDAGRef's (or await on CompiledDAGFuture's) to retrieve results, or "
+                "increase `_max_buffered_results` if buffering is desired, note that this "
+                "will increase driver memory usage.")
         for node, reader in self._output_readers:
             if node in self._partial:
                 continue
@@ -405,7 +407,7 @@ class CompiledDAG:
                 continue
             except ChannelClosedError:
                 if self._torn_down:
-                    raise DAGTeardownError("the compiled graph was torn down while a result was "
+                    raise DAGTeardownError("Channel closed: the compiled graph was torn down while a result was "
                                            "awaited") from None
                 self._check_actors()
                 self._mark_broken(ActorDiedError(
@@ -439,7 +441,7 @@ class CompiledDAG:
 
     def _check_usable(self) -> None:
         if self._torn_down:
-            raise DAGTeardownError("this compiled graph was torn down; compile the graph again "
+            raise DAGTeardownError("Channel closed: this compiled graph was torn down; compile the graph again "
                                    "to run it")
         if self._broken is not None:
             raise _copy_error(self._broken)
