@@ -40,6 +40,7 @@ instead of reading another execution into a full buffer, as Ray does.
 from __future__ import annotations
 
 import asyncio
+import copy
 import functools
 import itertools
 import logging
@@ -368,7 +369,7 @@ class CompiledDAG:
             return False
         self._failed_fast = seq
         with self._results_lock:
-            self._results[seq] = [(False, error.exc)] * self._num_outputs
+            self._results[seq] = [(False, copy.copy(error.exc)) for _ in range(self._num_outputs)]
         return True
 
     def _poll_outputs(self, reading: Any) -> bool:

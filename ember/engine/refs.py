@@ -15,7 +15,7 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
-from ember.exceptions import ChannelClosedError, ChannelTimeoutError, DAGTeardownError, EmberError
+from ember.exceptions import CapacityExceededError, ChannelError, EmberError
 
 if TYPE_CHECKING:
     from ember.engine.compiled_dag import CompiledDAG
@@ -35,11 +35,12 @@ class CompiledDAGRef:
 
     def get(self, timeout: float | None = None) -> Any:
         """Wait for the result and return it, or raise the method's error (a TaskError that is
-        also the original class), ChannelTimeoutError, ActorDiedError or DAGTeardownError."""
+        also the original class), ChannelTimeoutError, ActorDiedError, DAGTeardownError, or
+        RayCgraphCapacityExceeded (only with ``max_buffered_results``)."""
         if not self._done:
             try:
                 value = (True, self._dag._get(self._seq, self._index, timeout))
-            except (ChannelTimeoutError, ChannelClosedError, DAGTeardownError):
+            except (ChannelError, CapacityExceededError):
                 raise           # not the execution's outcome: it may still come, or never
             except EmberError as exc:   # the execution's own error, or ActorDiedError
                 value = (False, exc)
