@@ -33,6 +33,9 @@ def execute_uncompiled(output: DAGNode, args: tuple, kwargs: dict) -> Any:
     inputs = [n for n in nodes if isinstance(n, InputNode)]
     if len(inputs) > 1:
         raise AssertionError("Each DAG should only have one unique InputNode.")
+    if inputs and not inputs[0]._in_context:
+        raise AssertionError("InputNode is a singleton instance that should be only used in "
+                             "context manager: build the graph inside `with InputNode() as inp:`")
     for node in nodes:
         if isinstance(node, InputNode):
             results[id(node)] = (input_value(args, kwargs, node)

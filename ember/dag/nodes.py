@@ -270,8 +270,10 @@ class InputNode(DAGNode):
                                         "the values to execute() instead")
         super().__init__()
         self._attributes: dict[Any, InputAttributeNode] = {}
+        self._in_context = False
 
     def __enter__(self) -> "InputNode":
+        self._in_context = True
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -74,6 +74,7 @@ logger = logging.getLogger(__name__)
 
 _SLICE_S = 0.25          # how often a waiting driver checks the actors' processes
 _FAILED_FAST = object()  # what a read gives when another output failed (Note [fast fail])
+_DIED = "The actor died unexpectedly before finishing this task. "   # Ray's words
 _HOST = socket.gethostname()
 
 
@@ -310,8 +311,8 @@ class CompiledDAG:
         if self._broken is not None:
             raise _copy_error(self._broken)
         if self._torn_down:
-            raise DAGTeardownError(f"Channel closed: the compiled graph was torn down before execution {seq} "
-                                   f"finished; compile the graph again to run it")
+            raise DAGTeardownError(f"Channel closed: the compiled graph was torn down before "
+                                   f"execution {seq} finished; compile the graph again to run it")
 
     def _get_timeout_error(self, seq: int, timeout: float | None) -> ChannelTimeoutError:
         return ChannelTimeoutError(
@@ -408,16 +409,17 @@ class CompiledDAG:
                 continue
             except ChannelClosedError:
                 if self._torn_down:
-                    raise DAGTeardownError("Channel closed: the compiled graph was torn down while a result was "
-                                           "awaited") from None
+                    raise DAGTeardownError("Channel closed: the compiled graph was torn down "
+                                           "while a result was awaited") from None
                 self._check_actors()
                 self._mark_broken(ActorDiedError(
-                    "a loop of the compiled graph ended because a process of the graph died or "
-                    "failed (see the actors' logs); tear the graph down and compile it again"))
+                    _DIED + "a loop of the compiled graph ended because a process of the graph "
+                    "died or failed (see the actors' logs); tear the graph down and compile it "
+                    "again"))
                 raise _copy_error(self._broken) from None
             except ActorDiedError as exc:
-                self._mark_broken(exc)
-                raise
+                self._mark_broken(ActorDiedError(_DIED + str(exc)))
+                raise _copy_error(self._broken) from None
             return value   # zero-copy arrays stay valid while they live (Note [zero-copy lifetime])
 
     # -- failure ---------------------------------------------------------------------------------
@@ -427,8 +429,8 @@ class CompiledDAG:
         for actor_id, (host, pid) in self._actor_procs.items():
             if host == _HOST and not _pid_alive(pid):
                 self._mark_broken(ActorDiedError(
-                    f"actor {actor_id} (pid {pid}) of the compiled graph died; the graph cannot "
-                    f"run any more: tear it down and compile a new one over live actors"))
+                    f"{_DIED}actor {actor_id} (pid {pid}) of the compiled graph died; the graph "
+                    f"cannot run any more: tear it down and compile a new one over live actors"))
                 raise _copy_error(self._broken)
 
     def _mark_broken(self, exc: BaseException) -> None:
@@ -442,8 +444,8 @@ class CompiledDAG:
 
     def _check_usable(self) -> None:
         if self._torn_down:
-            raise DAGTeardownError("Channel closed: this compiled graph was torn down; compile the graph again "
-                                   "to run it")
+            raise DAGTeardownError("Channel closed: this compiled graph was torn down; compile "
+                                   "the graph again to run it")
         if self._broken is not None:
             raise _copy_error(self._broken)
 
@@ -528,10 +530,11 @@ class CompiledDAG:
         return out
 
     def visualize(self, filename: str | None = None, format: str | None = None,
-                  view: bool = False) -> str:
+                  view: bool = False, channel_details: bool = True) -> str:
         """Return the graph (actors, methods, channels and transports) as Graphviz dot text;
         with ``filename`` also write ``filename.dot`` and, with ``format`` ("png", "svg") and
-        Graphviz installed, ``filename.<format>``."""
+        Graphviz installed, ``filename.<format>``. Ray's ``channel_details`` is accepted: the
+        channels are always shown."""
         from ember.engine.visualize import render
         return render(self, filename=filename, format=format, view=view)
 
