@@ -243,10 +243,12 @@ class DAGNode:
         """Compile the graph ending at this node into a ``CompiledDAG``.
 
         Options (all keyword): ``submit_timeout``, ``get_timeout``, ``buffer_size_bytes``,
-        ``max_inflight_executions``, ``max_buffered_results``, ``enable_asyncio`` (accepted and
-        ignored: ``execute_async`` always works), ``overlap_gpu_communication`` (GPU
-        communication on its own CUDA stream). Ray's spellings with a leading underscore are
-        accepted too. See ``ember.engine.CompileOptions``.
+        ``max_inflight_executions`` (more pending executions wait, they do not fail),
+        ``max_buffered_results`` (None: no limit; a number: ``RayCgraphCapacityExceeded`` past
+        it, as Ray), ``enable_asyncio`` (accepted and ignored: ``execute_async`` always works),
+        ``overlap_gpu_communication`` (GPU communication on its own CUDA stream). Ray's
+        spellings with a leading underscore are accepted too; an option not given comes from
+        ``ember.dag.DAGContext.get_current()``. See ``ember.engine.CompileOptions``.
         """
         from ember.engine.compiled_dag import compile_dag
         return compile_dag(self, **options)
