@@ -159,8 +159,19 @@ class CompileError(EmberError, ValueError):
     """A graph cannot be compiled; the message names the offending node."""
 
 
-class DAGTeardownError(EmberError, RuntimeError):
-    """A compiled graph was used after ``teardown()``."""
+class DAGTeardownError(ChannelError, RuntimeError):
+    """A compiled graph was used after ``teardown()``; a ChannelError too, since its channels
+    are closed (a Ray port catches it as ``RayChannelError``)."""
+
+
+class CapacityExceededError(EmberError):
+    """A compiled graph holds more results than ``max_buffered_results`` allows (only raised
+    when that limit was asked for; ember waits instead by default)."""
+
+
+class InvalidArgumentsError(EmberError, TypeError, ValueError):
+    """A graph was built or executed with arguments of the wrong kind or number (a TypeError
+    for Python's convention, a ValueError for Ray's)."""
 
 
 class TensorTransportError(EmberError):
@@ -171,8 +182,11 @@ class UnsafeSessionDirError(EmberError, PermissionError):
     """The folder for session files could be changed by another user, so ember will not use it."""
 
 
-# Ray's names for the same errors, so that ``except ray.exceptions.RayTaskError`` (and the
-# other two) port unchanged with ``import ember as ray``.
+# -- Ray's names, so that ``import ember as ray`` code catching ``ray.exceptions.X`` works ---------
+
 RayError = EmberError
 RayTaskError = TaskError
 RayActorError = ActorError
+RayChannelError = ChannelError
+RayChannelTimeoutError = ChannelTimeoutError
+RayCgraphCapacityExceeded = CapacityExceededError

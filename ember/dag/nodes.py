@@ -16,21 +16,35 @@ Note [downstream links]
 A node remembers the nodes bound to it (``_downstream``), so compile can walk forward from the
 input and find the nodes nobody reads (leaf nodes, unused input attributes), which a walk back
 from the output cannot see.
+
+Note [class nodes]
+~~~~~~~~~~~~~~~~~~
+``ActorClass.bind(...)`` gives a ``ClassNode``: running the graph uncompiled creates the actor
+(once per ``execute``, as Ray), and ``class_node.method.bind(...)`` calls a method of it. As in
+Ray, each such method node also depends on the class node and on the method bound on the same
+class node just before it (``get_other_args_to_resolve()``), so ``c.inc.bind(); c.get.bind()``
+runs both, in that order, though ``get`` takes no argument. A compiled graph needs live actors
+(``Actor.remote()``) and refuses class nodes.
 """
 
 from __future__ import annotations
 
+import copy
 import itertools
 import os
 import sys
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
+from ember.exceptions import InvalidArgumentsError
 from ember.gpu.tensors import AUTO, TorchTensorType
 
 if TYPE_CHECKING:
     from ember.gpu.communicator import Communicator
 
 _NODE_COUNTER = itertools.count()
+PARENT_CLASS_NODE_KEY = "parent_class_node"
+PREV_CLASS_METHOD_CALL_KEY = "prev_class_method_call"
+_DEVICES = ("default", "cpu", "gpu", "cuda")
 _EMBER_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -45,21 +59,50 @@ def _bind_site() -> str:
     return "?"
 
 
-def _nested_nodes(value: Any, depth: int = 0) -> Iterator["DAGNode"]:
-    """Yield the nodes inside containers (list, tuple, dict, set) of ``value``."""
+def nested_nodes(value: Any, depth: int = 0, objects: bool = False) -> Iterator["DAGNode"]:
+    """Yield the nodes inside containers (list, tuple, dict, set) of ``value``; with
+    ``objects`` also inside the attributes of plain Python objects (to refuse them)."""
     if depth > 8:
         return
     if isinstance(value, dict):
         items = list(value.keys()) + list(value.values())
     elif isinstance(value, (list, tuple, set, frozenset)):
         items = list(value)
+    elif objects and type(value).__module__ != "builtins" and isinstance(
+            getattr(value, "__dict__", None), dict):
+        items = list(vars(value).values())
     else:
         return
     for item in items:
         if isinstance(item, DAGNode):
             yield item
         else:
-            yield from _nested_nodes(item, depth + 1)
+            yield from nested_nodes(item, depth + 1, objects)
+
+
+def replace_nodes(value: Any, table: dict[int, Any]) -> Any:
+    """Replace every node in ``value`` (also inside list, tuple and dict) by ``table[id(node)]``."""
+    if isinstance(value, DAGNode):
+        return table[id(value)]
+    if isinstance(value, list):
+        return [replace_nodes(v, table) for v in value]
+    if isinstance(value, tuple):
+        return tuple(replace_nodes(v, table) for v in value)
+    if isinstance(value, dict):
+        return {replace_nodes(k, table): replace_nodes(v, table) for k, v in value.items()}
+    return value
+
+
+def collect_nodes(output: "DAGNode") -> list["DAGNode"]:
+    """The one graph walk: every node ``output`` depends on (itself included), in bind order."""
+    seen: dict[int, DAGNode] = {}
+    stack = [output]
+    while stack:
+        node = stack.pop()
+        if id(node) not in seen:
+            seen[id(node)] = node
+            stack.extend(node._all_upstream())
+    return sorted(seen.values(), key=lambda n: n._seq)
 
 
 class DAGNode:
@@ -87,11 +130,68 @@ class DAGNode:
         """Return the nodes hidden inside container arguments (not allowed when compiling)."""
         found: list[DAGNode] = []
         for arg in itertools.chain(self._bound_args, self._bound_kwargs.values()):
-            found.extend(_nested_nodes(arg))
+            found.extend(nested_nodes(arg))
         return found
 
+    def _other_upstream(self) -> list["DAGNode"]:
+        """The nodes this one depends on besides its arguments (Note [class nodes])."""
+        return [v for v in self.get_other_args_to_resolve().values() if isinstance(v, DAGNode)]
+
     def _all_upstream(self) -> list["DAGNode"]:
-        return self._direct_upstream() + self._container_upstream()
+        return self._direct_upstream() + self._container_upstream() + self._other_upstream()
+
+    # -- Ray's node interface ----------------------------------------------------------------
+
+    def get_args(self) -> tuple:
+        """The bound positional arguments (constants and nodes)."""
+        return self._bound_args
+
+    def get_kwargs(self) -> dict:
+        """The bound keyword arguments (constants and nodes)."""
+        return self._bound_kwargs
+
+    def get_options(self) -> dict:
+        """The options given to what this node runs (``.options(...)``), without defaults."""
+        return {}
+
+    def get_other_args_to_resolve(self) -> dict:
+        """What the node depends on besides its arguments (Note [class nodes])."""
+        return {}
+
+    def _get_toplevel_child_nodes(self) -> list["DAGNode"]:
+        """The nodes passed directly as arguments, each once, in argument order."""
+        return _unique(self._direct_upstream())
+
+    def _get_all_child_nodes(self) -> list["DAGNode"]:
+        """Every node this one depends on directly (also inside containers), each once."""
+        return _unique(self._all_upstream())
+
+    def _apply_and_replace_all_child_nodes(self, fn: Callable[["DAGNode"], Any]) -> "DAGNode":
+        """A copy of this node whose child nodes are replaced by ``fn(child)``."""
+        table = {id(child): fn(child) for child in self._get_all_child_nodes()}
+        new = copy.copy(self)
+        new._bound_args = replace_nodes(self._bound_args, table)
+        new._bound_kwargs = replace_nodes(self._bound_kwargs, table)
+        new._downstream = []
+        new._replace_others(table)
+        return new
+
+    def _replace_others(self, table: dict[int, Any]) -> None:
+        """Replace the nodes of ``get_other_args_to_resolve`` in this (copied) node."""
+
+    def apply_recursive(self, fn: Callable[["DAGNode"], Any]) -> Any:
+        """Apply ``fn`` to every node of the graph ending here, children first, each node once
+        (as Ray): ``fn`` gets a copy whose children are already replaced by their results."""
+        if not isinstance(fn, _CachingFn):
+            fn = _CachingFn(fn)
+        elif self._seq in fn.cache:
+            return fn.cache[self._seq]
+        return fn(self._apply_and_replace_all_child_nodes(lambda n: n.apply_recursive(fn)))
+
+    @property
+    def remote(self) -> Any:
+        raise AttributeError(f".remote() cannot be used on {type(self).__name__}s; run the "
+                             f"graph with .execute(), or compile it")
 
     def _label(self) -> str:
         """A short name for messages: what the node runs."""
@@ -106,10 +206,18 @@ class DAGNode:
 
     # -- type hints ------------------------------------------------------------------------------
 
-    def with_tensor_transport(self, transport: "str | Communicator" = AUTO) -> "DAGNode":
+    def with_tensor_transport(self, transport: "str | Communicator" = AUTO,
+                              device: str = "default", _static_shape: bool = False,
+                              _direct_return: bool = False) -> "DAGNode":
         """Send the tensors in this node's value over a GPU transport ("auto", "ipc", "nccl",
         "cpu", or a Communicator); returns the node. See Note [auto transport] in
-        ember/engine/transports.py."""
+        ember/engine/transports.py. ``device="cpu"`` (Ray's) with the "auto" transport sends
+        through host memory; Ray's ``_static_shape`` and ``_direct_return`` are accepted: ember
+        sends the metadata only when it changes anyway."""
+        if device not in _DEVICES:
+            raise InvalidArgumentsError(f"device must be one of {_DEVICES}, got {device!r}")
+        if device == "cpu" and transport == AUTO:
+            transport = "cpu"
         return self.with_type_hint(TorchTensorType(transport=transport))
 
     def with_type_hint(self, hint: TorchTensorType) -> "DAGNode":
@@ -135,10 +243,12 @@ class DAGNode:
         """Compile the graph ending at this node into a ``CompiledDAG``.
 
         Options (all keyword): ``submit_timeout``, ``get_timeout``, ``buffer_size_bytes``,
-        ``max_inflight_executions``, ``max_buffered_results``, ``enable_asyncio`` (accepted and
-        ignored: ``execute_async`` always works), ``overlap_gpu_communication`` (GPU
-        communication on its own CUDA stream). Ray's spellings with a leading underscore are
-        accepted too. See ``ember.engine.CompileOptions``.
+        ``max_inflight_executions`` (more pending executions wait, they do not fail),
+        ``max_buffered_results`` (None: no limit; a number: ``RayCgraphCapacityExceeded`` past
+        it, as Ray), ``enable_asyncio`` (accepted and ignored: ``execute_async`` always works),
+        ``overlap_gpu_communication`` (GPU communication on its own CUDA stream). Ray's
+        spellings with a leading underscore are accepted too; an option not given comes from
+        ``ember.dag.DAGContext.get_current()``. See ``ember.engine.CompileOptions``.
         """
         from ember.engine.compiled_dag import compile_dag
         return compile_dag(self, **options)
@@ -156,30 +266,38 @@ class InputNode(DAGNode):
     keyword arguments.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if args or kwargs:
+            raise InvalidArgumentsError("InputNode should not take any args or kwargs; pass "
+                                        "the values to execute() instead")
         super().__init__()
         self._attributes: dict[Any, InputAttributeNode] = {}
+        self._in_context = False
 
     def __enter__(self) -> "InputNode":
+        self._in_context = True
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         return None
 
     def __getitem__(self, key: Any) -> "InputAttributeNode":
+        return self._attribute(key, "__getitem__")
+
+    def __getattr__(self, name: str) -> "InputAttributeNode":
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return self._attribute(name, "__getattr__")
+
+    def _attribute(self, key: Any, accessor: str) -> "InputAttributeNode":
         if not isinstance(key, (int, str)):
             raise TypeError(f"an InputNode is indexed by an int (positional argument) or a str "
                             f"(keyword argument), got {key!r}")
         node = self._attributes.get(key)
         if node is None:
-            node = InputAttributeNode(self, key)
+            node = InputAttributeNode(self, key, accessor)
             self._attributes[key] = node
         return node
-
-    def __getattr__(self, name: str) -> "InputAttributeNode":
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return self[name]
 
     def _label(self) -> str:
         return "InputNode"
@@ -188,9 +306,11 @@ class InputNode(DAGNode):
 class InputAttributeNode(DAGNode):
     """One argument of ``execute``: ``inp[i]`` (positional) or ``inp.key`` (keyword)."""
 
-    def __init__(self, input_node: InputNode, key: int | str) -> None:
-        super().__init__((input_node,))
+    def __init__(self, input_node: InputNode, key: int | str,
+                 accessor: str = "__getitem__") -> None:
         self._key = key
+        self._accessor = accessor
+        super().__init__((input_node,))
 
     @property
     def key(self) -> int | str:
@@ -200,9 +320,18 @@ class InputAttributeNode(DAGNode):
     def _label(self) -> str:
         return f"inp[{self._key!r}]"
 
+    def get_other_args_to_resolve(self) -> dict:
+        return {"key": self._key, "accessor_method": self._accessor}
+
     def _extract(self, args: tuple, kwargs: dict) -> Any:
-        """Return this argument from the arguments of one ``execute``."""
+        """Return this argument from the arguments of one uncompiled ``execute``: as Ray, of
+        the single positional argument when there is only that (``value[key]``, or
+        ``getattr(value, key)`` for ``inp.key``), else ``args[i]`` / ``kwargs[key]``."""
         key = self._key
+        if len(args) == 1 and not kwargs:
+            if self._accessor == "__getattr__":
+                return getattr(args[0], key)
+            return args[0][key]
         try:
             return args[key] if isinstance(key, int) else kwargs[key]
         except (IndexError, KeyError):
@@ -221,6 +350,10 @@ class ClassMethodNode(DAGNode):
         self._actor = method._actor
         self._method_name: str = method._method_name
         self._num_returns: int = int(getattr(method, "_num_returns", 1) or 1)
+        self._prev_call: ClassMethodNode | None = None
+        if isinstance(self._actor, ClassNode):
+            self._prev_call = self._actor._last_call
+            self._actor._last_call = self
         super().__init__(args, kwargs)
 
     @property
@@ -228,7 +361,27 @@ class ClassMethodNode(DAGNode):
         """The id of the actor whose method this node calls."""
         return self._actor._actor_id
 
+    def get_method_name(self) -> str:
+        """The name of the method this node calls."""
+        return self._method_name
+
+    def get_options(self) -> dict:
+        return dict(getattr(self._method, "_bind_options", {}))
+
+    def get_other_args_to_resolve(self) -> dict:
+        if not isinstance(self._actor, ClassNode):
+            return {}
+        return {PARENT_CLASS_NODE_KEY: self._actor, PREV_CLASS_METHOD_CALL_KEY: self._prev_call}
+
+    def _replace_others(self, table: dict[int, Any]) -> None:
+        if isinstance(self._actor, ClassNode):
+            self._actor = table[id(self._actor)]
+            if self._prev_call is not None:
+                self._prev_call = table[id(self._prev_call)]
+
     def _label(self) -> str:
+        if isinstance(self._actor, ClassNode):
+            return f"{self._actor._actor_class.__name__}.{self._method_name} (class node)"
         return f"{_actor_class_name(self._actor)}.{self._method_name} (actor {self.actor_id})"
 
 
@@ -260,21 +413,109 @@ class FunctionNode(DAGNode):
         name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or "function"
         return f"{name}()"
 
+    def get_options(self) -> dict:
+        from ember.dynamic.remote_function import TASK_DEFAULTS
+        return _given_options(self._remote_function, TASK_DEFAULTS)
+
+
+class ClassNode(DAGNode):
+    """``ActorClass.bind(*args)``: an actor the uncompiled graph creates (Note [class nodes])."""
+
+    def __init__(self, actor_class: Any, args: tuple, kwargs: dict) -> None:
+        self._actor_class = actor_class
+        self._last_call: ClassMethodNode | None = None
+        super().__init__(args, kwargs)
+        if any(isinstance(n, (InputNode, InputAttributeNode)) for n in self._all_upstream()):
+            raise InvalidArgumentsError(
+                "InputNode handles user dynamic input the the DAG, and cannot be used as args, "
+                "kwargs, or other_args_to_resolve in ClassNode constructor because it is not "
+                "available at class construction or binding time.")
+
+    def __getattr__(self, name: str) -> "ClassNodeMethod":
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if name == "bind":
+            raise AttributeError(f".bind() cannot be used again on {self._label()}; bind "
+                                 f"one of its methods: node.method.bind(...)")
+        methods = self._actor_class._methods
+        if name not in methods:
+            raise AttributeError(f"'{self._actor_class.__name__}' has no attribute '{name}'")
+        return ClassNodeMethod(self, name, methods[name], {})
+
+    def get_options(self) -> dict:
+        from ember.dynamic.actor import ACTOR_DEFAULTS
+        return _given_options(self._actor_class, ACTOR_DEFAULTS)
+
+    def _label(self) -> str:
+        return f"{self._actor_class.__name__}.bind()"
+
+
+class ClassNodeMethod:
+    """``class_node.method``: ``.bind(*args)`` gives a ClassMethodNode, ``.options(...)`` a copy."""
+
+    def __init__(self, class_node: ClassNode, name: str, num_returns: int,
+                 options: dict) -> None:
+        self._actor = class_node
+        self._method_name = name
+        self._num_returns = int(options.get("num_returns") or num_returns)
+        self._bind_options = options
+
+    def options(self, **options: Any) -> "ClassNodeMethod":
+        return ClassNodeMethod(self._actor, self._method_name, self._num_returns,
+                               {**self._bind_options, **options})
+
+    def bind(self, *args: Any, **kwargs: Any) -> Any:
+        return bind_actor_method(self, args, kwargs)
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        raise AttributeError(".remote() cannot be used on ClassMethodNodes; call .bind() and "
+                             "run the graph with .execute()")
+
 
 class MultiOutputNode(DAGNode):
     """Several nodes returned together: ``execute`` gives a list with one value per node."""
 
     def __init__(self, nodes: list | tuple) -> None:
         if not isinstance(nodes, (list, tuple)):
-            raise TypeError(f"MultiOutputNode takes a list of nodes, got {type(nodes).__name__}")
+            raise InvalidArgumentsError(f"MultiOutputNode takes a list of nodes, got "
+                                        f"{type(nodes).__name__}")
         for i, node in enumerate(nodes):
             if not isinstance(node, DAGNode):
-                raise TypeError(f"MultiOutputNode element {i} is {node!r}, not a node; bind it "
-                                f"with actor.method.bind(...) first")
+                raise InvalidArgumentsError(f"MultiOutputNode element {i} is {node!r}, not a "
+                                            f"node; bind it with actor.method.bind(...) first")
         super().__init__(tuple(nodes))
 
     def _label(self) -> str:
         return f"MultiOutputNode({len(self._bound_args)})"
+
+
+class _CachingFn:
+    """``apply_recursive``'s function, called once per node; one InputNode per graph."""
+
+    def __init__(self, fn: Callable[[DAGNode], Any]) -> None:
+        self.fn = fn
+        self.cache: dict[int, Any] = {}
+        self.input_seq: int | None = None
+
+    def __call__(self, node: DAGNode) -> Any:
+        if node._seq not in self.cache:
+            self.cache[node._seq] = self.fn(node)
+        if isinstance(node, InputNode):
+            if self.input_seq is None:
+                self.input_seq = node._seq
+            elif self.input_seq != node._seq:
+                raise AssertionError("Each DAG should only have one unique InputNode.")
+        return self.cache[node._seq]
+
+
+def _unique(nodes: list[DAGNode]) -> list[DAGNode]:
+    return list({id(n): n for n in nodes}.values())
+
+
+def _given_options(remote: Any, defaults: dict) -> dict:
+    """The options of a remote function or actor class that differ from the defaults."""
+    options = getattr(remote, "_options", {})
+    return {k: v for k, v in options.items() if k not in defaults or defaults[k] != v}
 
 
 def _actor_class_name(handle: Any) -> str:
@@ -316,3 +557,8 @@ def bind_actor_method(method: Any, args: tuple, kwargs: dict) -> Any:
 def bind_function(remote_function: Any, args: tuple, kwargs: dict) -> FunctionNode:
     """``f.bind(*args, **kwargs)`` on a remote function: a FunctionNode."""
     return FunctionNode(remote_function, tuple(args), dict(kwargs))
+
+
+def bind_actor_class(actor_class: Any, args: tuple, kwargs: dict) -> ClassNode:
+    """``ActorClass.bind(*args, **kwargs)``: a ClassNode (Note [class nodes])."""
+    return ClassNode(actor_class, tuple(args), dict(kwargs))

@@ -189,8 +189,9 @@ class ActorClass:
         return ActorHandle(actor_id, cls.__name__, self._methods, state, self._signatures, ref)
 
     def bind(self, *args: Any, **kwargs: Any) -> Any:
-        raise TypeError("bind() an actor's methods, not its class: create the actor with "
-                        ".remote() first, then use actor.method.bind(...)")
+        """A graph node that creates the actor when the graph runs uncompiled (see ember.dag)."""
+        from ember.dag.nodes import bind_actor_class
+        return bind_actor_class(self, args, kwargs)
 
 
 def _blank_actor_class() -> ActorClass:

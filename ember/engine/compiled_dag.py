@@ -20,10 +20,28 @@ it closes every channel of the graph (Note [loop exit] in executor.py). The driv
 the processes of all actors between the slices of its waits. Either way the graph is marked
 broken: every pending and later ``get`` and every ``execute`` raises ``ActorDiedError``, and
 ``teardown`` still frees everything. Surviving actors stay usable, also for a new graph.
+
+Note [fast fail]
+~~~~~~~~~~~~~~~~
+As in Ray, a get on any output of an execution raises as soon as one of its outputs is an
+error: while the driver waits for one output channel it also polls the others of the same
+execution (between the slices of its wait), and the first error becomes the result of every
+output of that execution. Its other outputs are still read from their channels later (each
+channel is read in execution order) and dropped (``_failed_fast``).
+
+Note [capacity]
+~~~~~~~~~~~~~~~
+By default nothing is refused: ``execute`` waits for room (Note [back-pressure]) and results
+read ahead wait in the buffer until fetched. A graph compiled with ``max_buffered_results``
+(Ray's ``_max_buffered_results``, or ``DAGContext``) raises ``RayCgraphCapacityExceeded``
+instead of reading another execution into a full buffer, as Ray does.
 """
 
 from __future__ import annotations
 
+import asyncio
+import copy
+import functools
 import itertools
 import logging
 import os
@@ -49,12 +67,14 @@ from ember.engine.refs import CompiledDAGFuture, CompiledDAGRef, CompiledDAGRefL
 from ember.engine.schedule import Schedule, driver_schedule, dry_run, make_schedules
 from ember.engine.transports import Endpoint, describe_process, needs_transports, plan_transports
 from ember.engine.validate import input_check, validate
-from ember.exceptions import (ActorDiedError, ChannelClosedError, ChannelTimeoutError,
-                              CompileError, DAGTeardownError, EmberError)
+from ember.exceptions import (ActorDiedError, CapacityExceededError, ChannelClosedError,
+                              ChannelTimeoutError, CompileError, DAGTeardownError, EmberError)
 
 logger = logging.getLogger(__name__)
 
 _SLICE_S = 0.25          # how often a waiting driver checks the actors' processes
+_FAILED_FAST = object()  # what a read gives when another output failed (Note [fast fail])
+_DIED = "The actor died unexpectedly before finishing this task. "   # Ray's words
 _HOST = socket.gethostname()
 
 
@@ -96,6 +116,7 @@ class CompiledDAG:
         self._partial: dict[int, Any] = {}       # output node -> value, of the execution read
         self._dropped: deque[tuple[int, int]] = deque()   # (seq, output) of refs dropped
         self._dropped_unread: set[tuple[int, int]] = set()
+        self._failed_fast = -1                   # execution failed fast, still being read
 
         graph = validate(root)
         plan = make_plan(graph)
@@ -110,6 +131,7 @@ class CompiledDAG:
         self._driver_schedule = driver_schedule(plan)
         self._input_check = input_check(graph)
         self._num_outputs = len(graph.outputs)
+        self._returns_list = graph.multi_output or self._num_outputs != 1
         try:
             self._start(plan, schedules)
         except BaseException:
@@ -205,7 +227,7 @@ class CompiledDAG:
                 raise
             seq = self._next_submit
             self._next_submit = seq + 1
-        if self._num_outputs == 1 and not self._plan.graph.multi_output:
+        if not self._returns_list:
             return CompiledDAGRef(self, seq, 0)
         return CompiledDAGRefList(CompiledDAGRef(self, seq, i) for i in range(self._num_outputs))
 
@@ -222,11 +244,20 @@ class CompiledDAG:
                 self._read_lock.release()
         self._check_usable()
 
-    def execute_async(self, *args: Any, **kwargs: Any) -> CompiledDAGFuture:
-        """Start one execution like ``execute``; ``await`` the returned future for the value
-        (the list of values for a MultiOutputNode). Under back-pressure it waits like
-        ``execute`` before it returns."""
-        return CompiledDAGFuture(self.execute(*args, **kwargs))
+    async def execute_async(self, *args: Any,
+                            **kwargs: Any) -> CompiledDAGFuture | list[CompiledDAGFuture]:
+        """Start one execution like ``execute``, as Ray: ``fut = await cdag.execute_async(x)``
+        then ``value = await fut`` (a list of futures for a MultiOutputNode). Under
+        back-pressure the wait for room runs off the event loop (Note [two awaits] in refs.py);
+        ``await cdag.execute(x)`` gives the value with one await."""
+        if self._next_submit - self._next_read >= self._options.max_inflight_executions:
+            refs = await asyncio.get_running_loop().run_in_executor(
+                self._async_pool(), functools.partial(self.execute, *args, **kwargs))
+        else:
+            refs = self.execute(*args, **kwargs)
+        if isinstance(refs, list):
+            return [CompiledDAGFuture(ref) for ref in refs]
+        return CompiledDAGFuture(refs)
 
     def _submit_timeout_error(self, timeout: float | None) -> ChannelTimeoutError:
         return ChannelTimeoutError(
@@ -280,8 +311,8 @@ class CompiledDAG:
         if self._broken is not None:
             raise _copy_error(self._broken)
         if self._torn_down:
-            raise DAGTeardownError(f"the compiled graph was torn down before execution {seq} "
-                                   f"finished; compile the graph again to run it")
+            raise DAGTeardownError(f"Channel closed: the compiled graph was torn down before "
+                                   f"execution {seq} finished; compile the graph again to run it")
 
     def _get_timeout_error(self, seq: int, timeout: float | None) -> ChannelTimeoutError:
         return ChannelTimeoutError(
@@ -293,17 +324,32 @@ class CompiledDAG:
         """Read the outputs of the oldest unread execution into the result buffer (under the
         read lock). A timeout keeps what was read, so the next call goes on from there."""
         seq = self._next_read
+        limit = self._options.max_buffered_results
+        if limit is not None and len(self._results) >= limit and seq != self._failed_fast:
+            raise CapacityExceededError(
+                f"The compiled graph can't have more than {limit} buffered results, and you "
+                f"currently have {len(self._results)} buffered results. Call `ray.get()` on "
+                "CompiledDAGRef's (or await on CompiledDAGFuture's) to retrieve results, or "
+                "increase `_max_buffered_results` if buffering is desired, note that this "
+                "will increase driver memory usage.")
         for node, reader in self._output_readers:
             if node in self._partial:
                 continue
-            self._partial[node] = self._read_output(reader, deadline, timeout, submitting,
-                                                    waiting_for)
+            value = self._read_output(reader, deadline, timeout, submitting, waiting_for)
+            if value is _FAILED_FAST:
+                return
+            self._partial[node] = value
+            if type(value) is RaisedError and self._fail_fast(seq, value):
+                return
         parts: list[tuple[bool, Any] | None] = []
         for node in self._plan.graph.outputs:
             value = self._partial[node]
             parts.append((False, value.exc) if type(value) is RaisedError else (True, value))
         self._partial.clear()
-        self._results[seq] = parts       # before _next_read moves: see _wait_for
+        if seq == self._failed_fast:     # its result is the error, handed out already
+            self._failed_fast = -1
+        else:
+            self._results[seq] = parts   # before _next_read moves: see _wait_for
         self._next_read = seq + 1
         while self._dropped:  # refs dropped without get: their outputs are not kept
             dropped, index = self._dropped.popleft()
@@ -317,14 +363,44 @@ class CompiledDAG:
                     self._dropped_unread.discard((seq, index))
                     self._take(seq, index, missing_ok=True)
 
+    def _fail_fast(self, seq: int, error: RaisedError) -> bool:
+        """Make ``error`` the result of every output of execution ``seq`` while some of its
+        outputs are unread; return whether it did (Note [fast fail])."""
+        if seq == self._failed_fast or len(self._partial) == len(self._output_readers):
+            return False
+        self._failed_fast = seq
+        with self._results_lock:
+            self._results[seq] = [(False, copy.copy(error.exc)) for _ in range(self._num_outputs)]
+        return True
+
+    def _poll_outputs(self, reading: Any) -> bool:
+        """Read the outputs of the current execution that are already there (all but the
+        one being waited for); return whether one of them failed fast."""
+        for node, reader in self._output_readers:
+            if reader is reading or node in self._partial:
+                continue
+            try:
+                value = reader.read_nowait()
+            except ChannelTimeoutError:
+                continue
+            except (ChannelClosedError, ActorDiedError):
+                return False     # the read waited for sees it too, and reports it
+            self._partial[node] = value
+            if type(value) is RaisedError and self._fail_fast(self._next_read, value):
+                return True
+        return False
+
     def _read_output(self, reader: Any, deadline: float | None, timeout: float | None,
                      submitting: bool, waiting_for: int) -> Any:
+        poll = len(self._output_readers) > 1 and self._next_read != self._failed_fast
         while True:
             remaining = _remaining(deadline, None)
             wait = _SLICE_S if remaining is None else min(_SLICE_S, remaining)
             try:
                 value = reader.read(wait)
             except ChannelTimeoutError:
+                if poll and self._poll_outputs(reader):
+                    return _FAILED_FAST
                 self._check_actors()
                 if remaining is not None and remaining <= _SLICE_S:
                     if submitting:
@@ -333,16 +409,17 @@ class CompiledDAG:
                 continue
             except ChannelClosedError:
                 if self._torn_down:
-                    raise DAGTeardownError("the compiled graph was torn down while a result was "
-                                           "awaited") from None
+                    raise DAGTeardownError("Channel closed: the compiled graph was torn down "
+                                           "while a result was awaited") from None
                 self._check_actors()
                 self._mark_broken(ActorDiedError(
-                    "a loop of the compiled graph ended because a process of the graph died or "
-                    "failed (see the actors' logs); tear the graph down and compile it again"))
+                    _DIED + "a loop of the compiled graph ended because a process of the graph "
+                    "died or failed (see the actors' logs); tear the graph down and compile it "
+                    "again"))
                 raise _copy_error(self._broken) from None
             except ActorDiedError as exc:
-                self._mark_broken(exc)
-                raise
+                self._mark_broken(ActorDiedError(_DIED + str(exc)))
+                raise _copy_error(self._broken) from None
             return value   # zero-copy arrays stay valid while they live (Note [zero-copy lifetime])
 
     # -- failure ---------------------------------------------------------------------------------
@@ -352,8 +429,8 @@ class CompiledDAG:
         for actor_id, (host, pid) in self._actor_procs.items():
             if host == _HOST and not _pid_alive(pid):
                 self._mark_broken(ActorDiedError(
-                    f"actor {actor_id} (pid {pid}) of the compiled graph died; the graph cannot "
-                    f"run any more: tear it down and compile a new one over live actors"))
+                    f"{_DIED}actor {actor_id} (pid {pid}) of the compiled graph died; the graph "
+                    f"cannot run any more: tear it down and compile a new one over live actors"))
                 raise _copy_error(self._broken)
 
     def _mark_broken(self, exc: BaseException) -> None:
@@ -367,8 +444,8 @@ class CompiledDAG:
 
     def _check_usable(self) -> None:
         if self._torn_down:
-            raise DAGTeardownError("this compiled graph was torn down; compile the graph again "
-                                   "to run it")
+            raise DAGTeardownError("Channel closed: this compiled graph was torn down; compile "
+                                   "the graph again to run it")
         if self._broken is not None:
             raise _copy_error(self._broken)
 
@@ -436,6 +513,10 @@ class CompiledDAG:
 
     # -- inspection ------------------------------------------------------------------------------
 
+    def get_id(self) -> str:
+        """The id of this compiled graph (as Ray's ``CompiledDAG.get_id``)."""
+        return self._graph_id
+
     @property
     def plan(self) -> Plan:
         """The plan: where each node runs and each channel (plain data)."""
@@ -449,10 +530,11 @@ class CompiledDAG:
         return out
 
     def visualize(self, filename: str | None = None, format: str | None = None,
-                  view: bool = False) -> str:
+                  view: bool = False, channel_details: bool = True) -> str:
         """Return the graph (actors, methods, channels and transports) as Graphviz dot text;
         with ``filename`` also write ``filename.dot`` and, with ``format`` ("png", "svg") and
-        Graphviz installed, ``filename.<format>``."""
+        Graphviz installed, ``filename.<format>``. Ray's ``channel_details`` is accepted: the
+        channels are always shown."""
         from ember.engine.visualize import render
         return render(self, filename=filename, format=format, view=view)
 

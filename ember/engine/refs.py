@@ -1,5 +1,13 @@
-"""What ``execute`` returns: ``CompiledDAGRef`` (``ref.get()``, ``ember.get(ref)``) and the
-awaitable ``CompiledDAGFuture`` of ``execute_async``."""
+"""What ``execute`` returns: ``CompiledDAGRef`` (``ref.get()``, ``ember.get(ref)``, or
+``await ref``) and the ``CompiledDAGFuture`` that ``await cdag.execute_async(x)`` gives.
+
+Note [two awaits]
+~~~~~~~~~~~~~~~~~
+As in Ray, ``fut = await cdag.execute_async(x)`` submits (waiting, off the event loop, for room
+under back-pressure) and gives a future, one per output for a MultiOutputNode; ``await fut``
+gives the value. ``await cdag.execute(x)`` is ember's one-await shortcut: a ref is awaitable.
+Either way the blocking read runs on the graph's thread pool, never on the event loop.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +15,7 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
-from ember.exceptions import ChannelClosedError, ChannelTimeoutError, DAGTeardownError, EmberError
+from ember.exceptions import CapacityExceededError, ChannelError, EmberError
 
 if TYPE_CHECKING:
     from ember.engine.compiled_dag import CompiledDAG
@@ -27,11 +35,12 @@ class CompiledDAGRef:
 
     def get(self, timeout: float | None = None) -> Any:
         """Wait for the result and return it, or raise the method's error (a TaskError that is
-        also the original class), ChannelTimeoutError, ActorDiedError or DAGTeardownError."""
+        also the original class), ChannelTimeoutError, ActorDiedError, DAGTeardownError, or
+        RayCgraphCapacityExceeded (only with ``max_buffered_results``)."""
         if not self._done:
             try:
                 value = (True, self._dag._get(self._seq, self._index, timeout))
-            except (ChannelTimeoutError, ChannelClosedError, DAGTeardownError):
+            except (ChannelError, CapacityExceededError):
                 raise           # not the execution's outcome: it may still come, or never
             except EmberError as exc:   # the execution's own error, or ActorDiedError
                 value = (False, exc)
@@ -41,6 +50,9 @@ class CompiledDAGRef:
     def __ember_get__(self, timeout: float | None = None) -> Any:
         return self.get(timeout)
 
+    def __await__(self):
+        return _await_get(self._dag, self.get)
+
     def __del__(self) -> None:
         if not self._done:
             try:
@@ -49,8 +61,9 @@ class CompiledDAGRef:
                 pass
 
     def __repr__(self) -> str:
-        return (f"CompiledDAGRef(graph={self._dag._graph_id}, execution={self._seq}, "
-                f"output={self._index})")
+        channel = self._index if self._dag._returns_list else None
+        return (f"CompiledDAGRef({self._dag.get_id()}, execution_index={self._seq}, "
+                f"channel_index={channel})")
 
 
 class CompiledDAGRefList(list):
@@ -65,19 +78,21 @@ class CompiledDAGRefList(list):
     def __ember_get__(self, timeout: float | None = None) -> list:
         return self.get(timeout)
 
+    def __await__(self):
+        return _await_get(self[0]._dag, self.get)
+
 
 class CompiledDAGFuture:
-    """The awaitable result of ``execute_async``: ``await future`` gives the value."""
+    """One output of one execution, from ``await cdag.execute_async(x)``; ``await future``
+    gives the value (Note [two awaits])."""
 
     __slots__ = ("_ref",)
 
-    def __init__(self, ref: CompiledDAGRef | CompiledDAGRefList) -> None:
+    def __init__(self, ref: CompiledDAGRef) -> None:
         self._ref = ref
 
     def __await__(self):
-        loop = asyncio.get_running_loop()
-        refs = self._ref if isinstance(self._ref, list) else [self._ref]
-        return loop.run_in_executor(refs[0]._dag._async_pool(), self._ref.get).__await__()
+        return self._ref.__await__()
 
     def get(self, timeout: float | None = None) -> Any:
         return self._ref.get(timeout)
@@ -87,6 +102,11 @@ class CompiledDAGFuture:
 
     def __repr__(self) -> str:
         return f"CompiledDAGFuture({self._ref!r})"
+
+
+def _await_get(dag: "CompiledDAG", get: Any):
+    """Await ``get()`` run on the graph's thread pool."""
+    return asyncio.get_running_loop().run_in_executor(dag._async_pool(), get).__await__()
 
 
 def unwrap(result: tuple[bool, Any]) -> Any:

@@ -6,13 +6,15 @@ Every rule broken raises ``CompileError`` naming the offending node and where it
 from __future__ import annotations
 
 import inspect
+import itertools
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ember.dag.nodes import (ClassMethodNode, ClassMethodOutputNode, DAGNode, FunctionNode,
+from ember.dag.nodes import (ClassMethodNode, ClassMethodOutputNode, ClassNode, DAGNode,
+                             FunctionNode,
                              InputAttributeNode, InputNode, MultiOutputNode, _python_function,
-                             actor_class)
-from ember.exceptions import CompileError
+                             actor_class, collect_nodes, nested_nodes)
+from ember.exceptions import CompileError, InvalidArgumentsError
 
 
 @dataclass
@@ -41,7 +43,7 @@ def validate(root: DAGNode) -> Graph:
         if isinstance(out, (InputNode, InputAttributeNode)):
             raise CompileError(f"the output {out._describe()} is the graph's input itself; a "
                                f"compiled graph must compute its outputs with actor methods")
-    nodes = _collect(root)
+    nodes = collect_nodes(root)
     _check_containers(nodes)
     inputs = [n for n in nodes if isinstance(n, InputNode)]
     if not inputs:
@@ -52,13 +54,18 @@ def validate(root: DAGNode) -> Graph:
         raise CompileError(f"the graph has {len(inputs)} InputNodes "
                            f"({', '.join(n._describe() for n in inputs)}); use one InputNode "
                            f"and inp[i] / inp.key for several arguments")
-    in_graph = {id(n) for n in nodes}
     for node in nodes:
+        if isinstance(node, ClassNode):
+            raise CompileError(f"Compiled DAGs can only bind methods to an actor that is "
+                               f"already created with Actor.remote(); {node._describe()} "
+                               f"creates one only when the graph runs uncompiled")
         if isinstance(node, MultiOutputNode) and node is not root:
             raise CompileError(f"{node._describe()} is used as an argument; a MultiOutputNode "
                                f"can only be the output of the graph")
-        _check_readers(node, in_graph)
         _check_signature(node)
+    _check_unused_input(inputs[0], {id(n) for n in nodes})
+    _check_leaves(nodes)
+    _check_input_use(nodes)
     nodes = [n for n in nodes if not isinstance(n, MultiOutputNode)]
     graph = Graph(nodes=nodes, upstream=[], input=0, outputs=[],
                   multi_output=isinstance(root, MultiOutputNode))
@@ -75,41 +82,75 @@ def validate(root: DAGNode) -> Graph:
     return graph
 
 
-def _collect(root: DAGNode) -> list[DAGNode]:
-    seen: dict[int, DAGNode] = {}
-    stack = [root]
-    while stack:
-        node = stack.pop()
-        if id(node) not in seen:
-            seen[id(node)] = node
-            stack.extend(node._all_upstream())
-    return sorted(seen.values(), key=lambda n: n._seq)
-
-
 def _check_containers(nodes: list[DAGNode]) -> None:
+    """Refuse nodes hidden inside an argument (a container or an object), with Ray's words."""
     for node in nodes:
         if isinstance(node, MultiOutputNode):
             continue
-        hidden = node._container_upstream()
-        if hidden:
-            raise CompileError(
-                f"{node._describe()} takes {hidden[0]._describe()} inside a container (list, "
-                f"tuple, dict or set) argument; a compiled graph passes only top-level arguments "
-                f"over channels. Pass the node as an argument of its own")
+        for arg in itertools.chain(node._bound_args, node._bound_kwargs.values()):
+            hidden = [] if isinstance(arg, DAGNode) else list(nested_nodes(arg, objects=True))
+            if hidden:
+                raise CompileError(
+                    f"Found {len(hidden)} DAGNodes from the arg {arg!r} in "
+                    f"{node._describe()}. Please ensure that the argument is a single DAGNode "
+                    f"and that a DAGNode is not allowed to be placed inside any type of "
+                    f"container. A compiled graph passes only top-level arguments over "
+                    f"channels: pass each node as an argument of its own")
 
 
-def _check_readers(node: DAGNode, in_graph: set[int]) -> None:
-    """Refuse a node of this graph whose result goes to a node outside it (nobody reads it)."""
-    for down in node._downstream:
-        if id(down) in in_graph or isinstance(down, (MultiOutputNode, ClassMethodOutputNode)):
-            continue
-        if isinstance(down, InputAttributeNode):
-            raise CompileError(
-                f"the input attribute {down._describe()} is never used by the graph's output; "
-                f"remove it or pass it to a method that contributes to the output")
+def _check_unused_input(input_node: DAGNode, in_graph: set[int]) -> None:
+    """Refuse input attributes (``inp[i]``, ``inp.key``) that the output does not depend on."""
+    attrs = [d for d in input_node._downstream if isinstance(d, InputAttributeNode)]
+    unused = [a.key for a in attrs if id(a) not in in_graph]
+    if unused:
+        keys = ", ".join(str(k) for k in sorted({a.key for a in attrs}, key=_key_order))
+        phrase = "is unused" if len(unused) == 1 else "are unused"
         raise CompileError(
-            f"{down._describe()} is a leaf node: its result is read by no node and is not an "
-            f"output of the graph. Add it to a MultiOutputNode or pass it to a later method")
+            f"Compiled Graph expects input to be accessed using all of attributes {keys}, but "
+            f"{', '.join(str(k) for k in sorted(unused, key=_key_order))} {phrase}. Ensure all "
+            f"input attributes are used and contribute to the computation of the Compiled Graph "
+            f"output.")
+
+
+def _key_order(key: int | str) -> tuple[bool, int | str]:
+    return (isinstance(key, str), key)
+
+
+def _check_leaves(nodes: list[DAGNode]) -> None:
+    """Refuse nodes whose result nobody reads and that are no output (their errors would be
+    lost), e.g. an unused output of a ``num_returns=2`` method; Ray's words and count."""
+    in_graph = {id(n) for n in nodes}
+    leaves: dict[int, DAGNode] = {}
+    for node in nodes:
+        for down in node._downstream:
+            if (id(down) not in in_graph and not isinstance(down, (MultiOutputNode,
+                                                                   InputAttributeNode))):
+                leaves.setdefault(id(down), down)
+    if leaves:
+        found = list(leaves.values())
+        raise CompileError(
+            f"Compiled DAG doesn't support leaf nodes, i.e., nodes that don't have downstream "
+            f"nodes and are not output nodes. There are {len(found)} leaf nodes in the DAG. "
+            f"Please add the outputs of {[_method_name(n) for n in found]} to the "
+            f"MultiOutputNode, or pass them to a later method. Leaf nodes: "
+            f"{'; '.join(n._describe() for n in found)}")
+
+
+def _method_name(node: DAGNode) -> str:
+    method = node._parent if isinstance(node, ClassMethodOutputNode) else node
+    return getattr(method, "_method_name", node._label())
+
+
+def _check_input_use(nodes: list[DAGNode]) -> None:
+    """Refuse a graph that reads both the InputNode itself and its attributes (as Ray)."""
+    direct = [n for n in nodes if not isinstance(n, InputAttributeNode)
+              and any(isinstance(u, InputNode) for u in n._direct_upstream())]
+    indexed = [n for n in nodes if isinstance(n, InputAttributeNode)]
+    if direct and indexed:
+        raise CompileError(
+            f"All tasks must either use InputNode() directly, or they must index to specific "
+            f"args or kwargs. {direct[0]._describe()} reads the InputNode itself while "
+            f"{indexed[0]._describe()} reads one argument: use inp[0] instead of inp")
 
 
 def _check_signature(node: DAGNode) -> None:
@@ -148,36 +189,35 @@ def _bind_signature(node: DAGNode, fn: Any, args: tuple, kwargs: dict, needs_sel
 
 
 def input_check(graph: Graph) -> Callable[[tuple, dict], None]:
-    """Return a check of ``execute``'s arguments against what the graph reads, so that a
-    wrong call fails in the driver with TypeError instead of inside an actor."""
+    """Return a check of ``execute``'s arguments against what the graph reads (Ray's rules:
+    exactly the positional arguments read, every keyword read), so that a wrong call fails in
+    the driver with InvalidArgumentsError instead of inside an actor."""
     direct = False
     positional = -1
-    keys: set[str] = set()
+    keys: list[str] = []
     for node in graph.nodes:
         if isinstance(node, InputAttributeNode):
             if isinstance(node.key, int):
                 positional = max(positional, node.key)
-            else:
-                keys.add(node.key)
+            elif node.key not in keys:
+                keys.append(node.key)
         elif not isinstance(node, InputNode):
             if any(isinstance(a, InputNode) for a in node._direct_upstream()):
                 direct = True
-    input_node = graph.nodes[graph.input]
-    only_direct = direct and positional < 0 and not keys
-    fewest = max(positional + 1, 1 if direct else 0)
+    wanted = 1 if direct else positional + 1
 
     def check(args: tuple, kwargs: dict) -> None:
-        if only_direct:
-            if len(args) == 1 and not kwargs:
-                return
-            raise TypeError(f"the graph reads its InputNode directly ({input_node._describe()}), "
-                            f"so execute takes exactly one positional argument; it got "
-                            f"{len(args)} positional and keyword arguments {sorted(kwargs)}")
-        if len(args) < fewest:
-            raise TypeError(f"the graph reads {fewest} positional argument(s) (inp[0] .. "
-                            f"inp[{fewest - 1}], or inp itself) but execute got {len(args)}")
-        missing = keys.difference(kwargs)
-        if missing:
-            raise TypeError(f"the graph reads keyword arguments {sorted(keys)} but execute got "
-                            f"{sorted(kwargs)}; missing {sorted(missing)}")
+        if len(args) != wanted:
+            raise InvalidArgumentsError(
+                f"dag.execute() or dag.execute_async() must be called with {wanted} positional "
+                f"args, got {len(args)}")
+        if direct and kwargs:
+            raise InvalidArgumentsError(
+                f"dag.execute() or dag.execute_async() got keyword arguments {sorted(kwargs)}, "
+                f"but the graph reads its InputNode directly: pass one positional argument, or "
+                f"read arguments with inp[i] and inp.key")
+        for key in keys:
+            if key not in kwargs:
+                raise InvalidArgumentsError(
+                    f"dag.execute() or dag.execute_async() must be called with kwarg `{key}`")
     return check

@@ -78,4 +78,6 @@ def test_direct_input_takes_exactly_one_argument(stages):
     with InputNode() as inp:
         dag = a.fwd.bind(inp[2])
     with pytest.raises(TypeError, match="positional argument 2"):
-        dag.execute(1)
+        dag.execute(1, 2)
+    # As Ray: a single argument is indexed itself (inp[2] of [5, 6, 7] is 7).
+    assert ember.get(dag.execute([5, 6, 7]), timeout=20) == ember.get(a.fwd.remote(7))

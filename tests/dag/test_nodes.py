@@ -63,9 +63,12 @@ class Worker:
 
 def test_public_names_are_exactly_the_node_types_and_the_tensor_type_hint():
     assert set(ember.dag.__all__) == {
-        "ClassMethodNode", "ClassMethodOutputNode", "CollectiveOutputNode", "DAGNode",
-        "FunctionNode", "InputAttributeNode", "InputNode", "MultiOutputNode", "TorchTensorType"}
-    for name in set(ember.dag.__all__) - {"TorchTensorType"}:
+        "ClassMethodNode", "ClassMethodOutputNode", "ClassNode", "CollectiveOutputNode",
+        "DAGNode", "FunctionNode", "InputAttributeNode", "InputNode", "MultiOutputNode",
+        "TorchTensorType", "DAGContext", "PARENT_CLASS_NODE_KEY", "PREV_CLASS_METHOD_CALL_KEY"}
+    others = {"TorchTensorType", "DAGContext", "PARENT_CLASS_NODE_KEY",
+              "PREV_CLASS_METHOD_CALL_KEY"}
+    for name in set(ember.dag.__all__) - others:
         assert issubclass(getattr(ember.dag, name), DAGNode)
     assert ember.dag.TorchTensorType is ember.gpu.TorchTensorType
 

@@ -184,19 +184,22 @@ def test_slow_method_get_timeout(actors):
 
 
 @pytest.mark.timeout(60)
-def test_execute_async_single_await(actors):
+def test_execute_async_gives_a_future_and_a_ref_is_awaitable(actors):
     a, b, _ = actors
     with InputNode() as inp:
         dag = b.fwd.bind(a.fwd.bind(inp))
     cdag = dag.compile()
 
     async def main():
-        one = await cdag.execute_async(1)
-        many = await asyncio.gather(*[cdag.execute_async(i) for i in range(6)])
-        return one, many
+        fut = await cdag.execute_async(1)            # Ray's form: two awaits
+        one = await fut
+        futs = [await cdag.execute_async(i) for i in range(6)]
+        many = await asyncio.gather(*futs)
+        shortcut = await cdag.execute(3)             # ember's one await
+        return one, many, shortcut
 
     try:
-        assert asyncio.run(main()) == (12, [11, 12, 13, 14, 15, 16])
+        assert asyncio.run(main()) == (12, [11, 12, 13, 14, 15, 16], 14)
     finally:
         cdag.teardown()
 
@@ -402,14 +405,15 @@ def test_dropped_refs_do_not_pile_up_results(actors):
 
 
 @pytest.mark.timeout(60)
-def test_multi_output_gives_one_ref_per_output_and_errors_stay_in_their_branch(actors):
+def test_multi_output_gives_one_ref_per_output_and_an_error_fails_every_output(actors):
     a, b, _ = actors
     with InputNode() as inp:
         dag = MultiOutputNode([a.boom.bind(inp), b.fwd.bind(inp)])
     with dag.compile() as cdag:
         refs = cdag.execute(-5)
         assert isinstance(refs, list) and len(refs) == 2
-        assert refs[1].get(timeout=10) == 5           # fetched before its sibling
+        with pytest.raises(ValueError, match="negative input -5"):   # fast fail, as Ray
+            refs[1].get(timeout=10)
         with pytest.raises(ValueError, match="negative input -5"):
             refs[0].get(timeout=10)
         with pytest.raises(ValueError):
