@@ -6,7 +6,7 @@ import inspect
 import time
 from typing import Any, Callable
 
-from ember.dynamic import api
+from ember.dynamic import api, value_transport
 from ember.dynamic.object_ref import ObjectRef
 from ember.dynamic.remote_function import check_options, export, publish, resource_request
 from ember.dynamic.submitter import ActorState
@@ -19,10 +19,13 @@ ACTOR_DEFAULTS = {"num_cpus": 0, "num_gpus": 0, "resources": None, "memory": Non
 _NUM_RETURNS = "__ember_num_returns__"
 
 
-def method(*, num_returns: int = 1) -> Callable:
-    """Decorate an actor method, e.g. ``@ember.method(num_returns=2)``."""
+def method(*, num_returns: int = 1, tensor_transport: str | None = None) -> Callable:
+    """Decorate an actor method, e.g. ``@ember.method(num_returns=2)``; ``tensor_transport``
+    keeps returned tensors in the actor (Note [value transports])."""
     def decorate(fn: Callable) -> Callable:
         setattr(fn, _NUM_RETURNS, num_returns)
+        if tensor_transport is not None:
+            setattr(fn, value_transport.TRANSPORT_ATTR, tensor_transport.lower())
         return fn
     return decorate
 

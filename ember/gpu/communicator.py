@@ -356,6 +356,12 @@ class CommunicatorRegistry:
             entry = self._entries.get(key)
             return None if entry is None else entry[0]
 
+    def keys(self) -> list[Hashable]:
+        """The keys of the live communicators (the dynamic layer's tensor transport looks for a
+        group holding two actors among them, Note [one registry])."""
+        with self._lock:
+            return list(self._entries)
+
     def clear(self) -> None:
         """Destroy every communicator (process exit, ember.shutdown)."""
         with self._lock:
