@@ -240,9 +240,13 @@ class CoreWorker:
         """Store ``value`` as a new object owned by this process (its tensors kept here by
         ``transport``, Note [value transports])."""
         oid = self.new_id()
-        value = value_transport.export(transport, value, oid, self.address)
-        ser = serialize(value, "the value passed to ember.put")
-        ref = ObjectRef(oid, self.address, self)
+        ref = ObjectRef(oid, self.address, self)   # first: a transport watches its entry
+        try:
+            value = value_transport.export(transport, value, oid, self.address)
+            ser = serialize(value, "the value passed to ember.put")
+        except BaseException as exc:
+            self.resolve(oid, FAILED, exc)
+            raise
         state, payload = self.store_serialized(oid, ser)
         self.resolve(oid, state, payload)
         return ref

@@ -33,6 +33,7 @@ import queue
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
@@ -88,6 +89,7 @@ class GpuObjects:
         self.group_locks: dict[Hashable, threading.Lock] = {}
         self.dead: set[str] = set()
         self.pending: dict[str, set] = {}   # producer address -> futures waiting on it
+        self.counts: Counter = Counter()    # "sent:<how>" / "received:<how>", for tests and stats
         self._core: Any = None
 
     # ---- producer ----------------------------------------------------------------------------
@@ -99,7 +101,6 @@ class GpuObjects:
             return value
         _check_devices(name, tensors)
         core = self._started()
-        tensors = [t.detach() for t in tensors]
         metas = tuple(TensorMeta.of(t) for t in tensors)
         gpu = _gpu_uuid(tensors[0]) if tensors[0].is_cuda else None
         with self.lock:
@@ -145,16 +146,17 @@ class GpuObjects:
                 core.endpoint.reply(reply_to, rid, error=exc)
                 continue
             core.endpoint.reply(reply_to, rid, reply)
+            self.counts[f"sent:{how}"] += 1
             if how == "group":
                 try:
                     for tensor in kept.tensors:
-                        comm.send(tensor, arg[1])
+                        comm.send(tensor.detach(), arg[1])
                 except EmberError:
                     pass   # the consumer died or the group broke: its recv reports it
 
     def _host_copy(self, core: Any, kept: _Kept) -> tuple:
         """Write the tensors as host bytes into the object store; (state, payload, id)."""
-        arrays = [t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy() for t in kept.tensors]
+        arrays = [t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy() for t in kept.tensors]
         copy_id = core.new_id()
         state, payload = core.store_serialized(copy_id, serialize(arrays, "a host copy"))
         return state, payload, copy_id
@@ -175,10 +177,17 @@ class GpuObjects:
         if stub.transport == IPC or (stub.transport == AUTO and stub.gpu is not None
                                      and stub.gpu == _my_gpu()):
             handles = self._request(core, stub, IPC, None)
+            self.counts["received:ipc"] += 1
             return merge_tensors(stub.skeleton, [_open_ipc(h).clone() for h in handles])
         return merge_tensors(stub.skeleton, self._fetch_group(core, stub))
 
+    def stats(self) -> dict:
+        """How many objects this process keeps, and the transfers it served and received."""
+        with self.lock:
+            return {"kept": len(self.kept), **self.counts}
+
     def _fetch_host(self, core: Any, stub: TensorStub) -> list[torch.Tensor]:
+        self.counts["received:host"] += 1
         state, payload, copy_id = self._request(core, stub, "host", None)
         try:
             if state == INLINE:
@@ -202,6 +211,7 @@ class GpuObjects:
                 f"{stub.transport!r}; put both in one group with ember.experimental.collective."
                 f"create_collective_group([...], backend={'nccl' if backend == NCCL else 'torch_gloo'!r})")
         comm = communicator_registry.get(key)
+        self.counts[f"received:{backend}"] += 1
         mine, peer = key.index(core.actor_id) - 1, key.index(stub.actor_id) - 1
         with self._group_lock(key):
             self._request(core, stub, "group", (key, mine))
@@ -343,7 +353,7 @@ def _ipc_handles(tensors: list[torch.Tensor]) -> list[tuple]:
     """CUDA IPC handles of ``tensors`` (torch's own reductions, with their sync events)."""
     from torch.multiprocessing.reductions import reduce_tensor
     torch.cuda.current_stream().synchronize()
-    return [reduce_tensor(t) for t in tensors]
+    return [reduce_tensor(t.detach()) for t in tensors]
 
 
 def _open_ipc(handle: tuple) -> torch.Tensor:
