@@ -310,29 +310,30 @@ def torch_allreduce_reference(cfg: Config, backend: str) -> Row:
 
 # --- GPU objects in the dynamic layer (Ray Direct Transport's API) -----------------------------
 
-def tensor_worker_class(rt: ModuleType, transport: str) -> type:
+def tensor_worker_class(rt: ModuleType, transport: str, base: type = CpuWorker) -> type:
     """An actor class whose ``produce`` keeps its tensor in the actor with ``transport`` (Ray's
     RDT under Ray), or returns it through the object store for "object_store"."""
     decorate = (lambda fn: fn) if transport == "object_store" and rt.__name__ == "ray" else (
         rt.method(tensor_transport=transport))
 
-    class TensorWorker(CpuWorker):
+    class TensorWorker(base):
         @decorate
         def produce(self, nbytes: int) -> Any:
-            """A CPU float32 tensor of nbytes (one buffer, reused)."""
-            return CpuWorker.produce(self, nbytes)
+            """A float32 tensor of nbytes (one buffer, reused)."""
+            return base.produce(self, nbytes)
 
     return TensorWorker
 
 
-def dyn_tensor_samples(rt: ModuleType, cfg: Config, transport: str) -> tuple[list, list]:
+def dyn_tensor_samples(rt: ModuleType, cfg: Config, transport: str, backend: str = "torch_gloo",
+                       base: type = CpuWorker, options: dict = CPU_ACTOR) -> tuple[list, list]:
     """Latencies of get(b.consume.remote(a.produce.remote(n))) for 1 KiB and 100 MiB tensors."""
-    cls = tensor_worker_class(rt, transport)
-    with spawned(rt, cls, 2, **CPU_ACTOR) as (a, b):
+    cls = tensor_worker_class(rt, transport, base)
+    with spawned(rt, cls, 2, **options) as (a, b):
         group = None
-        if transport != "object_store":
+        if transport not in ("object_store", "ipc"):
             collective = importlib.import_module(f"{rt.__name__}.experimental.collective")
-            group = collective.create_collective_group([a, b], backend="torch_gloo")
+            group = collective.create_collective_group([a, b], backend=backend)
 
         def move(nbytes: int) -> Any:
             return rt.get(b.consume.remote(a.produce.remote(nbytes)))
@@ -346,7 +347,7 @@ def dyn_tensor_samples(rt: ModuleType, cfg: Config, transport: str) -> tuple[lis
 
 @workload("dyn_tensor_p2p_small", "dyn_tensor_p2p_100mb",
           "dyn_tensor_p2p_small_object_store", "dyn_tensor_p2p_100mb_object_store")
-def dyn_tensor_p2p(rt: ModuleType, cfg: Config) -> list[Row]:
+def cpu_dyn_tensor_p2p(rt: ModuleType, cfg: Config) -> list[Row]:
     """A CPU tensor from one actor method to another through the dynamic layer: kept in the
     producer and sent over a gloo collective group (tensor_transport="gloo"), 1 KiB p50 µs and
     100 MiB GB/s, beside the same calls through the object store."""
@@ -360,3 +361,23 @@ def dyn_tensor_p2p(rt: ModuleType, cfg: Config) -> list[Row]:
         row.note = ("whole call: produce + consume + get; " + (
             "through the object store" if "object_store" in row.name else "tensor over gloo"))
     return rows
+
+
+@workload("dyn_tensor_p2p_small_ipc", "dyn_tensor_p2p_100mb_ipc", "dyn_tensor_p2p_100mb_nccl")
+def dyn_tensor_p2p_gpu(rt: ModuleType, cfg: Config) -> list[Row]:
+    """GPU objects between two actors: CUDA IPC on one GPU (1 KiB p50 µs, 100 MiB GB/s) and NCCL
+    across two GPUs (100 MiB GB/s); compare with gpu_d2d_copy_100mb of the same run."""
+    names, units = ("dyn_tensor_p2p_small_ipc", "dyn_tensor_p2p_100mb_ipc",
+                    "dyn_tensor_p2p_100mb_nccl"), ("us", "GB/s", "GB/s")
+    if why := cuda_missing():
+        return skipped(names, units, why)
+    if rt.__name__ != "ember":
+        return skipped(names, units, "skipped: ember's transport names ('ipc') only")
+    import torch
+
+    small, big = dyn_tensor_samples(rt, cfg, "ipc", base=GpuWorker, options=GPU_ACTOR)
+    rows = [latency_row(names[0], small), gbps_row(names[1], big, 100 * MiB)]
+    if torch.cuda.device_count() < 2:
+        return rows + skipped(names[2:], units[2:], "skipped: needs 2 GPUs")
+    _, big = dyn_tensor_samples(rt, cfg, "nccl", "nccl", GpuWorker, {"num_gpus": 1, "num_cpus": 0})
+    return rows + [gbps_row(names[2], big, 100 * MiB)]
