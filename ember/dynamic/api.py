@@ -186,8 +186,11 @@ def put(value: Any, _tensor_transport: str | None = None) -> ObjectRef:
     return core.put(value, _tensor_transport)
 
 
-def get(refs: Any, timeout: float | None = None) -> Any:
-    """The value(s) of a ref or a list of refs; raises the task's error or GetTimeoutError."""
+def get(refs: Any, timeout: float | None = None, _use_object_store: bool = False) -> Any:
+    """The value(s) of a ref or a list of refs; raises the task's error or GetTimeoutError.
+
+    Tensors kept in an actor (Note [value transports]) arrive as a host copy through the object
+    store with or without ``_use_object_store`` (accepted for Ray's API)."""
     core, _ = runtime()
     if isinstance(refs, ObjectRef):
         return core.get_one(refs, timeout)

@@ -8,6 +8,8 @@ import dataclasses
 import gc
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -59,6 +61,10 @@ class Worker:
     @ember.method(tensor_transport="object_store")
     def produce_by_store(self, n):
         return torch.arange(n, dtype=torch.float32)
+
+    @ember.method(num_returns=2, tensor_transport="gloo")
+    def produce_two(self, n):
+        return torch.ones(n), {"w": torch.zeros(n)}
 
     def put_tensor(self, n):
         return [ember.put(torch.arange(n, dtype=torch.float32), _tensor_transport="gloo")]
@@ -164,6 +170,33 @@ def test_one_ref_consumed_many_times_by_several_actors(trio):
     assert results == [4950.0] * 5
     nested = ember.get(b.consume_ref_list.remote([ref]), timeout=30)   # a ref inside a list
     assert nested == 4950.0
+
+
+@ember.remote
+def total_in_a_task(t):
+    return float(t.sum())
+
+
+@pytest.mark.timeout(60)
+def test_num_returns_and_a_plain_task_consumer(trio):
+    a, b, _ = trio
+    first, second = a.produce_two.remote(3)
+    assert ember.get(b.consume.remote(first), timeout=30) == 3.0
+    assert ember.get(second, timeout=30)["w"].tolist() == [0.0, 0.0, 0.0]
+    before = _stats(a).get("sent:host", 0)
+    assert ember.get(total_in_a_task.remote(first), timeout=60) == 3.0   # joins no group: host copy
+    assert _stats(a)["sent:host"] == before + 1
+
+
+@pytest.mark.timeout(60)
+def test_importing_ember_loads_no_transport_until_one_is_used():
+    code = ("import sys, ember, ember.dynamic.worker, ember.experimental.collective; "
+            "bad = [m for m in sys.modules if m == 'torch' or m.split('.')[:2] in "
+            "(['ember', 'gpu'], ['ember', 'engine'], ['ember', 'dag'], ['ember', 'channels'])]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=50)
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 @pytest.mark.timeout(60)
