@@ -101,6 +101,11 @@ class GpuObjects:
             return value
         _check_devices(name, tensors)
         core = self._started()
+        if core.actor_id is None:
+            raise TensorTransportError(
+                f"tensor_transport={name!r} keeps tensors in the actor that makes the value, "
+                f"and this process is not an actor (the driver and tasks join no group); call "
+                f"ember.put(..., _tensor_transport=...) inside an actor, or drop the option")
         metas = tuple(TensorMeta.of(t) for t in tensors)
         gpu = _gpu_uuid(tensors[0]) if tensors[0].is_cuda else None
         with self.lock:

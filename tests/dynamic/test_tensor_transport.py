@@ -223,6 +223,9 @@ def test_put_with_tensor_transport_in_an_actor(trio):
     [ref] = ember.get(a.put_tensor.remote(6), timeout=30)
     assert ember.get(b.consume.remote(ref), timeout=30) == 15.0
     assert ember.get(ref, timeout=30).tolist() == [0, 1, 2, 3, 4, 5]
+    with pytest.raises(TensorTransportError, match="not an actor"):
+        ember.put(torch.ones(2), _tensor_transport="gloo")   # the driver keeps no tensors
+    assert ember.get(ember.put(torch.ones(2), _tensor_transport="object_store")).tolist() == [1, 1]
 
 
 @pytest.mark.timeout(60)
