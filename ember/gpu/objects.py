@@ -17,13 +17,24 @@ travels like any small value (Note [value transports]). Where it is deserialized
                                             (Note [one registry]); a consumer outside every such
                                             group gets a TensorTransportError naming the fix.
 
-Two-sided transfer: the consumer sends ``tensor_fetch`` to the producer's address and waits for
-the reply (in short slices, checking that the producer lives); the producer's *sender thread*
-(not the actor's method thread, which may be busy) checks the tensors still match their
-metadata, replies, then sends them over the group; the consumer receives each into a new tensor.
-A consumer holds its group's lock from request to last receive, and a producer serves requests
-one at a time, so the two ends' ops pair up in the same order. The owner of the object tells the
-producer when the last reference is gone (``watch_free``) and the producer drops the tensors.
+Two-sided transfer: the consumer posts its receives, sends ``tensor_fetch`` to the producer's
+address and waits for the reply (in short slices, checking that the producer lives). The
+producer answers on its message thread, never on the actor's method thread, which may be busy:
+it checks the tensors still match their metadata, replies, and starts the sends (asynchronous;
+its sender thread waits for them, and makes host copies and IPC handles, which take longer). A
+consumer holds its group's lock from posting to the last receive, and a producer starts the sends
+of one request after another, so the two ends' ops pair up in order. The owner of the object
+tells the producer when the last reference is gone (``watch_free``) and it drops the tensors.
+
+Note [receive first]
+~~~~~~~~~~~~~~~~~~~~
+gloo moves data once both ends have posted: a send that finds no posted receive announces
+itself, the receiver answers when it posts, and only then do the bytes go, three crossings in
+all. The consumer posts its receives (shapes from the stub) before it asks, so the producer's
+sends find them waiting and the bytes go at once. The receives must then always be matched: on
+an error (tensors gone, shape changed) the producer still sends zero tensors of the declared
+shapes and puts the error in its reply. Only a producer without the group (or dead) cannot; that
+leaves the receives posted, and the consumer raises at once.
 """
 
 from __future__ import annotations
@@ -119,52 +130,78 @@ class GpuObjects:
             self.kept.pop(oid, None)
 
     def _on_fetch(self, reply_to: str, rid: int, oid: str, how: str, arg: Any) -> None:
-        self.requests.put((reply_to, rid, oid, how, arg))
+        """On the I/O thread: answer a group fetch at once (its sends are asynchronous); leave
+        host copies and IPC handles, which take a while, to the sender thread."""
+        if how == "group":
+            self._answer(reply_to, rid, oid, how, arg)
+        else:
+            self.requests.put((reply_to, rid, oid, how, arg))
 
     def _serve(self) -> None:
-        """The sender thread: answer fetches one at a time, then send the tensors."""
+        """The sender thread: slow answers, frees of host copies, and waits for sends."""
         core = self._core
         while True:
             reply_to, rid, oid, how, arg = self.requests.get()
             if how == "freed":   # a reader is done with a host copy
                 core.free_segments([arg])
-                continue
-            with self.lock:
-                kept = self.kept.get(oid)
-            try:
-                if kept is None:
-                    raise ObjectLostError(f"the tensors of object {oid} are gone from their "
-                                          f"producer (pid {os.getpid()}); was the actor "
-                                          f"restarted?")
-                _check_unchanged(oid, kept)
-                if how == "host":
-                    reply = self._host_copy(core, kept)
-                elif how == IPC:
-                    reply = _ipc_handles(kept.tensors)
-                else:
-                    comm = communicator_registry.get(arg[0])
-                    if comm is None:
-                        raise TensorTransportError(f"the producer (pid {os.getpid()}) no longer "
-                                                   f"has the group {arg[0]!r}")
-                    reply = None
-            except EmberError as exc:
-                core.endpoint.reply(reply_to, rid, error=exc)
-                continue
-            core.endpoint.reply(reply_to, rid, reply)
-            self.counts[f"sent:{how}"] += 1
-            if how == "group":
+            elif how == "sent":   # wait for the sends of a group fetch
                 try:
-                    for tensor in kept.tensors:
-                        comm.send(tensor.detach(), arg[1])
+                    for wait in arg:
+                        wait()
                 except EmberError:
                     pass   # the consumer died or the group broke: its recv reports it
+            else:
+                self._answer(reply_to, rid, oid, how, arg)
 
-    def _host_copy(self, core: Any, kept: _Kept) -> tuple:
-        """Write the tensors as host bytes into the object store; (state, payload, id)."""
-        arrays = [t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy() for t in kept.tensors]
-        copy_id = core.new_id()
-        state, payload = core.store_serialized(copy_id, serialize(arrays, "a host copy"))
-        return state, payload, copy_id
+    def _answer(self, reply_to: str, rid: int, oid: str, how: str, arg: Any) -> None:
+        """Check the kept tensors, reply, and for a group fetch start sending them."""
+        core = self._core
+        with self.lock:
+            kept = self.kept.get(oid)
+        try:
+            if how == "group":
+                return self._answer_group(reply_to, rid, oid, kept, *arg)
+            if kept is None:
+                raise ObjectLostError(f"the tensors of object {oid} are gone from their "
+                                      f"producer (pid {os.getpid()}); was the actor restarted?")
+            _check_unchanged(oid, kept)
+            if how == "host":
+                copy_id = core.new_id()
+                host = [t.detach().cpu() for t in kept.tensors]
+                reply = (*core.store_serialized(copy_id, serialize(host, "a host copy")), copy_id)
+            else:
+                reply = _ipc_handles(kept.tensors)
+        except EmberError as exc:
+            core.endpoint.reply(reply_to, rid, error=exc)
+            return
+        core.endpoint.reply(reply_to, rid, reply)
+        self.counts[f"sent:{how}"] += 1
+
+    def _answer_group(self, reply_to: str, rid: int, oid: str, kept: _Kept | None,
+                      key: Hashable, peer: int, metas: tuple[TensorMeta, ...]) -> None:
+        """Send the tensors over group ``key``: the consumer's receives are already posted
+        (Note [receive first]), so on an error the reply carries it and placeholders of the
+        declared shapes still match them."""
+        comm = communicator_registry.get(key)
+        if comm is None:
+            raise TensorTransportError(f"the producer (pid {os.getpid()}) no longer has the "
+                                       f"group {key!r}")
+        tensors, reply = None if kept is None else kept.tensors, None
+        try:
+            if kept is None:
+                raise ObjectLostError(f"the tensors of object {oid} are gone from their "
+                                      f"producer (pid {os.getpid()}); was the actor restarted?")
+            _check_unchanged(oid, kept)
+        except EmberError as exc:
+            tensors, reply = [torch.zeros(m.shape, dtype=m.dtype, device=comm.device)
+                              for m in metas], ("failed", exc)
+        self._core.endpoint.reply(reply_to, rid, reply)
+        self.counts["sent:group"] += 1
+        try:
+            waits = [comm.isend(t.detach(), peer) for t in tensors]
+        except EmberError:
+            return   # the group broke: the consumer's receive reports it
+        self.requests.put((None, 0, oid, "sent", waits))
 
     # ---- consumer ----------------------------------------------------------------------------
 
@@ -194,17 +231,13 @@ class GpuObjects:
     def _fetch_host(self, core: Any, stub: TensorStub) -> list[torch.Tensor]:
         self.counts["received:host"] += 1
         state, payload, copy_id = self._request(core, stub, "host", None)
+        if state == INLINE:
+            return deserialize(payload, "a host copy")
         try:
-            if state == INLINE:
-                arrays = deserialize(payload, "a host copy")
-            else:
-                arrays = core.read_shm(copy_id)
-            return [torch.from_numpy(a.copy()).view(m.dtype).reshape(m.shape)
-                    for a, m in zip(arrays, stub.metas)]
+            return core.read_shm(copy_id)   # tensors of our own (Note [tensor frames])
         finally:
-            if state != INLINE:
-                core.endpoint.send(stub.producer, "tensor_fetch", core.address, 0, stub.oid,
-                                   "freed", copy_id)
+            core.endpoint.send(stub.producer, "tensor_fetch", core.address, 0, stub.oid,
+                               "freed", copy_id)
 
     def _fetch_group(self, core: Any, stub: TensorStub) -> list[torch.Tensor]:
         backend = _backend(stub)
@@ -219,15 +252,16 @@ class GpuObjects:
         self.counts[f"received:{backend}"] += 1
         mine, peer = key.index(core.actor_id) - 1, key.index(stub.actor_id) - 1
         with self._group_lock(key):
-            self._request(core, stub, "group", (key, mine))
-            out = []
+            waits = [comm.irecv(meta, peer) for meta in stub.metas]   # Note [receive first]
+            reply = self._request(core, stub, "group", (key, mine, stub.metas))
             try:
-                for meta in stub.metas:
-                    out.append(comm.recv(meta, peer))
+                out = [wait() for wait in waits]
             except EmberError as exc:
                 if not _alive(stub):
                     raise _lost(stub) from exc
                 raise
+        if reply is not None:
+            raise reply[1]
         return out
 
     def _request(self, core: Any, stub: TensorStub, how: str, arg: Any) -> Any:
