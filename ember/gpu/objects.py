@@ -161,10 +161,7 @@ class GpuObjects:
         try:
             if how == "group":
                 return self._answer_group(reply_to, rid, oid, kept, *arg)
-            if kept is None:
-                raise ObjectLostError(f"the tensors of object {oid} are gone from their "
-                                      f"producer (pid {os.getpid()}); was the actor restarted?")
-            _check_unchanged(oid, kept)
+            _check_kept(oid, kept)
             if how == "host":
                 copy_id = core.new_id()
                 host = [t.detach().cpu() for t in kept.tensors]
@@ -188,10 +185,7 @@ class GpuObjects:
                                        f"group {key!r}")
         tensors, reply = None if kept is None else kept.tensors, None
         try:
-            if kept is None:
-                raise ObjectLostError(f"the tensors of object {oid} are gone from their "
-                                      f"producer (pid {os.getpid()}); was the actor restarted?")
-            _check_unchanged(oid, kept)
+            _check_kept(oid, kept)
         except EmberError as exc:
             tensors, reply = [torch.zeros(m.shape, dtype=m.dtype, device=comm.device)
                               for m in metas], ("failed", exc)
@@ -242,13 +236,13 @@ class GpuObjects:
     def _fetch_group(self, core: Any, stub: TensorStub) -> list[torch.Tensor]:
         backend = _backend(stub)
         key = _find_group(backend, core.actor_id, stub.actor_id)
-        if key is None:
+        comm = None if key is None else communicator_registry.get(key)
+        if comm is None:
             raise TensorTransportError(
                 f"actor {core.actor_id} is not in a {backend} collective group with actor "
                 f"{stub.actor_id}, which produced object {stub.oid} with tensor_transport="
                 f"{stub.transport!r}; put both in one group with ember.experimental.collective."
                 f"create_collective_group([...], backend={'nccl' if backend == NCCL else 'torch_gloo'!r})")
-        comm = communicator_registry.get(key)
         self.counts[f"received:{backend}"] += 1
         mine, peer = key.index(core.actor_id) - 1, key.index(stub.actor_id) - 1
         with self._group_lock(key):
@@ -333,8 +327,11 @@ def _check_devices(name: str, tensors: list[torch.Tensor]) -> None:
                                        f"tensor_transport={name!r} carries {need}")
 
 
-def _check_unchanged(oid: str, kept: _Kept) -> None:
-    """Refuse to send tensors whose shape or dtype changed since the stub was made."""
+def _check_kept(oid: str, kept: _Kept | None) -> None:
+    """Refuse to send tensors that are gone, or whose shape or dtype changed since the stub was made."""
+    if kept is None:
+        raise ObjectLostError(f"the tensors of object {oid} are gone from their producer (pid "
+                              f"{os.getpid()}); was the actor restarted?")
     for i, (tensor, meta) in enumerate(zip(kept.tensors, kept.metas)):
         if tuple(tensor.shape) != meta.shape or tensor.dtype != meta.dtype:
             raise TensorTransportError(
