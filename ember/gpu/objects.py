@@ -34,7 +34,9 @@ all. The consumer posts its receives (shapes from the stub) before it asks, so t
 sends find them waiting and the bytes go at once. The receives must then always be matched: on
 an error (tensors gone, shape changed) the producer still sends zero tensors of the declared
 shapes and puts the error in its reply. Only a producer without the group (or dead) cannot; that
-leaves the receives posted, and the consumer raises at once.
+leaves the receives posted, and the consumer raises at once. NCCL pairs a send and a receive on
+the GPU whichever comes first, and a receive left unmatched there would hang its stream, so
+NCCL consumers post theirs after a good reply.
 """
 
 from __future__ import annotations
@@ -175,10 +177,10 @@ class GpuObjects:
         self.counts[f"sent:{how}"] += 1
 
     def _answer_group(self, reply_to: str, rid: int, oid: str, kept: _Kept | None,
-                      key: Hashable, peer: int, metas: tuple[TensorMeta, ...]) -> None:
-        """Send the tensors over group ``key``: the consumer's receives are already posted
-        (Note [receive first]), so on an error the reply carries it and placeholders of the
-        declared shapes still match them."""
+                      key: Hashable, peer: int, metas: tuple[TensorMeta, ...] | None) -> None:
+        """Send the tensors over group ``key``. With ``metas`` the consumer's receives are
+        already posted (Note [receive first]): on an error the reply carries it and
+        placeholders of the declared shapes still match them."""
         comm = communicator_registry.get(key)
         if comm is None:
             raise TensorTransportError(f"the producer (pid {os.getpid()}) no longer has the "
@@ -187,6 +189,8 @@ class GpuObjects:
         try:
             _check_kept(oid, kept)
         except EmberError as exc:
+            if metas is None:
+                raise
             tensors, reply = [torch.zeros(m.shape, dtype=m.dtype, device=comm.device)
                               for m in metas], ("failed", exc)
         self._core.endpoint.reply(reply_to, rid, reply)
@@ -245,10 +249,12 @@ class GpuObjects:
                 f"create_collective_group([...], backend={'nccl' if backend == NCCL else 'torch_gloo'!r})")
         self.counts[f"received:{backend}"] += 1
         mine, peer = key.index(core.actor_id) - 1, key.index(stub.actor_id) - 1
+        first = comm.backend == GLOO   # Note [receive first]
         with self._group_lock(key):
-            waits = [comm.irecv(meta, peer) for meta in stub.metas]   # Note [receive first]
-            reply = self._request(core, stub, "group", (key, mine, stub.metas))
+            waits = [comm.irecv(meta, peer) for meta in stub.metas] if first else []
+            reply = self._request(core, stub, "group", (key, mine, stub.metas if first else None))
             try:
+                waits = waits or [comm.irecv(meta, peer) for meta in stub.metas]
                 out = [wait() for wait in waits]
             except EmberError as exc:
                 if not _alive(stub):
