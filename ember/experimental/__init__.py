@@ -6,6 +6,8 @@ tensor transports (Note [value transports]); torch is imported only when a trans
 
 from __future__ import annotations
 
+from typing import Any
+
 from ember.dynamic import value_transport
 
 
@@ -15,3 +17,10 @@ def _load_gpu_objects() -> None:
 
 
 value_transport.add_provider(_load_gpu_objects)
+
+
+def wait_tensor_freed(tensor: Any, timeout: float | None = None) -> None:
+    """In an actor: block until every ref to a GPU object holding ``tensor`` is gone, so that
+    changing it in place cannot change what a consumer receives (Ray's API)."""
+    from ember.gpu.objects import objects
+    objects.wait_freed(tensor, timeout)

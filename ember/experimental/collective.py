@@ -80,9 +80,14 @@ def destroy_collective_group(group: CollectiveGroup | str) -> None:
     _run_each(found.actors, _leave, found.key)
 
 
-def get_collective_groups() -> list[CollectiveGroup]:
-    """The groups this driver made and has not destroyed."""
-    return list(_groups.values())
+def get_collective_groups(actors: Sequence[ActorHandle] = (), backend: str | None = None,
+                          ) -> list[CollectiveGroup]:
+    """The groups this driver made and has not destroyed that hold all ``actors`` (and use
+    ``backend``)."""
+    want = {a._actor_id for a in actors}
+    return [g for g in _groups.values()
+            if want <= {a._actor_id for a in g.actors}
+            and (backend is None or g.backend == BACKENDS.get(backend, backend))]
 
 
 def _run_each(actors: Sequence[ActorHandle], fn: Any, *args: Any) -> None:

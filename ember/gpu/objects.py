@@ -98,6 +98,7 @@ class GpuObjects:
     def __init__(self) -> None:
         self.kept: dict[str, _Kept] = {}
         self.lock = threading.Lock()
+        self.freed = threading.Condition(self.lock)
         self.requests: queue.SimpleQueue = queue.SimpleQueue()
         self.group_locks: dict[Hashable, threading.Lock] = {}
         self.dead: set[str] = set()
@@ -130,6 +131,18 @@ class GpuObjects:
     def _free(self, oid: str) -> None:
         with self.lock:
             self.kept.pop(oid, None)
+            self.freed.notify_all()
+
+    def wait_freed(self, tensor: torch.Tensor, timeout: float | None = None) -> None:
+        """Block until no object of this process keeps ``tensor`` (then it may be changed)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self.lock:
+            while any(t is tensor for kept in self.kept.values() for t in kept.tensors):
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise GetTimeoutError(f"a tensor of shape {tuple(tensor.shape)} is still in a "
+                                          f"GPU object after {timeout} s; drop its refs first")
+                self.freed.wait(remaining)
 
     def _on_fetch(self, reply_to: str, rid: int, oid: str, how: str, arg: Any) -> None:
         """On the I/O thread: answer a group fetch at once (its sends are asynchronous); leave

@@ -79,6 +79,12 @@ class Worker:
     def consume_ref_list(self, refs):
         return float(ember.get(refs[0]).sum())
 
+    def wait_freed(self, timeout):
+        from ember.experimental import wait_tensor_freed
+        start = time.monotonic()
+        wait_tensor_freed(self.last, timeout=timeout)
+        return time.monotonic() - start
+
     def consume_self(self, t):
         return t is self.last
 
@@ -218,6 +224,18 @@ def test_producer_frees_the_tensors_when_the_last_ref_is_gone(trio):
 
 
 @pytest.mark.timeout(60)
+def test_wait_tensor_freed_returns_once_the_refs_are_gone(trio):
+    a = trio[0]
+    ref = a.produce_kept.remote(4)
+    ember.wait([ref], timeout=30)
+    with pytest.raises(TimeoutError):
+        ember.get(a.wait_freed.remote(0.2), timeout=30)
+    del ref
+    gc.collect()
+    assert ember.get(a.wait_freed.remote(10), timeout=30) < 10
+
+
+@pytest.mark.timeout(60)
 def test_put_with_tensor_transport_in_an_actor(trio):
     a, b, _ = trio
     [ref] = ember.get(a.put_tensor.remote(6), timeout=30)
@@ -263,7 +281,8 @@ def test_shape_changed_after_return_is_refused_not_hung(trio):
 def test_destroyed_group_no_longer_carries(trio, outsider):
     p, q = outsider, trio[1]
     group = create_collective_group([p, q], backend="gloo", name="short-lived")
-    assert [g.name for g in get_collective_groups()].count("short-lived") == 1
+    assert [g.name for g in get_collective_groups([p, q])] == ["short-lived"]
+    assert get_collective_groups([p], backend="nccl") == []
     assert ember.get(q.consume.remote(p.produce.remote(3)), timeout=30) == 3.0
     destroy_collective_group("short-lived")
     with pytest.raises(TensorTransportError, match="not in a gloo collective group"):
