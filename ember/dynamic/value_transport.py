@@ -24,6 +24,7 @@ layer (``ember.gpu.objects``) registers itself when imported.
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -44,7 +45,7 @@ _transports: dict[str, ValueTransport] = {}
 _resolvers: dict[type, Callable[[Any], Any]] = {}
 _providers: list[Callable[[], None]] = []
 _free_callbacks: dict[str, Callable[[str], None]] = {}
-_listening: set[int] = set()
+_listening: "weakref.WeakSet[Any]" = weakref.WeakSet()   # cores with the value_freed handler
 
 
 def register(names: tuple[str, ...], transport: ValueTransport, stub_type: type,
@@ -89,8 +90,8 @@ def watch_free(core: Any, oid: str, owner: str, callback: Callable[[str], None])
     """Call ``callback(oid)`` in this process once the owner of ``oid`` has freed it."""
     with _lock:
         _free_callbacks[oid] = callback
-        if id(core) not in _listening:
-            _listening.add(id(core))
+        if core not in _listening:
+            _listening.add(core)
             core.endpoint.on("value_freed", _on_value_freed)
     core.endpoint.send(owner, "watch_free", oid, core.address)
 

@@ -105,6 +105,7 @@ class GpuObjects:
         self.pending: dict[str, set] = {}   # producer address -> futures waiting on it
         self.counts: Counter = Counter()    # "sent:<how>" / "received:<how>", for tests and stats
         self._core: Any = None
+        self._thread: threading.Thread | None = None
 
     # ---- producer ----------------------------------------------------------------------------
 
@@ -154,11 +155,10 @@ class GpuObjects:
 
     def _serve(self) -> None:
         """The sender thread: slow answers, frees of host copies, and waits for sends."""
-        core = self._core
         while True:
             reply_to, rid, oid, how, arg = self.requests.get()
             if how == "freed":   # a reader is done with a host copy
-                core.free_segments([arg])
+                self._core.free_segments([arg])
             elif how == "sent":   # wait for the sends of a group fetch
                 try:
                     for wait in arg:
@@ -326,8 +326,10 @@ class GpuObjects:
                     self._core = core
                     core.endpoint.on("tensor_fetch", self._on_fetch)
                     core.death_listeners.append(self._on_worker_died)
-                    threading.Thread(target=self._serve, name="ember-gpu-objects",
-                                     daemon=True).start()
+                    if self._thread is None:   # one for the process, across ember.init()s
+                        self._thread = threading.Thread(target=self._serve, daemon=True,
+                                                        name="ember-gpu-objects")
+                        self._thread.start()
         return core
 
 
