@@ -146,9 +146,10 @@ class GpuObjects:
                 self.freed.wait(remaining)
 
     def _on_fetch(self, reply_to: str, rid: int, oid: str, how: str, arg: Any) -> None:
-        """On the I/O thread: answer a group fetch at once (its sends are asynchronous); leave
-        host copies and IPC handles, which take a while, to the sender thread."""
-        if how == "group":
+        """On the I/O thread: answer a gloo fetch at once (its sends are asynchronous); leave
+        host copies, IPC handles and NCCL sends (whose first one between two ranks builds a
+        communicator), which take a while, to the sender thread."""
+        if how == "group" and arg[2] is not None:   # metas: a gloo receiver posted first
             self._answer(reply_to, rid, oid, how, arg)
         else:
             self.requests.put((reply_to, rid, oid, how, arg))
