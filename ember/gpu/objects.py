@@ -17,14 +17,15 @@ travels like any small value (Note [value transports]). Where it is deserialized
                                             (Note [one registry]); a consumer outside every such
                                             group gets a TensorTransportError naming the fix.
 
-Two-sided transfer: the consumer posts its receives, sends ``tensor_fetch`` to the producer's
-address and waits for the reply (in short slices, checking that the producer lives). The
-producer answers on its message thread, never on the actor's method thread, which may be busy:
-it checks the tensors still match their metadata, replies, and starts the sends (asynchronous;
-its sender thread waits for them, and makes host copies and IPC handles, which take longer). A
-consumer holds its group's lock from posting to the last receive, and a producer starts the sends
-of one request after another, so the two ends' ops pair up in order. The owner of the object
-tells the producer when the last reference is gone (``watch_free``) and it drops the tensors.
+Two-sided transfer: the consumer posts its receives (Note [receive first]), sends
+``tensor_fetch`` to the producer's address and waits for the reply (in short slices, checking
+that the producer lives). The producer never answers on the actor's method thread, which may be
+busy: it answers a gloo fetch on its message thread (check that the tensors still match their
+metadata, reply, start the asynchronous sends, which its sender thread waits for), and NCCL
+fetches, host copies and IPC handles, which take longer, on its sender thread. A consumer holds
+its group's lock from posting to the last receive, and a producer starts the sends of one
+request after another, so the two ends' ops pair up in order. The owner of the object tells the
+producer when the last reference is gone (``watch_free``) and the producer drops the tensors.
 
 Note [receive first]
 ~~~~~~~~~~~~~~~~~~~~
