@@ -306,3 +306,78 @@ def torch_allreduce_reference(cfg: Config, backend: str) -> Row:
     where = "2 GPUs" if backend == "nccl" else "CPU tensors"
     return Row(name, "GB/s", round(100 * MiB / GB / seconds, 2),
                note=f"reference: bare torch.distributed {backend}, 2 processes, {where}")
+
+
+# --- GPU objects in the dynamic layer (Ray Direct Transport's API) -----------------------------
+
+def tensor_worker_class(rt: ModuleType, transport: str, base: type = CpuWorker) -> type:
+    """An actor class whose ``produce`` keeps its tensor in the actor with ``transport`` (Ray's
+    RDT under Ray), or returns it through the object store for "object_store"."""
+    decorate = (lambda fn: fn) if transport == "object_store" and rt.__name__ == "ray" else (
+        rt.method(tensor_transport=transport))
+
+    class TensorWorker(base):
+        @decorate
+        def produce(self, nbytes: int) -> Any:
+            """A float32 tensor of nbytes (one buffer, reused)."""
+            return base.produce(self, nbytes)
+
+    return TensorWorker
+
+
+def dyn_tensor_samples(rt: ModuleType, cfg: Config, transport: str, backend: str = "torch_gloo",
+                       base: type = CpuWorker, options: dict = CPU_ACTOR) -> tuple[list, list]:
+    """Latencies of get(b.consume.remote(a.produce.remote(n))) for 1 KiB and 100 MiB tensors."""
+    cls = tensor_worker_class(rt, transport, base)
+    with spawned(rt, cls, 2, **options) as (a, b):
+        group = None
+        if transport not in ("object_store", "ipc"):
+            collective = importlib.import_module(f"{rt.__name__}.experimental.collective")
+            group = collective.create_collective_group([a, b], backend=backend)
+
+        def move(nbytes: int) -> Any:
+            return rt.get(b.consume.remote(a.produce.remote(nbytes)))
+
+        small = sample_latencies(lambda: move(1024), cfg.n(100, 20), cfg.n(1000, 100))
+        big = sample_latencies(lambda: move(100 * MiB), cfg.n(3, 1), cfg.n(20, 5))
+        if group is not None and rt.__name__ != "ray":
+            collective.destroy_collective_group(group)
+    return small, big
+
+
+@workload("dyn_tensor_p2p_small", "dyn_tensor_p2p_100mb",
+          "dyn_tensor_p2p_small_object_store", "dyn_tensor_p2p_100mb_object_store")
+def cpu_dyn_tensor_p2p(rt: ModuleType, cfg: Config) -> list[Row]:
+    """A CPU tensor from one actor method to another through the dynamic layer: kept in the
+    producer and sent over a gloo collective group (tensor_transport="gloo"), 1 KiB p50 µs and
+    100 MiB GB/s, beside the same calls through the object store."""
+    small, big = dyn_tensor_samples(rt, cfg, "gloo")
+    store_small, store_big = dyn_tensor_samples(rt, cfg, "object_store")
+    rows = [latency_row("dyn_tensor_p2p_small", small),
+            gbps_row("dyn_tensor_p2p_100mb", big, 100 * MiB),
+            latency_row("dyn_tensor_p2p_small_object_store", store_small),
+            gbps_row("dyn_tensor_p2p_100mb_object_store", store_big, 100 * MiB)]
+    for row in rows:
+        row.note = ("whole call: produce + consume + get; " + (
+            "through the object store" if "object_store" in row.name else "tensor over gloo"))
+    return rows
+
+
+@workload("dyn_tensor_p2p_small_ipc", "dyn_tensor_p2p_100mb_ipc", "dyn_tensor_p2p_100mb_nccl")
+def dyn_tensor_p2p_gpu(rt: ModuleType, cfg: Config) -> list[Row]:
+    """GPU objects between two actors: CUDA IPC on one GPU (1 KiB p50 µs, 100 MiB GB/s) and NCCL
+    across two GPUs (100 MiB GB/s); compare with gpu_d2d_copy_100mb of the same run."""
+    names, units = ("dyn_tensor_p2p_small_ipc", "dyn_tensor_p2p_100mb_ipc",
+                    "dyn_tensor_p2p_100mb_nccl"), ("us", "GB/s", "GB/s")
+    if why := cuda_missing():
+        return skipped(names, units, why)
+    if rt.__name__ != "ember":
+        return skipped(names, units, "skipped: ember's transport names ('ipc') only")
+    import torch
+
+    small, big = dyn_tensor_samples(rt, cfg, "ipc", base=GpuWorker, options=GPU_ACTOR)
+    rows = [latency_row(names[0], small), gbps_row(names[1], big, 100 * MiB)]
+    if torch.cuda.device_count() < 2:
+        return rows + skipped(names[2:], units[2:], "skipped: needs 2 GPUs")
+    _, big = dyn_tensor_samples(rt, cfg, "nccl", "nccl", GpuWorker, {"num_gpus": 1, "num_cpus": 0})
+    return rows + [gbps_row(names[2], big, 100 * MiB)]

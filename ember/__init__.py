@@ -13,6 +13,7 @@ from ember.dynamic.api import (available_resources, cancel, cluster_resources, g
                                get_gpu_ids, init, is_initialized, nodes, put, shutdown, wait)
 from ember.dynamic.object_ref import ObjectRef
 from ember.dynamic.remote_function import RemoteFunction
+from ember import experimental  # noqa: F401 - registers the tensor transports' provider
 from ember.dynamic.runtime_context import get_runtime_context
 
 __version__ = "0.1.0"

@@ -17,7 +17,7 @@ import inspect
 import time
 from typing import Any, Callable
 
-from ember.dynamic import api, labels
+from ember.dynamic import api, labels, value_transport
 from ember.dynamic.core_worker import INLINE
 from ember.dynamic.object_ref import ObjectRef
 from ember.dynamic.remote_function import (argument_check, check_arguments, check_options,
@@ -40,12 +40,16 @@ BUILTIN_METHODS = {"__ray_ready__": "__ray_ready__", "__ray_call__": "__ray_call
                    "_ember_run": "__ember_run__"}
 
 
-def method(*, num_returns: int = 1, concurrency_group: str | None = None) -> Callable:
-    """Decorate an actor method: ``@ember.method(num_returns=2, concurrency_group="io")``."""
+def method(*, num_returns: int = 1, concurrency_group: str | None = None,
+           tensor_transport: str | None = None) -> Callable:
+    """Decorate an actor method: ``@ember.method(num_returns=2, concurrency_group="io")``;
+    ``tensor_transport`` keeps returned tensors in the actor (Note [value transports])."""
     def decorate(fn: Callable) -> Callable:
         setattr(fn, NUM_RETURNS_ATTR, num_returns)
         if concurrency_group is not None:
             setattr(fn, GROUP_ATTR, concurrency_group)
+        if tensor_transport is not None:
+            setattr(fn, value_transport.TRANSPORT_ATTR, tensor_transport.lower())
         return fn
     return decorate
 

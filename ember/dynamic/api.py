@@ -174,16 +174,20 @@ def remove_shutdown_hook(fn: Callable[[], None]) -> None:
         _shutdown_hooks.remove(fn)
 
 
-def put(value: Any) -> ObjectRef:
-    """Store ``value`` in the object store; return its ref."""
+def put(value: Any, _tensor_transport: str | None = None) -> ObjectRef:
+    """Store ``value`` in the object store; return its ref (``_tensor_transport``: keep its
+    tensors in this actor, Note [value transports])."""
     if isinstance(value, ObjectRef):
         raise TypeError("ember.put of an ObjectRef is not allowed; pass the ref itself")
     core, _ = runtime()
-    return core.put(value)
+    return core.put(value, _tensor_transport)
 
 
-def get(refs: Any, timeout: float | None = None) -> Any:
-    """The value(s) of a ref or a list of refs; raises the task's error or GetTimeoutError."""
+def get(refs: Any, timeout: float | None = None, _use_object_store: bool = False) -> Any:
+    """The value(s) of a ref or a list of refs; raises the task's error or GetTimeoutError.
+
+    Tensors kept in an actor (Note [value transports]) arrive as a host copy through the object
+    store with or without ``_use_object_store`` (accepted for Ray's API)."""
     core, _ = runtime()
     if isinstance(refs, ObjectRef):
         return core.get_one(refs, timeout)

@@ -25,7 +25,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from ember.dynamic import shm
+from ember.dynamic import shm, value_transport
 from ember.dynamic.messaging import Endpoint
 from ember.dynamic.object_ref import ObjectRef
 from ember.dynamic.segment_writer import SegmentWriter
@@ -92,6 +92,7 @@ class CoreWorker:
         self.nm_address = nm_address
         self.gcs_address = gcs_address
         self.worker_id = worker_id
+        self.actor_id: str | None = None   # set in the worker that hosts an actor
         self.endpoint = Endpoint(address, "driver" if worker_id is None else "worker")
         self.lock = threading.RLock()
         self.objects: dict[str, Entry] = {}
@@ -103,6 +104,7 @@ class CoreWorker:
         self.executing_task = threading.local()
         self.death_listeners: list[Callable[[str, str | None, str], None]] = []
         self.on_free: dict[str, Callable[[], None]] = {}  # owned oid -> called once it is freed
+        self.free_watchers: dict[str, list[str]] = {}   # oid -> addresses told when it is freed
         ep = self.endpoint
         ep.on("get_object", self._on_get_object)
         ep.on("borrow", self._on_borrow)
@@ -110,6 +112,7 @@ class CoreWorker:
         ep.on("transit", self._on_transit)
         ep.on("object_value", self._on_object_value)
         ep.on("worker_died", self._on_worker_died)
+        ep.on("watch_free", self._on_watch_free)
 
     # ---- ids and lifecycle -------------------------------------------------------------------
 
@@ -266,6 +269,18 @@ class CoreWorker:
         on_free = self.on_free.pop(oid, None)
         if on_free is not None:
             on_free()
+        if self.free_watchers:
+            for watcher in self.free_watchers.pop(oid, ()):
+                self.endpoint.send(watcher, "value_freed", oid)
+
+    def _on_watch_free(self, oid: str, watcher: str) -> None:
+        """Tell ``watcher`` when this owner frees ``oid`` (Note [value transports])."""
+        with self.lock:
+            entry = self.objects.get(oid)
+            if entry is not None and entry.owned:
+                self.free_watchers.setdefault(oid, []).append(watcher)
+                return
+        self.endpoint.send(watcher, "value_freed", oid)
 
     def free_segments(self, oids: list[str]) -> None:
         """Remove freed objects' segments and their spilled copies (Note [who unlinks])."""
@@ -277,11 +292,17 @@ class CoreWorker:
 
     # ---- storing values ----------------------------------------------------------------------
 
-    def put(self, value: Any) -> ObjectRef:
-        """Store ``value`` as a new object owned by this process."""
+    def put(self, value: Any, transport: str | None = None) -> ObjectRef:
+        """Store ``value`` as a new object owned by this process (its tensors kept here by
+        ``transport``, Note [value transports])."""
         oid = self.new_id()
-        ser = serialize(value, "the value passed to ember.put")
-        ref = self.owned_ref(oid)
+        ref = self.owned_ref(oid)   # first: a transport watches its entry
+        try:
+            value = value_transport.export(transport, value, oid, self.address)
+            ser = serialize(value, "the value passed to ember.put")
+        except BaseException as exc:
+            self.resolve(oid, FAILED, exc)
+            raise
         state, payload = self.store_serialized(oid, ser)
         self.resolve(oid, state, payload)
         return ref
@@ -382,9 +403,9 @@ class CoreWorker:
         if entry is None:
             raise ObjectFreedError(f"{ref} was freed; keep a reference while you need it")
         if entry.state == INLINE:
-            return deserialize(entry.payload, f"the value of {ref}")
+            return value_transport.resolve(deserialize(entry.payload, f"the value of {ref}"))
         if entry.state == IN_SHM:
-            return self.read_shm(ref.id)
+            return value_transport.resolve(self.read_shm(ref.id))
         if entry.state == FAILED:
             raise entry.payload
         raise ObjectLostError(f"{ref} has no value yet")

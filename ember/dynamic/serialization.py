@@ -14,6 +14,7 @@ for a bare numpy array (Note [array frames]).
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import struct
@@ -191,6 +192,55 @@ def _array_from_frame(meta: memoryview, buffer: Any) -> Any:
     return frombuffer(buffer, dtype).reshape(shape)
 
 
+# Note [tensor frames]: torch pickles a CPU tensor's storage in-band, through torch.save's format:
+# 0.7 s to write and 0.3 s to read 100 MiB, ten times a memory copy. A plain, dense CPU
+# torch.Tensor instead travels as its bytes out of band (a PickleBuffer over a uint8 view: no copy
+# until the segment write) plus its dtype and shape; the reader copies the bytes into a tensor of
+# its own (writable, which a view of the read-only segment would not be). Views of one storage
+# arrive as separate tensors. Tensors that need autograd, other layouts (sparse, quantized,
+# conjugate or negative bits), other devices and subclasses (nn.Parameter) pickle as torch does.
+class _Pickler(cloudpickle.CloudPickler):
+    """cloudpickle, with plain CPU tensors framed out of band (Note [tensor frames])."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        cls = type(obj)
+        if cls.__name__ == "Tensor" and cls.__module__ == "torch":
+            reduced = _reduce_tensor(obj)
+            if reduced is not None:
+                return reduced
+        return super().reducer_override(obj)
+
+
+def _reduce_tensor(tensor: Any) -> tuple | None:
+    if (tensor.device.type != "cpu" or tensor.requires_grad or tensor.layout != _STRIDED[0]
+            or tensor.is_quantized or tensor.is_conj() or tensor.is_neg()):
+        return None
+    data = tensor.detach().contiguous().reshape(-1).view(_STRIDED[1]).numpy()
+    return (_tensor_from_bytes, (pickle.PickleBuffer(data), str(tensor.dtype)[6:],
+                                 tuple(tensor.shape)))
+
+
+def _tensor_from_bytes(buffer: Any, dtype: str, shape: tuple) -> Any:
+    import numpy
+    import torch
+    source = numpy.frombuffer(buffer, numpy.uint8)
+    out = torch.empty(source.nbytes, dtype=torch.uint8)
+    out.numpy()[:] = source
+    return out.view(getattr(torch, dtype)).reshape(shape)
+
+
+class _TorchStrided:
+    """torch.strided and torch.uint8, looked up when the first tensor is pickled (the dynamic
+    layer does not import torch itself)."""
+
+    def __getitem__(self, i: int) -> Any:
+        import torch
+        return (torch.strided, torch.uint8)[i]
+
+
+_STRIDED = _TorchStrided()
+
+
 def serialize(value: Any, what: str = "value") -> Serialized:
     """Pickle ``value`` with out-of-band buffers; raise SerializationError naming ``what``."""
     if type(value) in _PLAIN_TYPES:   # nothing out of band: bytearrays pickle in-band too
@@ -207,7 +257,9 @@ def serialize(value: Any, what: str = "value") -> Serialized:
     if _is_plain(value):
         return Serialized.of(pickle.dumps(value, protocol=5, buffer_callback=keep), buffers)
     try:
-        meta = cloudpickle.dumps(value, protocol=5, buffer_callback=keep)
+        with io.BytesIO() as out:
+            _Pickler(out, protocol=5, buffer_callback=keep).dump(value)
+            meta = out.getvalue()
     except Exception as exc:  # noqa: BLE001 - any pickling failure becomes one clear error
         culprit = find_unpicklable(value)
         raise SerializationError(

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ember.dynamic import value_transport
 from ember.dynamic.core_worker import FAILED, IN_SHM, INLINE, INLINE_MAX, CoreWorker
 from ember.dynamic.object_ref import ObjectRef
 from ember.dynamic.serialization import deserialize, serialize
@@ -111,9 +112,9 @@ def decode_args(core: CoreWorker, body: tuple, resolved: list) -> tuple[tuple, d
         args = list(args)
         for key, rkind, rpayload in resolved:
             if rkind == "i":
-                value = deserialize(rpayload, "an argument")
+                value = value_transport.resolve(deserialize(rpayload, "an argument"))
             elif rkind == "s":
-                value = core.read_shm(rpayload)
+                value = value_transport.resolve(core.read_shm(rpayload))
             else:
                 value = core.get_one(rpayload, None)
             if isinstance(key, int):

@@ -24,7 +24,7 @@ from concurrent import futures
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from ember.dynamic import api, remote_function, shm
+from ember.dynamic import api, remote_function, shm, value_transport
 from ember.dynamic import runtime_context as context
 from ember.dynamic.actor import (EXIT_METHOD, GROUP_ATTR, ActorHandle, handle_from_info,
                                  method_table)
@@ -118,8 +118,12 @@ class WorkerProcess:
             context.facts().runtime_env = {"env_vars": dict(env_vars)}
 
     def execute(self, task_id: str, target, body: tuple, resolved: list,
-                return_ids: list[str], where: str, resources: dict | None = None) -> list:
-        """Call ``target()(*args)``; return the result entries, or the error for each return."""
+                return_ids: list[str], where: str, resources: dict | None = None,
+                export: tuple | None = None) -> list:
+        """Call ``target()(*args)``; return the result entries, or the error for each return.
+
+        ``export``: (tensor transport, owner) of a marked method (Note [value transports]).
+        """
         if task_id in self.cancelled:
             self.cancelled.discard(task_id)
             return _failed(TaskCancelledError(f"task {task_id} was cancelled"), return_ids)
@@ -139,7 +143,7 @@ class WorkerProcess:
             context.leave_call(token)
             self.running_task = None
             self.core.executing_task.active = False
-        return self.pack(value, return_ids, where)
+        return self.pack(value, return_ids, where, export)
 
     def wrap_error(self, exc: BaseException, where: str) -> BaseException:
         """The error the caller sees for ``exc`` raised in ``where``."""
@@ -148,7 +152,8 @@ class WorkerProcess:
         name = f"{where} ({self.actor_name})" if self.actor_name else where
         return TaskError.wrap(exc, name, traceback.format_exc())
 
-    def pack(self, value: Any, return_ids: list[str], where: str) -> list:
+    def pack(self, value: Any, return_ids: list[str], where: str,
+             export: tuple | None = None) -> list:
         """Serialize return values into result entries (inline bytes or shm segments)."""
         n = len(return_ids)
         if n == 0:
@@ -163,9 +168,13 @@ class WorkerProcess:
         results = []
         for i, (oid, item) in enumerate(zip(return_ids, values)):
             try:
+                if export is not None:
+                    item = value_transport.export(export[0], item, oid, export[1])
                 ser = serialize(item, f"return value {i} of {where}")
             except SerializationError as exc:
                 return _failed(exc, return_ids)
+            except Exception as exc:  # noqa: BLE001 - a transport's refusal goes to the caller
+                return _failed(self.wrap_error(exc, where), return_ids)
             results.append(self.core.store_serialized(oid, ser))
         return results
 
@@ -190,7 +199,7 @@ class WorkerProcess:
                      return_ids: list[str], owner: str, gpu_ids: list[int]) -> None:
         """Build the actor instance; report failure to the owner."""
         actor_id, args_body, options = body
-        self.actor_id = actor_id
+        self.actor_id = self.core.actor_id = actor_id
         self.set_gpus(gpu_ids)
         self.apply_env(options.get("env_vars"))
         holder: list[Any] = []
@@ -301,12 +310,17 @@ class WorkerProcess:
             return lambda: True
         return getattr(self.instance, name)
 
+    def _export(self, method: str, owner: str) -> tuple | None:
+        """(tensor transport, owner) when ``method`` is marked with one (Note [value transports])."""
+        transport = value_transport.transport_of(getattr(type(self.instance), method, None))
+        return None if transport is None else (transport, owner)
+
     def _sync_call(self, fields: tuple) -> None:
         task_id, target, (actor_id, body), resolved, return_ids, owner, _ = fields
         method = _method_and_group(target)[0]
         results = self.execute(task_id, lambda: self._method(method), body, resolved,
                                return_ids, f"{self.actor_name}.{method}",
-                               context.facts().actor_resources)
+                               context.facts().actor_resources, self._export(method, owner))
         self.core.endpoint.send(owner, "task_done", task_id, results)
 
     async def _async_call(self, fields: tuple, group: str | None) -> None:
@@ -323,7 +337,7 @@ class WorkerProcess:
             except BaseException as exc:  # noqa: BLE001
                 results = _failed(self.wrap_error(exc, where), return_ids)
             else:
-                results = self.pack(value, return_ids, where)
+                results = self.pack(value, return_ids, where, self._export(method, owner))
             finally:
                 context.leave_call(token)
         self.core.endpoint.send(owner, "task_done", task_id, results)

@@ -182,21 +182,34 @@ class TorchCommunicator(Communicator):
 
     def send(self, tensor: torch.Tensor, peer: int) -> None:
         """Send ``tensor`` to rank ``peer``."""
+        self.isend(tensor, peer)()
+
+    def isend(self, tensor: torch.Tensor, peer: int) -> Callable[[], None]:
+        """Start sending ``tensor`` to rank ``peer``; return the call that waits for it."""
         self._check_peer(peer)
-        self._wait(self._group().send([tensor.contiguous()], peer, 0), f"send to rank {peer}")
+        work = self._group().send([tensor.contiguous()], peer, 0)
+        return lambda: self._wait(work, f"send to rank {peer}")
 
     def recv(self, like: torch.Tensor | TensorMeta, peer: int) -> torch.Tensor:
         """Receive from ``peer`` into ``like`` (a tensor), or into a new tensor with ``like``'s shape/dtype."""
+        return self.irecv(like, peer)()
+
+    def irecv(self, like: torch.Tensor | TensorMeta, peer: int) -> Callable[[], torch.Tensor]:
+        """Post a receive like ``recv``'s; return the call that waits for it and gives the tensor."""
         self._check_peer(peer)
         if isinstance(like, TensorMeta):
             buf = torch.empty(like.shape, dtype=like.dtype, device=self._device)
         else:
             buf = like
         target = buf if buf.is_contiguous() else torch.empty_like(buf, memory_format=torch.contiguous_format)
-        self._wait(self._group().recv([target], peer, 0), f"recv from rank {peer}")
-        if target is not buf:
-            buf.copy_(target)
-        return buf
+        work = self._group().recv([target], peer, 0)
+
+        def wait() -> torch.Tensor:
+            self._wait(work, f"recv from rank {peer}")
+            if target is not buf:
+                buf.copy_(target)
+            return buf
+        return wait
 
     def allreduce(self, tensor: torch.Tensor, op: str = "sum",
                   out: torch.Tensor | None = None) -> torch.Tensor:
@@ -355,6 +368,12 @@ class CommunicatorRegistry:
         with self._lock:
             entry = self._entries.get(key)
             return None if entry is None else entry[0]
+
+    def keys(self) -> list[Hashable]:
+        """The keys of the live communicators (the dynamic layer's tensor transport looks for a
+        group holding two actors among them, Note [one registry])."""
+        with self._lock:
+            return list(self._entries)
 
     def clear(self) -> None:
         """Destroy every communicator (process exit, ember.shutdown)."""

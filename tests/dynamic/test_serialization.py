@@ -55,3 +55,37 @@ def test_nested_values_and_unpicklable_parts():
     assert np.array_equal(back["arr"], value["arr"])
     with pytest.raises(SerializationError, match=r"\['lock'\]"):
         serialize({"lock": threading.Lock()}, "the test value")
+
+
+def _tensors():
+    torch = pytest.importorskip("torch")
+    return torch, [
+        torch.arange(1 << 16, dtype=torch.float32), torch.arange(10).reshape(2, 5)[:, ::2],
+        torch.tensor(3.5), torch.zeros(0, 3), torch.ones(3, dtype=torch.bfloat16),
+        torch.tensor([True, False]), torch.randn(4, dtype=torch.complex64),
+    ]
+
+
+@pytest.mark.timeout(30)
+def test_cpu_tensors_travel_out_of_band_and_come_back_writable():
+    torch, tensors = _tensors()
+    for tensor in tensors:
+        frame = serialize(tensor)
+        assert len(frame.buffers) == 1   # the bytes, out of band (Note [tensor frames])
+        data = memoryview(frame.to_bytes()).toreadonly()
+        out = deserialize(data)
+        assert type(out) is torch.Tensor and out.dtype == tensor.dtype
+        assert out.shape == tensor.shape and torch.equal(out, tensor)
+        out.zero_()   # the reader's own memory: the frame still holds the value
+        assert torch.equal(deserialize(data), tensor)
+    _, nested = roundtrip({"w": [tensors[0], tensors[0][:4]], "s": "x"})
+    assert torch.equal(nested["w"][1], tensors[0][:4]) and nested["s"] == "x"
+
+
+@pytest.mark.timeout(30)
+def test_autograd_and_parameters_keep_their_flags():
+    torch, _ = _tensors()
+    _, param = roundtrip(torch.nn.Parameter(torch.ones(2)))
+    assert type(param) is torch.nn.Parameter and param.requires_grad
+    _, leaf = roundtrip(torch.ones(2, requires_grad=True))
+    assert leaf.requires_grad and torch.equal(leaf.detach(), torch.ones(2))
