@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import inspect
+import logging
 import os
 import pickle
 import queue
@@ -38,6 +39,7 @@ from ember.exceptions import SerializationError, TaskCancelledError, TaskError
 
 EMBER_RUN = "__ember_run__"
 DEFAULT_GROUP = "_ember_default"
+_log = logging.getLogger(__name__)
 
 
 class WorkerProcess:
@@ -83,14 +85,18 @@ class WorkerProcess:
             kind, fields = self.inbox.get()
             if kind == "exit":
                 return
-            if kind == "create_actor":
-                self.create_actor(*fields)
-            elif kind == "actor_call" and self.instance is None:
-                self.early_calls.append(fields)
-            elif kind == "actor_call":
-                self.actor_call(fields)
-            else:
-                self.run_task(*fields)
+            try:
+                if kind == "create_actor":
+                    self.create_actor(*fields)
+                elif kind == "actor_call" and self.instance is None:
+                    self.early_calls.append(fields)
+                elif kind == "actor_call":
+                    self.actor_call(fields)
+                else:
+                    self.run_task(*fields)
+            except Exception as exc:  # noqa: BLE001 - a malformed call; user errors never get here
+                _log.warning("dropped a malformed %s message: %s: %s (Note [dropped messages] "
+                             "in messaging.py)", kind, type(exc).__name__, exc)
             if self.exit_call is not None:
                 self.finish_actor()
 
