@@ -547,13 +547,15 @@ class SharedMemoryReader(ChannelReader):
         if self._mapping is None:
             self.attach()
         channel, mapping = self.channel, self._mapping
-        if mapping.control.closed:
-            raise ChannelClosedError(f"{channel!r} was closed; read is not possible any more")
         if self._freed:
             self._clear_pins()
         seq = self._seq
         if self._writer_line.seq <= seq:
-            channel._wait(self.index, self._poll, timeout, "read")
+            try:
+                channel._wait(self.index, self._poll, timeout, "read")
+            except ChannelClosedError:
+                if self._writer_line.seq <= seq:   # else: written before the close, still read
+                    raise
         slot = seq % channel.num_slots
         record = mapping.slots[slot]
         generation = record.generation
@@ -578,7 +580,11 @@ class SharedMemoryReader(ChannelReader):
         cached = self._slot_views[slot]
         if cached is not None and cached[1] is not None:
             cached[1].close()  # unmapped once the last value viewing it is freed
-        segment, view = _map_slot(self._mapping.segment, slot, record)
+        try:
+            segment, view = _map_slot(self._mapping.segment, slot, record)
+        except FileNotFoundError:
+            raise ChannelClosedError(f"{self.channel!r} was destroyed by its creator; its "
+                                     f"values cannot be read any more") from None
         cached = self._slot_views[slot] = (generation, segment, view.toreadonly())
         return cached
 
