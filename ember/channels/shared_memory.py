@@ -70,13 +70,16 @@ _SLICE_S = 0.1
 # ~~~~~~~~~~~~~~~~~~~
 # Fresh shared memory is slow to touch: each 4 KiB page costs a fault that allocates and zeroes
 # it (~5 us in a VM: 0.3 s for 256 MiB, ten times the copy itself). So large buffers are kept
-# and reused rather than made per value. A value too big for its slot's buffer takes the
-# smallest large-enough buffer of another slot whose value every reader has acked and nobody
-# pins, and the two slots swap buffers; only when there is none does the writer create a new one
-# (twice the old capacity at least) and drop the slot's old one. A stream of big values through
-# one slot after another thus cycles through one or two buffers, mapped once in every process,
-# instead of growing every slot of the ring: memory stays at what is in flight, and a round
-# trip touches no fresh page once warm.
+# and reused rather than made per value. A value of _SHARE_MIN bytes or more that is too big
+# for its slot's buffer takes the smallest large-enough buffer of another slot whose value every
+# reader has acked and nobody pins, and the two slots swap buffers; only when there is none does
+# the writer create a new one (twice the old capacity at least) and drop the slot's old one. A
+# stream of big values through one slot after another thus cycles through one or two buffers,
+# mapped once in every process, instead of growing every slot of the ring: memory stays at what
+# is in flight, and a round trip touches no fresh page once warm. A smaller value grows its own
+# slot once: eight such buffers cost little, and the ring then never swaps (a swap scans every
+# slot, a few microseconds that a 1 MiB copy would notice; a 16 MiB one does not).
+_SHARE_MIN = 16 << 20
 
 
 def _unlink_if_owner(mapping: Mapping, owner_pid: int) -> None:
@@ -384,13 +387,14 @@ class SharedMemoryWriter(ChannelWriter):
             self._buffers.drop(buffer)
 
     def _make_room(self, seq: int, slot: int, size: int) -> None:
-        """Give ``slot`` a buffer of at least ``size`` bytes: swap in the smallest that fits
-        from a slot whose value every reader acked and nobody views, else create one."""
+        """Give ``slot`` a buffer of at least ``size`` bytes: for a large value, swap in the
+        smallest that fits from a slot whose value every reader acked and nobody views; else
+        create one (Note [buffer reuse])."""
         mapping, num_slots = self._mapping, self.channel.num_slots
         record = mapping.slots[slot]
         acked = min(line.seq for line in mapping.reader_lines)  # values below it are done
         spare: SlotRecord | None = None
-        for other_slot, other in enumerate(mapping.slots):
+        for other_slot, other in enumerate(mapping.slots if size >= _SHARE_MIN else ()):
             if (other.capacity >= size and other_slot != slot
                     and (spare is None or other.capacity < spare.capacity)
                     and seq - (slot - other_slot) % num_slots < acked   # its last value

@@ -40,14 +40,12 @@ def test_bytes_and_bytearrays_come_back_as_themselves(cls: type, size: int) -> N
 @pytest.mark.timeout(60)
 def test_large_bytes_cross_processes_intact(spawn) -> None:
     values = [os.urandom(6 * MiB), bytearray(os.urandom(5 * MiB)), b"small", os.urandom(6 * MiB)]
+    def check(value, got) -> None:
+        assert type(got) is type(value) and got == value
+
     forth, back = SharedMemoryChannel(), SharedMemoryChannel()
     with forth, back:
-        with running(spawn, peers.echo, forth.reader(0), back.writer(), len(values)):
-            writer, reader = forth.writer(), back.reader(0)
-            for value in values:
-                writer.write(value, timeout=20)
-                got = reader.read(timeout=20)
-                assert type(got) is type(value) and got == value
+        peers.echo_each(spawn, forth, back, values, check)
 
 
 @pytest.mark.timeout(60)
@@ -55,12 +53,12 @@ def test_a_stream_of_large_values_cycles_through_one_or_two_buffers(session) -> 
     with SharedMemoryChannel(num_slots=8) as channel:
         writer, reader = channel.writer(), channel.reader(0)
         for i in range(20):                   # every slot of the ring, more than twice
-            value = bytes([i]) * (2 * MiB)
+            value = bytes([i]) * (16 * MiB)
             writer.write(value)
             assert reader.read() == value     # a copy: the buffer is free once read
         assert len(buffer_files(session)) == 1     # not one grown buffer per slot
         for i in range(20):
-            array = np.full(2 * MiB, i, dtype=np.uint8)
+            array = np.full(16 * MiB, i, dtype=np.uint8)
             writer.write(array)
             np.testing.assert_array_equal(reader.read(), array)
         # a dropped array's pin is cleared at the reader's next read, after the next write:
@@ -70,7 +68,7 @@ def test_a_stream_of_large_values_cycles_through_one_or_two_buffers(session) -> 
 
 @pytest.mark.timeout(60)
 def test_buffers_a_reader_still_views_are_never_reused(spawn, session) -> None:
-    values = [np.full(MiB, i, dtype=np.uint8) for i in range(24)]
+    values = [np.full(16 * MiB, i, dtype=np.uint8) for i in range(24)]
     with SharedMemoryChannel(num_slots=4) as channel:
         with running(spawn, peers.write_all, channel.writer(), values) as writer:
             reader = channel.reader(0)
