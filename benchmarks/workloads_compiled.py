@@ -40,17 +40,18 @@ def linear_pipeline(rt: ModuleType, stages: list[Any]) -> Any:
     return node
 
 
-def run_in_flight(rt: ModuleType, cdag: Any, values: Iterable[Any], inflight: int) -> float:
+def run_in_flight(rt: ModuleType, cdag: Any, values: Iterable[Any], inflight: int,
+                  **get_options: Any) -> float:
     """Seconds to execute the graph on each of ``values`` keeping ``inflight`` executions
     pending (get the oldest, then execute a new one), and to get every result."""
     refs: collections.deque = collections.deque()
     start = time.perf_counter()
     for value in values:
         if len(refs) == inflight:
-            rt.get(refs.popleft())
+            rt.get(refs.popleft(), **get_options)
         refs.append(cdag.execute(value))
     while refs:
-        rt.get(refs.popleft())
+        rt.get(refs.popleft(), **get_options)
     return time.perf_counter() - start
 
 
@@ -146,6 +147,7 @@ def cg_idle_cpu(rt: ModuleType, cfg: Config) -> list[Row]:
 # hanging (Note [ray channel buffer] in run.py), so Ray compiles with a buffer that fits the
 # value (its documented knob for large values); ember grows its channels on demand.
 LARGE = 256 * MiB
+GET_TIMEOUT_S = 300.0   # Ray's default of 10 s is too short for 1 GiB on a busy machine
 
 
 def _compile_for(rt: ModuleType, dag: Any, nbytes: int) -> Any:
@@ -160,7 +162,7 @@ def _round_trip_s(rt: ModuleType, cdag: Any, value: Any, reps: int) -> list[floa
     times = []
     for rep in range(2 + reps):
         start = time.perf_counter()
-        out = rt.get(cdag.execute(value))
+        out = rt.get(cdag.execute(value), timeout=GET_TIMEOUT_S)
         elapsed = time.perf_counter() - start
         assert len(out) == len(value)
         del out
@@ -243,7 +245,8 @@ def cg_pipeline_compute(rt: ModuleType, cfg: Config) -> list[Row]:
     n = cfg.n(200, 40)
 
     def run(cdag: Any, count: int) -> float:
-        return (count + 1) * COMPUTE_S / run_in_flight(rt, cdag, range(count), 4)
+        return (count + 1) * COMPUTE_S / run_in_flight(rt, cdag, range(count), 4,
+                                                       timeout=GET_TIMEOUT_S)
 
     with spawned(rt, Busy, 2, **ACTOR_OPTIONS) as actors:
         with dag_module(rt).InputNode() as inp:
