@@ -201,17 +201,10 @@ def _array_from_frame(meta: memoryview, buffer: Any) -> Any:
 # before, which is cheaper for them.
 _BYTES_MIN = 64 * 1024
 _BYTES_KINDS = {bytes: BYTES, bytearray: BYTEARRAY}
-_BYTES_HEADS: dict[tuple[int, int], bytes] = {}   # (kind, length) -> head of its frames
 
 
 def _bytes_frame(value: bytes | bytearray) -> Serialized:
-    kind, nbytes = _BYTES_KINDS[type(value)], len(value)
-    head = _BYTES_HEADS.get((kind, nbytes))
-    if head is None:
-        if len(_BYTES_HEADS) >= _CACHE_LIMIT:
-            _BYTES_HEADS.clear()
-        head = _BYTES_HEADS[(kind, nbytes)] = _head(b"", [nbytes], kind)
-    return Serialized(head, [memoryview(value)])
+    return Serialized(_head(b"", [len(value)], _BYTES_KINDS[type(value)]), [memoryview(value)])
 
 
 def serialize(value: Any, what: str = "value") -> Serialized:
