@@ -288,7 +288,7 @@ def test_a_reader_acks_at_once_and_pins_a_slot_while_its_arrays_live() -> None:
         array = reader.read()
         view = array[1:]
         del array
-        assert view.tolist() == [1, 2] and pins[0] == 2   # slot 0, buffer 1 (its first), still viewed
+        assert view.tolist() == [1, 2] and pins[0] == 2   # slot 0, buffer 1, still viewed
         assert reader.read() == 7 and pins[1] == 0        # a plain value is a copy: no pin
         assert channel._mapping.reader_lines[0].seq == 2  # both acked
         del view
