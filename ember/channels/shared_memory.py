@@ -257,40 +257,38 @@ class SharedMemoryChannel(Channel):
 
 class _Buffers:
     """One end's mappings of a channel's buffers, by id (Note [slot buffers]): a buffer is
-    mapped once, whichever slot it is in, and unmapped once no slot holds it."""
+    mapped once, whichever slot it is in, and unmapped once no slot holds it. ``views`` (id ->
+    view of the whole buffer, read-only for a reader) is read directly on the hot path."""
 
-    __slots__ = ("_mapping", "_writable", "_views")
+    __slots__ = ("_mapping", "_writable", "views", "_segments")
 
     def __init__(self, mapping: Mapping, writable: bool) -> None:
         self._mapping = mapping
         self._writable = writable
-        self._views: dict[int, tuple[Segment | None, memoryview]] = {}
+        self.views: dict[int, memoryview] = {}
+        self._segments: dict[int, Segment] = {}
 
-    def view(self, record: SlotRecord) -> memoryview:
-        """A view of all of ``record``'s buffer (read-only for a reader)."""
-        entry = self._views.get(record.buffer)
-        if entry is None:
-            entry = self._map(record)
-        return entry[1]
-
-    def _map(self, record: SlotRecord) -> tuple[Segment | None, memoryview]:
+    def map(self, record: SlotRecord) -> memoryview:
+        """Map the buffer of ``record`` (not mapped yet), unmapping those no slot holds."""
         live = self._mapping.live_buffers()
-        for buffer in [b for b in self._views if b not in live]:
+        for buffer in [b for b in self.views if b not in live]:
             self.drop(buffer)
         segment, view = self._mapping.map_buffer(record, self._writable)
-        entry = self._views[record.buffer] = (segment, view if self._writable
-                                              else view.toreadonly())
-        return entry
+        self.add(record.buffer, segment, view if self._writable else view.toreadonly())
+        return self.views[record.buffer]
 
-    def add(self, buffer: int, segment: Segment) -> None:
-        """Keep the mapping of a buffer this process just created."""
-        self._views[buffer] = (segment, segment.buf)
+    def add(self, buffer: int, segment: Segment | None, view: memoryview) -> None:
+        """Keep the mapping of ``buffer``."""
+        self.views[buffer] = view
+        if segment is not None:
+            self._segments[buffer] = segment
 
     def drop(self, buffer: int) -> None:
         """Unmap ``buffer`` (once the last value viewing it is freed)."""
-        entry = self._views.pop(buffer, None)
-        if entry is not None and entry[0] is not None:
-            entry[0].close()
+        self.views.pop(buffer, None)
+        segment = self._segments.pop(buffer, None)
+        if segment is not None:
+            segment.close()
 
 
 class SharedMemoryWriter(ChannelWriter):
@@ -364,7 +362,10 @@ class SharedMemoryWriter(ChannelWriter):
             self._give_up(record)
         if size > record.capacity:
             self._make_room(seq, slot, size)
-        return self._buffers.view(record)[:size]
+        view = self._buffers.views.get(record.buffer)
+        if view is None:
+            view = self._buffers.map(record)
+        return view[:size]
 
     def _pinned(self, slot: int, buffer: int) -> bool:
         """Whether a reader still has views of ``buffer``, read from ``slot``."""
@@ -409,7 +410,7 @@ class SharedMemoryWriter(ChannelWriter):
         old = record.buffer
         capacity = self._grown_capacity(record.capacity, size)
         buffer, segment = mapping.create_buffer(capacity)
-        self._buffers.add(buffer, segment)
+        self._buffers.add(buffer, segment, segment.buf)
         record.buffer, record.offset, record.capacity = buffer, 0, capacity
         self._drop(old)
         if mapping.control.closed:  # destroy() may have missed the new segment
@@ -480,12 +481,16 @@ class SharedMemoryReader(ChannelReader):
                     raise
         slot = seq % channel.num_slots
         record = mapping.slots[slot]
-        try:
-            frame = self._buffers.view(record)[:record.length]
-        except FileNotFoundError:
-            raise ChannelClosedError(f"{channel!r} was destroyed by its creator; its values "
-                                     f"cannot be read any more") from None
-        self._reading = (slot, record.buffer)
+        buffer = record.buffer
+        view = self._buffers.views.get(buffer)
+        if view is None:
+            try:
+                view = self._buffers.map(record)
+            except FileNotFoundError:
+                raise ChannelClosedError(f"{channel!r} was destroyed by its creator; its values "
+                                         f"cannot be read any more") from None
+        frame = view[:record.length]
+        self._reading = (slot, buffer)
         try:
             return deserialize(frame, self._what, self._pin)
         finally:

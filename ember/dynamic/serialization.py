@@ -209,8 +209,9 @@ def _bytes_frame(value: bytes | bytearray) -> Serialized:
 
 def serialize(value: Any, what: str = "value") -> Serialized:
     """Pickle ``value`` with out-of-band buffers; raise SerializationError naming ``what``."""
-    if type(value) in _PLAIN_TYPES:   # nothing out of band: bytearrays pickle in-band too
-        if type(value) in _BYTES_KINDS and len(value) >= _BYTES_MIN:
+    cls = type(value)
+    if cls in _PLAIN_TYPES:   # nothing out of band: small bytearrays pickle in-band too
+        if cls in _BYTES_KINDS and len(value) >= _BYTES_MIN:
             return _bytes_frame(value)
         return Serialized(_head(pickle.dumps(value, protocol=5), [], PICKLED), [])
     frame = _array_frame(value)
