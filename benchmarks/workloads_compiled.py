@@ -1,17 +1,20 @@
-"""Compiled-graph workloads (ember.dag / ray.dag): round trip, pipeline, fan-out, compile, idle CPU."""
+"""Compiled-graph workloads (ember.dag / ray.dag): round trip, pipeline, fan-out, compile, idle CPU,
+large values, and a pipeline of CPU-bound stages."""
 
 from __future__ import annotations
 
 import collections
+import itertools
 import statistics
 import time
 from types import ModuleType
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
 from benchmarks.harness import (
     ACTOR_OPTIONS,
+    GB,
     MiB,
     Config,
     Echo,
@@ -37,6 +40,21 @@ def linear_pipeline(rt: ModuleType, stages: list[Any]) -> Any:
     return node
 
 
+def run_in_flight(rt: ModuleType, cdag: Any, values: Iterable[Any], inflight: int,
+                  **get_options: Any) -> float:
+    """Seconds to execute the graph on each of ``values`` keeping ``inflight`` executions
+    pending (get the oldest, then execute a new one), and to get every result."""
+    refs: collections.deque = collections.deque()
+    start = time.perf_counter()
+    for value in values:
+        if len(refs) == inflight:
+            rt.get(refs.popleft(), **get_options)
+        refs.append(cdag.execute(value))
+    while refs:
+        rt.get(refs.popleft(), **get_options)
+    return time.perf_counter() - start
+
+
 @workload()
 def cg_roundtrip_small(rt: ModuleType, cfg: Config) -> list[Row]:
     """One actor echoing 100 bytes through a compiled graph; p50/p99 µs of execute+get."""
@@ -54,18 +72,9 @@ def cg_roundtrip_small(rt: ModuleType, cfg: Config) -> list[Row]:
 def cg_pipeline_1mb(rt: ModuleType, cfg: Config) -> list[Row]:
     """4-actor linear pipeline, 1 MiB numpy input, 4 executions in flight; executions/s."""
     x = np.ones(MiB, dtype=np.uint8)
-    inflight = 4
 
     def run(cdag: Any, n: int) -> float:
-        refs: collections.deque = collections.deque()
-        start = time.perf_counter()
-        for _ in range(n):
-            if len(refs) == inflight:
-                rt.get(refs.popleft())
-            refs.append(cdag.execute(x))
-        while refs:
-            rt.get(refs.popleft())
-        return n / (time.perf_counter() - start)
+        return n / run_in_flight(rt, cdag, itertools.repeat(x, n), 4)
 
     with spawned(rt, Echo, 4, **ACTOR_OPTIONS) as actors, compiled(
         linear_pipeline(rt, actors)
@@ -128,3 +137,124 @@ def cg_idle_cpu(rt: ModuleType, cfg: Config) -> list[Row]:
         Row("idle_cpu_4actors", "%core", round(base, 2),
             note=f"reference: same 4 actors, no graph; {base_procs} processes"),
     ]
+
+
+# Note [large values]: a 256 MiB value goes to one actor and back (two channel hops, so at least
+# four copies for bytes: into each channel and out of it into a new bytes object; two for a
+# numpy array, which is read zero-copy), timed as execute + get after two warm-up round trips;
+# median of the timed ones. np.copy of the same array, interleaved in the same loop, is the
+# memory-speed reference. Ray's channels cannot grow past their first size without teardown
+# hanging (Note [ray channel buffer] in run.py), so Ray compiles with a buffer that fits the
+# value (its documented knob for large values); ember grows its channels on demand.
+LARGE = 256 * MiB
+GET_TIMEOUT_S = 300.0   # Ray's default of 10 s is too short for 1 GiB on a busy machine
+
+
+def _compile_for(rt: ModuleType, dag: Any, nbytes: int) -> Any:
+    """Compile ``dag`` for values of ``nbytes`` (Note [large values])."""
+    if rt.__name__ == "ray":
+        return dag.experimental_compile(_buffer_size_bytes=nbytes + MiB)
+    return dag.experimental_compile()
+
+
+def _round_trip_s(rt: ModuleType, cdag: Any, value: Any, reps: int) -> list[float]:
+    """Seconds of each of ``reps`` timed round trips of ``value``, after two warm-up ones."""
+    times = []
+    for rep in range(2 + reps):
+        start = time.perf_counter()
+        out = rt.get(cdag.execute(value), timeout=GET_TIMEOUT_S)
+        elapsed = time.perf_counter() - start
+        assert len(out) == len(value)
+        del out
+        if rep >= 2:
+            times.append(elapsed)
+    return times
+
+
+@workload("cg_bytes_256mb", "cg_array_256mb", "numpy_copy_256mb", "cg_bytes_1gb")
+def cg_large_values(rt: ModuleType, cfg: Config) -> list[Row]:
+    """256 MiB of bytes, then a 256 MiB uint8 array, through one actor and back (GB/s), beside
+    np.copy of the array; then 1 GiB of bytes, whose time should be ~4x that of 256 MiB."""
+    array = np.random.default_rng(0).integers(0, 255, LARGE, dtype=np.uint8)
+    data = array.tobytes()
+    reps = cfg.n(5, 2)
+    copies = []
+    for _ in range(reps + 1):
+        start = time.perf_counter()
+        copy = np.copy(array)
+        copies.append(time.perf_counter() - start)
+        del copy
+    with spawned(rt, Echo, 1, **ACTOR_OPTIONS) as actors:
+        with dag_module(rt).InputNode() as inp:
+            dag = actors[0].echo.bind(inp)
+        cdag = _compile_for(rt, dag, LARGE + MiB)
+        try:
+            bytes_s = _round_trip_s(rt, cdag, data, reps)
+            array_s = _round_trip_s(rt, cdag, array, reps)
+        finally:
+            cdag.teardown()
+        del array
+        big = data * 4
+        del data
+        with dag_module(rt).InputNode() as inp:
+            dag = actors[0].echo.bind(inp)
+        cdag = _compile_for(rt, dag, len(big) + MiB)
+        try:
+            big_s = _round_trip_s(rt, cdag, big, cfg.n(3, 1))
+        finally:
+            cdag.teardown()
+
+    def gbps(nbytes: int, times: list[float]) -> float:
+        return round(nbytes / GB / statistics.median(times), 2)
+
+    ratio = statistics.median(big_s) / statistics.median(bytes_s)
+    best_ratio = min(big_s) / min(bytes_s)     # the least disturbed samples of each
+    copy_gbps = gbps(LARGE, copies[1:])
+    return [
+        Row("cg_bytes_256mb", "GB/s", gbps(LARGE, bytes_s),
+            note=f"{gbps(LARGE, bytes_s) / copy_gbps:.2f} of np.copy; round trip, 1 actor"),
+        Row("cg_array_256mb", "GB/s", gbps(LARGE, array_s),
+            note=f"{gbps(LARGE, array_s) / copy_gbps:.2f} of np.copy; uint8 array"),
+        Row("numpy_copy_256mb", "GB/s", copy_gbps, note="reference: np.copy, same run"),
+        Row("cg_bytes_1gb", "GB/s", gbps(len(big), big_s),
+            note=f"1 GiB takes {ratio:.2f}x the time of 256 MiB, best of each "
+                 f"{best_ratio:.2f}x (4x is linear)"),
+    ]
+
+
+COMPUTE_S = 0.005
+
+
+class Busy:
+    """A stage that spends 5 ms of its thread's CPU time on each value."""
+
+    def ready(self) -> bool:
+        """Answer once the actor is up."""
+        return True
+
+    def work(self, x: Any) -> Any:
+        """Spin for 5 ms of CPU (time.thread_time), then return x."""
+        end = time.thread_time() + COMPUTE_S
+        while time.thread_time() < end:
+            pass
+        return x
+
+
+@workload()
+def cg_pipeline_compute(rt: ModuleType, cfg: Config) -> list[Row]:
+    """2 actors in a line, each spending 5 ms of CPU per value, 4 executions in flight;
+    efficiency = ideal wall time ((n + 1) x 5 ms: the stages overlap) / measured, median of 3."""
+    n = cfg.n(200, 40)
+
+    def run(cdag: Any, count: int) -> float:
+        return (count + 1) * COMPUTE_S / run_in_flight(rt, cdag, range(count), 4,
+                                                       timeout=GET_TIMEOUT_S)
+
+    with spawned(rt, Busy, 2, **ACTOR_OPTIONS) as actors:
+        with dag_module(rt).InputNode() as inp:
+            dag = actors[1].work.bind(actors[0].work.bind(inp))
+        with compiled(dag) as cdag:
+            run(cdag, 10)
+            efficiency = [run(cdag, n) for _ in range(cfg.n(3, 1))]
+    return [Row("cg_pipeline_compute", "efficiency", round(statistics.median(efficiency), 3),
+                note="ideal / wall; 2 stages x 5 ms CPU, 4 in flight")]

@@ -14,8 +14,11 @@ and changes nothing: the same call can be retried. ``*_nowait`` is the call with
 Note [channel close]
 ~~~~~~~~~~~~~~~~~~~~
 ``close()`` ends the channel for every handle in every process: it is idempotent, never blocks,
-and wakes every blocked reader and writer with ``ChannelClosedError``; later calls raise the same.
-``destroy()`` (by the channel's creator) closes it and frees its memory.
+and wakes every blocked reader and writer with ``ChannelClosedError``; later writes raise the
+same. A value written before the close is never lost to it: readers still get every such value,
+then ``ChannelClosedError`` (as a Go channel drains). So a result that was complete when a peer
+died and the graph closed its channels is still delivered. ``destroy()`` (by the channel's
+creator) closes it and frees its memory; what was not read by then is gone.
 """
 
 from __future__ import annotations

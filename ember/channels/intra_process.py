@@ -76,22 +76,28 @@ class IntraProcessChannel(Channel):
         state = self._state
         with state.cond:
             state.closed = True
-            state.values.clear()
             state.cond.notify_all()
 
     def destroy(self) -> None:
-        """Close the channel and forget its state in this process."""
+        """Close the channel, drop the values not read yet and forget its state in this process."""
         self.close()
+        state = self._state
+        with state.cond:
+            state.values.clear()
+            state.first_seq = state.write_seq
+            state.read_seqs[:] = [state.write_seq] * len(state.read_seqs)
         with _STATES_LOCK:
             if _STATES.get(self.key) is self._state:
                 del _STATES[self.key]
 
-    def _wait(self, ready: Callable[[], bool], timeout: float | None, what: str) -> None:
-        """Wait under the lock until ``ready()``; raise on close or timeout."""
+    def _wait(self, ready: Callable[[], bool], timeout: float | None, what: str,
+              drain: bool = False) -> None:
+        """Wait under the lock until ``ready()``; raise on close (unless ``drain`` and ready:
+        a reader still gets the values written before the close) or timeout."""
         state = self._state
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            if state.closed:
+            if state.closed and not (drain and ready()):
                 raise ChannelClosedError(f"{self!r} is closed; {what} is not possible")
             if ready():
                 return
@@ -137,7 +143,8 @@ class IntraProcessReader(ChannelReader):
         state = self.channel._state
         index = self.index
         with state.cond:
-            self.channel._wait(lambda: state.write_seq > state.read_seqs[index], timeout, "read")
+            self.channel._wait(lambda: state.write_seq > state.read_seqs[index], timeout, "read",
+                               drain=True)
             seq = state.read_seqs[index]
             value = state.values[seq - state.first_seq]
             state.read_seqs[index] = seq + 1

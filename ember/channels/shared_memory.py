@@ -1,22 +1,11 @@
 """A channel between processes on one node: a ring of slots in shared memory, waited on by futex.
 
-Layout of the channel's segment (``ember_<session>_chan_<id>``), native (little) endian::
-
-    control line  magic, version, num_readers, num_slots, max_size, closed flag
-    N+1 lines     one per reader, then the writer's: seq (u64: values acked / written), pid,
-                  start time, futex word (u32), sleeping flag (u32)
-    slot table    per slot: generation, offset, length (of the frame), capacity
-    pin table     per reader, from a line of its own: per slot, 1 + the generation it pins, or 0
-    slot data     generation 0 of every slot, page aligned after the header
-
-A slot that has grown lives in its own segment, ``<channel name>_s<slot>_g<generation>``.
-Each 64-byte line (and pin row) has one writer process, so processes do not share cache lines
-they write.
+The header's layout and each process's map of it are in ``shm_layout``; this module is the
+protocol: the channel object, waiting, and the writer and reader ends.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 import time
 import uuid
@@ -28,17 +17,14 @@ import numpy
 from ember.channels import futex
 from ember.channels.interface import (DEFAULT_NUM_SLOTS, Channel, ChannelReader, ChannelType,
                                       ChannelWriter)
+from ember.channels.shm_layout import (PAGE, Control, Line, Mapping, SlotRecord, buffer_path,
+                                       header_size, init_header, round_up, start_time)
 from ember.dynamic.serialization import deserialize, serialize
 from ember.dynamic.shm import Segment, segment_path, unlink
 from ember.exceptions import (ActorDiedError, ChannelClosedError, ChannelTimeoutError,
                               ChannelValueTooLargeError)
 
 DEFAULT_SLOT_CAPACITY = 64 * 1024
-_MAGIC = 0x52424D45  # b"EMBR"
-_VERSION = 2
-_PAGE = 4096
-_NO_LIMIT = (1 << 64) - 1
-_U32 = 0xFFFFFFFF
 
 # Note [channel waiting]
 # ~~~~~~~~~~~~~~~~~~~~~~
@@ -69,144 +55,34 @@ _SLICE_S = 0.1
 
 # Note [zero-copy lifetime]
 # ~~~~~~~~~~~~~~~~~~~~~~~~~
-# read() returns numpy arrays (and other out-of-band buffers) as read-only views of the slot, and
-# they stay valid for as long as they live: the reader acks every value at once, but first pins
-# the slot's generation in its pin row when the value has such views. A writer that comes round
-# to a slot pinned at its current generation moves the slot to a new segment (the next
-# generation) instead of overwriting it; the old memory goes with the last view. The buffers of
-# a value are slices of one root array with a weak reference on it; once the root is collected,
-# the reader clears the pin at its next read. So a consumer that keeps results costs one
-# fresh segment per reuse of a slot, never a stall and never a copy; one that drops them (the
-# usual loop) costs nothing. A value without such buffers (plain Python objects) is a full copy
-# already and pins nothing.
+# read() returns numpy arrays (and other out-of-band buffers) as read-only views of the slot's
+# buffer, and they stay valid for as long as they live: the reader acks every value at once, but
+# first pins the slot's buffer (its id, Note [slot buffers] in shm_layout.py) in its pin row when
+# the value has such views. A writer that comes round to a slot whose buffer is pinned gives the
+# buffer up for good (never written again; its memory goes with the last view) and puts the
+# value in another buffer. The buffers of a value are slices of one root array with a weak
+# reference on it; once the root is collected, the reader clears the pin at its next read. So a
+# consumer that keeps results costs one fresh buffer per reuse of a slot, never a stall and
+# never a copy; one that drops them (the usual loop) costs nothing. A value without such
+# buffers (plain Python objects, bytes) is a full copy already and pins nothing.
+
+# Note [buffer reuse]
+# ~~~~~~~~~~~~~~~~~~~
+# Fresh shared memory is slow to touch: each 4 KiB page costs a fault that allocates and zeroes
+# it (~5 us in a VM: 0.3 s for 256 MiB, ten times the copy itself). So large buffers are kept
+# and reused rather than made per value. A value of _SHARE_MIN bytes or more that is too big
+# for its slot's buffer takes the smallest large-enough buffer of another slot whose value every
+# reader has acked and nobody pins, and the two slots swap buffers; only when there is none does
+# the writer create a new one (twice the old capacity at least) and drop the slot's old one. A
+# stream of big values through one slot after another thus cycles through one or two buffers,
+# mapped once in every process, instead of growing every slot of the ring: memory stays at what
+# is in flight, and a round trip touches no fresh page once warm. A smaller value grows its own
+# slot once: eight such buffers cost little, and the ring then never swaps (a swap scans every
+# slot, a few microseconds that a 1 MiB copy would notice; a 16 MiB one does not).
+_SHARE_MIN = 16 << 20
 
 
-class _Control(ctypes.Structure):
-    _fields_ = [("magic", ctypes.c_uint32), ("version", ctypes.c_uint32),
-                ("num_readers", ctypes.c_uint32), ("num_slots", ctypes.c_uint32),
-                ("max_size", ctypes.c_uint64), ("closed", ctypes.c_uint32),
-                ("_pad", ctypes.c_uint8 * 36)]
-
-
-class _Line(ctypes.Structure):
-    """One party's line: its sequence (values written or acked), identity, futex word, and
-    whether it sleeps on another party's word (see Note [channel waiting])."""
-
-    _fields_ = [("seq", ctypes.c_uint64), ("pid", ctypes.c_uint64),
-                ("start_time", ctypes.c_uint64), ("word", ctypes.c_uint32),
-                ("sleeping", ctypes.c_uint32), ("_pad", ctypes.c_uint8 * 32)]
-
-
-class _SlotRecord(ctypes.Structure):
-    _fields_ = [("generation", ctypes.c_uint64), ("offset", ctypes.c_uint64),
-                ("length", ctypes.c_uint64), ("capacity", ctypes.c_uint64)]
-
-
-assert ctypes.sizeof(_Control) == 64 and ctypes.sizeof(_Line) == 64
-
-
-def _round_up(n: int, to: int) -> int:
-    return (n + to - 1) // to * to
-
-
-def _pin_table(num_readers: int, num_slots: int) -> tuple[int, int]:
-    """Return (offset of the pin table, u64 entries per reader row)."""
-    offset = _round_up(64 * (num_readers + 2) + ctypes.sizeof(_SlotRecord) * num_slots, 64)
-    return offset, _round_up(8 * num_slots, 64) // 8
-
-
-def _header_size(num_readers: int, num_slots: int) -> int:
-    offset, row = _pin_table(num_readers, num_slots)
-    return _round_up(offset + 8 * row * num_readers, _PAGE)
-
-
-def _start_time(pid: int) -> int | None:
-    """Return the start time (clock ticks since boot) of live process ``pid``; None if dead."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            data = stat.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    fields = data[data.rindex(b")") + 2:].split()
-    if fields[0] in (b"Z", b"X"):  # a zombie has died; only its parent has not reaped it yet
-        return None
-    return int(fields[19])
-
-
-def _slot_path(path: str, slot: int, generation: int) -> str:
-    """Return the path of the segment of ``slot`` once it has grown to ``generation`` (> 0)."""
-    return f"{path}_s{slot}_g{generation}"
-
-
-def _map_slot(header: Segment, slot: int,
-              record: "_SlotRecord") -> tuple[Segment | None, memoryview]:
-    """Map the current generation of ``slot``: (its own segment or None, a view of its bytes)."""
-    if record.generation == 0:
-        return None, header.buf[record.offset:record.offset + record.capacity]
-    segment = Segment.open(_slot_path(header.path, slot, record.generation))
-    return segment, segment.buf
-
-
-class _Mapping:
-    """One process's map of a channel header: ctypes views of its lines, slots and futex words."""
-
-    __slots__ = ("segment", "control", "lines", "word_addresses", "reader_lines", "writer_lines",
-                 "writer_line", "slots", "hot", "pin_row", "pins")
-
-    def __init__(self, segment: Segment) -> None:
-        self.segment = segment
-        mm = segment.mmap
-        self.control = _Control.from_buffer(mm, 0)
-        if self.control.magic != _MAGIC or self.control.version != _VERSION:
-            raise ValueError(f"{segment.path} is not an ember channel segment (version {_VERSION})")
-        num_readers, num_slots = self.control.num_readers, self.control.num_slots
-        # lines[0..N-1] are the readers', lines[N] the writer's (see the module docstring)
-        self.lines = [_Line.from_buffer(mm, 64 * (i + 1)) for i in range(num_readers + 1)]
-        self.word_addresses = [futex.word_address(mm, 64 * (i + 1) + _Line.word.offset)
-                               for i in range(num_readers + 1)]
-        table = 64 * (num_readers + 2)
-        self.reader_lines = self.lines[:-1]
-        self.writer_lines = self.lines[-1:]
-        self.writer_line = self.lines[-1]
-        self.slots = [_SlotRecord.from_buffer(mm, table + ctypes.sizeof(_SlotRecord) * i)
-                      for i in range(num_slots)]
-        self.hot = [False] * (num_readers + 1)   # per party: its last wait was short
-        pin_offset, self.pin_row = _pin_table(num_readers, num_slots)
-        self.pins = segment.buf[pin_offset:pin_offset + 8 * self.pin_row * num_readers].cast("Q")
-
-    def signal(self, party: int, waiters: list[_Line]) -> None:
-        """Bump the futex word of ``party``; wake it if one of ``waiters`` sleeps."""
-        line = self.lines[party]
-        line.word = (line.word + 1) & _U32
-        for waiter in waiters:   # a flag seen set needs no fence: waking is always safe
-            if waiter.sleeping:
-                break
-        else:
-            futex.fence()
-            for waiter in waiters:
-                if waiter.sleeping:
-                    break
-            else:
-                return
-        futex.wake(self.word_addresses[party])
-
-    def close(self) -> None:
-        """Set the closed flag, then bump every futex word and wake every sleeper."""
-        self.control.closed = 1
-        for party, line in enumerate(self.lines):
-            line.word = (line.word + 1) & _U32
-            futex.wake(self.word_addresses[party])
-
-    def unlink(self) -> None:
-        """Close the channel and unlink its segments; the memory goes with the last mapping."""
-        self.close()
-        for slot, record in enumerate(self.slots):
-            if record.generation:
-                unlink(_slot_path(self.segment.path, slot, record.generation))
-        self.segment.unlink()
-
-
-def _unlink_if_owner(mapping: _Mapping, owner_pid: int) -> None:
+def _unlink_if_owner(mapping: Mapping, owner_pid: int) -> None:
     """Finalizer of a channel's creator: unlink, unless this is a forked child of the creator."""
     if os.getpid() == owner_pid:
         mapping.unlink()
@@ -216,8 +92,8 @@ class SharedMemoryChannel(Channel):
     """A channel in shared memory between processes of one node; pickle it to send it to a peer.
 
     ``slot_capacity`` is the initial size of each of the ``num_slots`` slots; a larger value
-    grows its slot (a new segment the readers follow) up to ``max_size`` bytes (None: no limit;
-    ``max_size=slot_capacity`` forbids growth). See Note [zero-copy lifetime].
+    moves its slot to a larger buffer (Note [buffer reuse]) up to ``max_size`` bytes (None: no
+    limit; ``max_size=slot_capacity`` forbids growth). See Note [zero-copy lifetime].
 
     The object made here owns the segments: ``destroy()`` unlinks them, and so does its garbage
     collection or its process's exit. Copies (unpickled elsewhere) and handles only map them.
@@ -231,19 +107,11 @@ class SharedMemoryChannel(Channel):
                              f"num_slots={num_slots}, slot_capacity={slot_capacity}")
         if max_size is not None and max_size < slot_capacity:
             raise ValueError(f"max_size {max_size} is smaller than slot_capacity {slot_capacity}")
-        capacity = _round_up(slot_capacity, 64)
-        header = _header_size(num_readers, num_slots)
+        capacity = round_up(slot_capacity, 64)
         path = segment_path("chan", uuid.uuid4().hex[:12])
-        segment = Segment.create(path, header + capacity * num_slots)
-        control = _Control.from_buffer(segment.mmap, 0)
-        control.num_readers, control.num_slots = num_readers, num_slots
-        control.max_size = _NO_LIMIT if max_size is None else max_size
-        control.version = _VERSION
-        control.magic = _MAGIC
+        segment = Segment.create(path, header_size(num_readers, num_slots) + capacity * num_slots)
         self._set_fields(path, num_readers, num_slots, max_size)
-        self._mapping = _Mapping(segment)
-        for i, record in enumerate(self._mapping.slots):
-            record.offset, record.capacity = header + capacity * i, capacity
+        self._mapping = init_header(segment, num_readers, num_slots, max_size, capacity)
         # the creator owns the segments: destroy() frees them, else its collection or exit does
         weakref.finalize(self, _unlink_if_owner, self._mapping, os.getpid())
 
@@ -253,7 +121,7 @@ class SharedMemoryChannel(Channel):
         self.num_readers = num_readers
         self.num_slots = num_slots
         self.max_size = max_size
-        self._mapping: _Mapping | None = None
+        self._mapping: Mapping | None = None
 
     @classmethod
     def _unpickle(cls, path: str, num_readers: int, num_slots: int,
@@ -279,11 +147,11 @@ class SharedMemoryChannel(Channel):
         self.check_reader_index(index)
         return SharedMemoryReader(self, index)
 
-    def _map(self) -> _Mapping:
+    def _map(self) -> Mapping:
         """Return this process's mapping of the header, opening the segment on first use."""
         if self._mapping is None:
             try:
-                self._mapping = _Mapping(Segment.open(self.path))
+                self._mapping = Mapping(Segment.open(self.path))
             except FileNotFoundError:
                 raise ChannelClosedError(
                     f"{self!r} was destroyed by its creator; it cannot be used any more") from None
@@ -348,7 +216,7 @@ class SharedMemoryChannel(Channel):
             mapping.hot[me] = time.monotonic() - start < _HOT_SPIN_S
 
     @staticmethod
-    def _spin(control: _Control, poll: Callable[[], int], end: float) -> bool:
+    def _spin(control: Control, poll: Callable[[], int], end: float) -> bool:
         """Poll, yielding the core between polls, until ``end`` (time.monotonic); True if the
         condition came true (Note [channel waiting])."""
         yield_core, now = os.sched_yield, time.monotonic
@@ -363,7 +231,7 @@ class SharedMemoryChannel(Channel):
     def _check_alive(self, party: int, what: str) -> None:
         line = self._mapping.lines[party]
         pid = line.pid
-        if pid and _start_time(pid) != line.start_time and line.pid == pid:
+        if pid and start_time(pid) != line.start_time and line.pid == pid:
             role = "writer" if party == self.num_readers else f"reader {party}"
             raise ActorDiedError(
                 f"the {role} process {pid} of {self!r} died while this process waited to {what}; "
@@ -378,26 +246,61 @@ class SharedMemoryChannel(Channel):
         return (f"{what} on {self!r} timed out after {timeout} s: {why}; retry, or pass a "
                 f"longer timeout")
 
-    def _attach(self, party: int) -> _Line:
+    def _attach(self, party: int) -> Line:
         """Register this process as ``party`` (pid and start time) and return its line."""
         line = self._map().lines[party]
         pid = os.getpid()
-        line.start_time = _start_time(pid) or 0
+        line.start_time = start_time(pid) or 0
         line.pid = pid
         return line
+
+
+class _Buffers:
+    """One end's mappings of a channel's buffers, by id (Note [slot buffers]): a buffer is
+    mapped once, whichever slot it is in, and unmapped once no slot holds it. ``views`` (id ->
+    view of the whole buffer, read-only for a reader) is read directly on the hot path."""
+
+    __slots__ = ("_mapping", "_writable", "views", "_segments")
+
+    def __init__(self, mapping: Mapping, writable: bool) -> None:
+        self._mapping = mapping
+        self._writable = writable
+        self.views: dict[int, memoryview] = {}
+        self._segments: dict[int, Segment] = {}
+
+    def map(self, record: SlotRecord) -> memoryview:
+        """Map the buffer of ``record`` (not mapped yet), unmapping those no slot holds."""
+        live = self._mapping.live_buffers()
+        for buffer in [b for b in self.views if b not in live]:
+            self.drop(buffer)
+        segment, view = self._mapping.map_buffer(record, self._writable)
+        self.add(record.buffer, segment, view if self._writable else view.toreadonly())
+        return self.views[record.buffer]
+
+    def add(self, buffer: int, segment: Segment | None, view: memoryview) -> None:
+        """Keep the mapping of ``buffer``."""
+        self.views[buffer] = view
+        if segment is not None:
+            self._segments[buffer] = segment
+
+    def drop(self, buffer: int) -> None:
+        """Unmap ``buffer`` (once the last value viewing it is freed)."""
+        self.views.pop(buffer, None)
+        segment = self._segments.pop(buffer, None)
+        if segment is not None:
+            segment.close()
 
 
 class SharedMemoryWriter(ChannelWriter):
     """The writing end of a SharedMemoryChannel; pickles as (channel, role)."""
 
-    __slots__ = ("channel", "_mapping", "_seq", "_slot_views", "_what", "_line", "_max_size",
+    __slots__ = ("channel", "_mapping", "_seq", "_buffers", "_what", "_line", "_max_size",
                  "_pin_indices")
 
     def __init__(self, channel: SharedMemoryChannel) -> None:
         self.channel = channel
-        self._mapping: _Mapping | None = None   # set by attach(), with the fields below
+        self._mapping: Mapping | None = None   # set by attach(), with the fields below
         self._seq = 0
-        self._slot_views: list[tuple[int, Segment | None, memoryview] | None] = []
         self._what = f"a value written to {channel!r}"
 
     def __reduce__(self) -> tuple:
@@ -409,8 +312,8 @@ class SharedMemoryWriter(ChannelWriter):
             channel = self.channel
             self._line = channel._attach(channel.num_readers)
             self._seq = self._line.seq
-            self._slot_views = [None] * channel.num_slots
             mapping = channel._mapping
+            self._buffers = _Buffers(mapping, writable=True)
             self._max_size = mapping.control.max_size
             self._pin_indices = [range(slot, len(mapping.pins), mapping.pin_row)
                                  for slot in range(channel.num_slots)]
@@ -436,7 +339,7 @@ class SharedMemoryWriter(ChannelWriter):
                 channel._wait(channel.num_readers, self._lagging_reader, timeout, "write")
                 break
         slot = seq % channel.num_slots
-        frame.write_into(self._slot_view(slot, size))
+        frame.write_into(self._slot_view(seq, slot, size))
         mapping.slots[slot].length = size
         self._line.seq = seq + 1            # publish: payload and record first, sequence last
         self._seq = seq + 1
@@ -450,54 +353,75 @@ class SharedMemoryWriter(ChannelWriter):
                 return index
         return -1
 
-    def _slot_view(self, slot: int, size: int) -> memoryview:
-        """Return a writable view of ``slot``, moving it to a new segment first if ``size``
-        bytes do not fit or a reader still uses it (Note [zero-copy lifetime])."""
+    def _slot_view(self, seq: int, slot: int, size: int) -> memoryview:
+        """Return a writable view of ``size`` bytes for value ``seq`` in ``slot``: first give
+        up a buffer that a reader still views, then find a larger one if the value does not
+        fit (Notes [zero-copy lifetime] and [buffer reuse])."""
         record = self._mapping.slots[slot]
+        if record.buffer and self._pinned(slot, record.buffer):
+            self._give_up(record)
         if size > record.capacity:
-            self._move(slot, self._grown_capacity(record.capacity, size))
-        elif self._pinned(slot, record.generation):
-            self._move(slot, record.capacity)
-        cached = self._slot_views[slot]
-        if cached is None or cached[0] != record.generation:
-            cached = self._map_slot(slot, record)
-        return cached[2][:size]
+            self._make_room(seq, slot, size)
+        view = self._buffers.views.get(record.buffer)
+        if view is None:
+            view = self._buffers.map(record)
+        return view[:size]
 
-    def _map_slot(self, slot: int, record: _SlotRecord) -> tuple[int, Segment | None, memoryview]:
-        segment, view = _map_slot(self._mapping.segment, slot, record)
-        self._slot_views[slot] = (record.generation, segment, view)
-        return self._slot_views[slot]
-
-    def _pinned(self, slot: int, generation: int) -> bool:
-        """Whether a reader still has views of ``slot`` at ``generation``."""
-        pins, mark = self._mapping.pins, generation + 1
+    def _pinned(self, slot: int, buffer: int) -> bool:
+        """Whether a reader still has views of ``buffer``, read from ``slot``."""
+        pins, mark = self._mapping.pins, buffer + 1
         for index in self._pin_indices[slot]:
             if pins[index] == mark:
                 return True
         return False
 
+    def _give_up(self, record: SlotRecord) -> None:
+        """Leave the buffer of ``record`` to the views that use it; the slot has none now."""
+        buffer = record.buffer
+        record.buffer, record.offset, record.capacity = 0, 0, 0
+        self._drop(buffer)
+
+    def _drop(self, buffer: int) -> None:
+        """Forget ``buffer``, which no slot holds any more: unlink it if it has a segment."""
+        if buffer > self.channel.num_slots:
+            unlink(buffer_path(self.channel.path, buffer))
+            self._buffers.drop(buffer)
+
+    def _make_room(self, seq: int, slot: int, size: int) -> None:
+        """Give ``slot`` a buffer of at least ``size`` bytes: for a large value, swap in the
+        smallest that fits from a slot whose value every reader acked and nobody views; else
+        create one (Note [buffer reuse])."""
+        mapping, num_slots = self._mapping, self.channel.num_slots
+        record = mapping.slots[slot]
+        acked = min(line.seq for line in mapping.reader_lines)  # values below it are done
+        spare: SlotRecord | None = None
+        for other_slot, other in enumerate(mapping.slots if size >= _SHARE_MIN else ()):
+            if (other.capacity >= size and other_slot != slot
+                    and (spare is None or other.capacity < spare.capacity)
+                    and seq - (slot - other_slot) % num_slots < acked   # its last value
+                    and not self._pinned(other_slot, other.buffer)):
+                spare = other
+        if spare is not None:
+            mine = record.buffer, record.offset, record.capacity
+            record.buffer, record.offset, record.capacity = (spare.buffer, spare.offset,
+                                                             spare.capacity)
+            spare.buffer, spare.offset, spare.capacity = mine
+            return
+        old = record.buffer
+        capacity = self._grown_capacity(record.capacity, size)
+        buffer, segment = mapping.create_buffer(capacity)
+        self._buffers.add(buffer, segment, segment.buf)
+        record.buffer, record.offset, record.capacity = buffer, 0, capacity
+        self._drop(old)
+        if mapping.control.closed:  # destroy() may have missed the new segment
+            segment.unlink()
+
     def _grown_capacity(self, capacity: int, size: int) -> int:
         """The capacity a slot of ``capacity`` grows to for a value of ``size`` bytes."""
-        grown = _round_up(max(size, 2 * capacity), _PAGE)
+        grown = round_up(max(size, 2 * capacity), PAGE)
         if self.channel.max_size is not None:
             grown = max(size, min(grown, self.channel.max_size))
         return grown
-
-    def _move(self, slot: int, capacity: int) -> None:
-        """Move ``slot`` (acked by every reader) into a new segment of ``capacity`` bytes."""
-        channel = self.channel
-        record = self._mapping.slots[slot]
-        generation = record.generation + 1
-        segment = Segment.create(_slot_path(channel.path, slot, generation), capacity)
-        old = self._slot_views[slot]
-        if record.generation:
-            unlink(_slot_path(channel.path, slot, record.generation))
-        if old is not None and old[1] is not None:
-            old[1].close()
-        self._slot_views[slot] = (generation, segment, segment.buf)
-        record.offset, record.capacity, record.generation = 0, capacity, generation
-        if self._mapping.control.closed:  # destroy() may have missed the new segment
-            segment.unlink()
 
     def close(self) -> None:
         """Close the whole channel."""
@@ -505,7 +429,7 @@ class SharedMemoryWriter(ChannelWriter):
 
 
 class _Root(weakref.ref):
-    """A weak reference to the root array of a value read, keyed by its (slot, generation)."""
+    """A weak reference to the root array of a value read, keyed by its (slot, buffer)."""
 
     __slots__ = ("key",)
 
@@ -513,18 +437,17 @@ class _Root(weakref.ref):
 class SharedMemoryReader(ChannelReader):
     """One reading end of a SharedMemoryChannel; pickles as (channel, index)."""
 
-    __slots__ = ("channel", "index", "_mapping", "_seq", "_slot_views", "_what", "_reading",
+    __slots__ = ("channel", "index", "_mapping", "_seq", "_buffers", "_what", "_reading",
                  "_roots", "_freed", "_line", "_writer_line", "_pin_base")
 
     def __init__(self, channel: SharedMemoryChannel, index: int) -> None:
         self.channel = channel
         self.index = index
-        self._mapping: _Mapping | None = None   # set by attach(), with the fields below
+        self._mapping: Mapping | None = None   # set by attach(), with the fields below
         self._seq = 0          # values read (and acked)
-        self._slot_views: list[tuple[int, Segment | None, memoryview] | None] = []
         self._what = f"a value read from {channel!r}"
-        self._reading = (0, 0)   # (slot, generation) of the value being read
-        self._roots: dict[tuple[int, int], _Root] = {}   # live root per (slot, generation)
+        self._reading = (0, 0)   # (slot, buffer) of the value being read
+        self._roots: dict[tuple[int, int], _Root] = {}   # live root per (slot, buffer)
         self._freed: list[_Root] = []   # roots collected whose pins are not cleared yet
 
     def __reduce__(self) -> tuple:
@@ -536,7 +459,7 @@ class SharedMemoryReader(ChannelReader):
             channel = self.channel
             self._line = channel._attach(self.index)
             self._seq = self._line.seq
-            self._slot_views = [None] * channel.num_slots
+            self._buffers = _Buffers(channel._mapping, writable=False)
             self._writer_line = channel._mapping.writer_line
             self._pin_base = self.index * channel._mapping.pin_row
             self._mapping = channel._mapping
@@ -547,21 +470,27 @@ class SharedMemoryReader(ChannelReader):
         if self._mapping is None:
             self.attach()
         channel, mapping = self.channel, self._mapping
-        if mapping.control.closed:
-            raise ChannelClosedError(f"{channel!r} was closed; read is not possible any more")
         if self._freed:
             self._clear_pins()
         seq = self._seq
         if self._writer_line.seq <= seq:
-            channel._wait(self.index, self._poll, timeout, "read")
+            try:
+                channel._wait(self.index, self._poll, timeout, "read")
+            except ChannelClosedError:
+                if self._writer_line.seq <= seq:   # else: written before the close, still read
+                    raise
         slot = seq % channel.num_slots
         record = mapping.slots[slot]
-        generation = record.generation
-        cached = self._slot_views[slot]
-        if cached is None or cached[0] != generation:
-            cached = self._map_slot(slot, generation, record)
-        frame = cached[2][:record.length]
-        self._reading = (slot, generation)
+        buffer = record.buffer
+        view = self._buffers.views.get(buffer)
+        if view is None:
+            try:
+                view = self._buffers.map(record)
+            except FileNotFoundError:
+                raise ChannelClosedError(f"{channel!r} was destroyed by its creator; its values "
+                                         f"cannot be read any more") from None
+        frame = view[:record.length]
+        self._reading = (slot, buffer)
         try:
             return deserialize(frame, self._what, self._pin)
         finally:
@@ -572,24 +501,14 @@ class SharedMemoryReader(ChannelReader):
     def _poll(self) -> int:
         return -1 if self._writer_line.seq > self._seq else self.channel.num_readers
 
-    def _map_slot(self, slot: int, generation: int,
-                  record: _SlotRecord) -> tuple[int, Segment | None, memoryview]:
-        """Map the current generation of ``slot`` (read-only), unmapping the one it replaces."""
-        cached = self._slot_views[slot]
-        if cached is not None and cached[1] is not None:
-            cached[1].close()  # unmapped once the last value viewing it is freed
-        segment, view = _map_slot(self._mapping.segment, slot, record)
-        cached = self._slot_views[slot] = (generation, segment, view.toreadonly())
-        return cached
-
     def _pin(self, view: memoryview) -> Any:
         """Return a root array over ``view`` (of the value being read), and pin its slot until
         the root is collected (Note [zero-copy lifetime])."""
         root = numpy.asarray(view)   # a read-only uint8 array; frombuffer would try writing first
-        key = slot, generation = self._reading
+        key = slot, buffer = self._reading
         ref = self._roots[key] = _Root(root, self._freed.append)
         ref.key = key
-        self._mapping.pins[self._pin_base + slot] = generation + 1
+        self._mapping.pins[self._pin_base + slot] = buffer + 1
         return root
 
     def _clear_pins(self) -> None:
@@ -599,10 +518,10 @@ class SharedMemoryReader(ChannelReader):
         freed, roots, pins = self._freed, self._roots, self._mapping.pins
         while freed:
             ref = freed.pop()
-            slot, generation = key = ref.key
+            slot, buffer = key = ref.key
             if roots.get(key) is ref:
                 del roots[key]
-                if pins[self._pin_base + slot] == generation + 1:
+                if pins[self._pin_base + slot] == buffer + 1:
                     pins[self._pin_base + slot] = 0
 
     def close(self) -> None:

@@ -8,8 +8,9 @@ Frame layout (little endian)::
 
     u32 nbuf | u32 kind | u64 meta_len | u64 buf_len * nbuf | meta | pad | buf0 | pad | buf1 ...
 
-Buffers start at 64-byte aligned offsets from the frame start. ``kind`` is PICKLED, or ARRAY
-for a bare numpy array (Note [array frames]).
+Buffers start at 64-byte aligned offsets from the frame start. ``kind`` is PICKLED, ARRAY for
+a bare numpy array (Note [array frames]), or BYTES / BYTEARRAY for a large bare one of those
+(Note [bytes frames]).
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ from typing import Any, Callable
 
 import cloudpickle
 
+from ember.dynamic.fresh_copy import bytearray_from, bytes_from
 from ember.exceptions import SerializationError
 
 ALIGN = 64
-PICKLED, ARRAY = 0, 1
+PICKLED, ARRAY, BYTES, BYTEARRAY = 0, 1, 2, 3
 _HEAD = struct.Struct("<IIQ")
 _PADDING = bytes(ALIGN)
 _LENGTHS = [struct.Struct(f"<{n}Q") for n in range(17)]   # the buffer lengths of small frames
@@ -70,7 +72,7 @@ class Serialized:
 
     @property
     def kind(self) -> int:
-        """PICKLED or ARRAY (Note [array frames])."""
+        """PICKLED, ARRAY, BYTES or BYTEARRAY (Notes [array frames] and [bytes frames])."""
         return _HEAD.unpack_from(self.head)[1]
 
     def pieces(self) -> list[tuple[int, memoryview | bytes]]:
@@ -241,9 +243,26 @@ class _TorchStrided:
 _STRIDED = _TorchStrided()
 
 
+# Note [bytes frames]: pickle copies a bytes value into its stream and again out of it, and
+# the frame's head would copy the stream once more: for 256 MiB, 0.2 s each. A bare bytes or
+# bytearray of _BYTES_MIN bytes or more is framed as its raw bytes instead (one buffer, no
+# pickle stream), so writing it is one copy into the frame, and reading it one copy out of it
+# into the new object (fresh_copy: Note [huge-page copies]). Smaller ones pickle in-band as
+# before, which is cheaper for them.
+_BYTES_MIN = 64 * 1024
+_BYTES_KINDS = {bytes: BYTES, bytearray: BYTEARRAY}
+
+
+def _bytes_frame(value: bytes | bytearray) -> Serialized:
+    return Serialized(_head(b"", [len(value)], _BYTES_KINDS[type(value)]), [memoryview(value)])
+
+
 def serialize(value: Any, what: str = "value") -> Serialized:
     """Pickle ``value`` with out-of-band buffers; raise SerializationError naming ``what``."""
-    if type(value) in _PLAIN_TYPES:   # nothing out of band: bytearrays pickle in-band too
+    cls = type(value)
+    if cls in _PLAIN_TYPES:   # nothing out of band: small bytearrays pickle in-band too
+        if cls in _BYTES_KINDS and len(value) >= _BYTES_MIN:
+            return _bytes_frame(value)
         return Serialized(_head(pickle.dumps(value, protocol=5), [], PICKLED), [])
     frame = _array_frame(value)
     if frame is not None:
@@ -286,6 +305,10 @@ def deserialize(frame: memoryview | bytes, what: str = "value",
         offset += 8 * nbuf
         meta = view[offset:offset + meta_len]
         offset = _align(offset + meta_len)
+        if kind == BYTES:
+            return bytes_from(view[offset:offset + lengths[0]])
+        if kind == BYTEARRAY:
+            return bytearray_from(view[offset:offset + lengths[0]])
         if kind == ARRAY:
             data = view[offset:offset + lengths[0]]
             buffers.append(data if root is None else root(data))

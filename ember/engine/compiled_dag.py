@@ -20,6 +20,9 @@ it closes every channel of the graph (Note [loop exit] in executor.py). The driv
 the processes of all actors between the slices of its waits. Either way the graph is marked
 broken: every pending and later ``get`` and every ``execute`` raises ``ActorDiedError``, and
 ``teardown`` still frees everything. Surviving actors stay usable, also for a new graph.
+Results that were complete before the death are not lost: an output channel still yields the
+values written to it before it was closed (Note [channel close] in channels/interface.py), so
+their ``get`` returns them; only executions that had not finished raise.
 
 Note [fast fail]
 ~~~~~~~~~~~~~~~~

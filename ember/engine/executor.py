@@ -14,7 +14,10 @@ Note [loop exit]
 ~~~~~~~~~~~~~~~~
 A loop ends when a channel is closed (teardown) or when a channel reports a dead peer. In the
 second case it closes every channel it uses, which wakes every other loop and the driver at once:
-the graph is broken, and the driver turns that into ``ActorDiedError`` for every pending ``get``.
+the graph is broken, and the driver turns that into ``ActorDiedError`` for every pending ``get``
+whose result was not complete: a result already written to an output channel is still read
+(Note [channel close] in channels/interface.py). A read drains what was written before a close,
+so after a teardown a loop may still run one buffered execution; its write then fails.
 """
 
 from __future__ import annotations

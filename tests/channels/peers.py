@@ -28,6 +28,17 @@ def running(ctx: multiprocessing.context.SpawnContext, target: Callable[..., Non
         process.join(10)
 
 
+def echo_each(ctx: multiprocessing.context.SpawnContext, forth: Channel, back: Channel,
+              values: list[Any], check: Callable[[Any, Any], None]) -> None:
+    """Send each of ``values`` to an echo process through ``forth`` and read it back from
+    ``back``, one at a time; ``check(value, got)`` each (and drop both before the next)."""
+    with running(ctx, echo, forth.reader(0), back.writer(), len(values)):
+        writer, reader = forth.writer(), back.reader(0)
+        for value in values:
+            writer.write(value, timeout=20)
+            check(value, reader.read(timeout=20))
+
+
 def fingerprint(value: Any) -> Any:
     """Return a small picklable stand-in of ``value`` that tells values apart (arrays by CRC)."""
     if isinstance(value, np.ndarray):

@@ -41,3 +41,22 @@ def test_every_transport_behaves_the_same(channel_type: ChannelType) -> None:
     with pytest.raises(ChannelClosedError):
         readers[0].read(timeout=0)
     channel.destroy()
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("channel_type", [IntraProcessType(), SharedMemoryType(slot_capacity=64)],
+                         ids=repr)
+def test_values_written_before_a_close_are_still_read(channel_type: ChannelType) -> None:
+    channel = channel_type.create_channel(num_readers=2, num_slots=4)
+    writer, readers = channel.writer(), [channel.reader(0), channel.reader(1)]
+    values = [1, b"x" * 1000, "three"]        # the bytes outgrow a 64-byte slot
+    for value in values:
+        writer.write(value)
+    channel.close()
+    with pytest.raises(ChannelClosedError):
+        writer.write(4)
+    for reader in readers:
+        assert [reader.read(timeout=0), reader.read(timeout=5), reader.read()] == values
+        with pytest.raises(ChannelClosedError):
+            reader.read(timeout=5)
+    channel.destroy()

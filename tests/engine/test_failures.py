@@ -147,3 +147,34 @@ def test_shutdown_tears_down_live_graphs():
         assert pending.get(timeout=5) == 4
     except DAGTeardownError:
         pass
+
+
+def _written_to_driver(cdag) -> int:
+    """How many values the output channel's writer has written so far (its header's count)."""
+    (output,) = [cp for cp in cdag.plan.channels if "driver" in cp.readers]
+    return cdag._channels[output.id]._map().writer_line.seq
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("victim", [0, 1, 2])
+def test_results_complete_before_a_death_survive_it(victim):
+    stages = [Stage.remote() for _ in range(3)]
+    pids = ember.get([s.pid.remote() for s in stages], timeout=30)
+    with InputNode() as inp:
+        dag = stages[2].fwd.bind(stages[1].fwd.bind(stages[0].fwd.bind(inp)))
+    with dag.compile() as cdag:
+        refs = [cdag.execute(i) for i in range(8)]
+        deadline = time.monotonic() + 30
+        while _written_to_driver(cdag) < 8:
+            assert time.monotonic() < deadline, "the 8 results were not written in 30 s"
+            time.sleep(0.01)
+        os.kill(pids[victim], signal.SIGKILL)
+        time.sleep(0.5)           # every loop that can see the death has seen it by now
+        assert [ref.get(timeout=10) for ref in refs] == [i + 3 for i in range(8)]
+        start = time.monotonic()
+        with pytest.raises(ActorDiedError):
+            cdag.execute(0).get(timeout=30)
+        assert time.monotonic() - start < 5, "ActorDiedError must come within seconds"
+    for i, stage in enumerate(stages):
+        if i != victim:
+            ember.kill(stage)

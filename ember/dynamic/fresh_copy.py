@@ -1,0 +1,69 @@
+"""Copy a large buffer into a new ``bytes`` or ``bytearray`` at memory speed.
+
+Note [huge-page copies]
+~~~~~~~~~~~~~~~~~~~~~~~
+A new 256 MiB ``bytes`` is fresh memory from mmap: every 4 KiB page faults on first touch, and in
+a VM those faults cost more than the copy (``bytes(view)`` of 256 MiB: ~160 ms, ``np.copy``:
+~40 ms, because numpy asks for transparent huge pages). So a large copy makes the object
+uninitialised (``PyBytes_FromStringAndSize(NULL, n)``, which touches only its first and last
+page), advises huge pages for its data (``MADV_HUGEPAGE``, which the usual THP mode "madvise"
+needs) and faults the range in with one call (``MADV_POPULATE_WRITE``), then copies into it
+with one ``memmove``: one fault per 2 MiB instead of per 4 KiB, and no trap per fault. The
+object is filled before anyone else sees it. Where the advice fails (no THP) the copy is still
+right, only slower.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+_LARGE = 4 << 20         # below this, fresh pages cost little next to the call overhead
+_HUGE = 2 << 20
+_MADV_HUGEPAGE = 14
+_MADV_POPULATE_WRITE = 23   # Linux 5.14: fault the whole range in at once
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_madvise = _LIBC.madvise
+_madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+_new_bytes = ctypes.pythonapi.PyBytes_FromStringAndSize
+_new_bytes.argtypes = [ctypes.c_void_p, ctypes.c_ssize_t]
+_new_bytes.restype = ctypes.py_object
+_new_bytearray = ctypes.pythonapi.PyByteArray_FromStringAndSize
+_new_bytearray.argtypes = [ctypes.c_void_p, ctypes.c_ssize_t]
+_new_bytearray.restype = ctypes.py_object
+_BYTES_DATA = bytes.__basicsize__ - 1    # offset of ob_sval: the header, less the trailing NUL
+
+
+def _readonly_address(view: memoryview) -> int:
+    """The address of a contiguous buffer's first byte (ctypes will not take read-only ones)."""
+    import numpy    # only large copies need it
+    return numpy.frombuffer(view, dtype=numpy.uint8).ctypes.data
+
+
+def _fill(dest: int, view: memoryview, nbytes: int) -> None:
+    """Advise huge pages for ``nbytes`` at ``dest`` (whole pages inside it), then copy."""
+    start = (dest + _HUGE - 1) & ~(_HUGE - 1)
+    end = (dest + nbytes) & ~(_HUGE - 1)
+    if end > start:   # best effort both: without THP or on an old kernel, the same result
+        _madvise(start, end - start, _MADV_HUGEPAGE)
+        _madvise(start, end - start, _MADV_POPULATE_WRITE)
+    ctypes.memmove(dest, _readonly_address(view), nbytes)
+
+
+def bytes_from(view: memoryview) -> bytes:
+    """``bytes(view)`` for a contiguous byte view, fast when large (Note [huge-page copies])."""
+    nbytes = view.nbytes
+    if nbytes < _LARGE:
+        return bytes(view)
+    out = _new_bytes(None, nbytes)
+    _fill(id(out) + _BYTES_DATA, view, nbytes)
+    return out
+
+
+def bytearray_from(view: memoryview) -> bytearray:
+    """``bytearray(view)`` for a contiguous byte view, fast when large."""
+    nbytes = view.nbytes
+    if nbytes < _LARGE:
+        return bytearray(view)
+    out = _new_bytearray(None, nbytes)
+    _fill(ctypes.addressof(ctypes.c_char.from_buffer(out)), view, nbytes)
+    return out
