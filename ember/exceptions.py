@@ -42,17 +42,21 @@ class TaskError(EmberError):
 
     @staticmethod
     def wrap(cause: BaseException, where: str, remote_traceback: str) -> "TaskError":
-        """Return a TaskError that is also an instance of ``type(cause)``."""
+        """Return a TaskError that is also an instance of the original error's class (for a
+        TaskError raised by a nested task: of the class of the error that task raised)."""
         message = (f"{type(cause).__name__}: {cause}\n\n"
                    f"raised in {where}; remote traceback:\n{remote_traceback}")
-        cls = type(cause)
-        if isinstance(cause, TaskError) or cls in (Exception, BaseException):
+        root = cause
+        while isinstance(root, TaskError) and root.cause is not None:
+            root = root.cause
+        cls = type(root)
+        if isinstance(root, TaskError) or cls in (Exception, BaseException):
             return TaskError(message, cause, remote_traceback)
         try:
             dual = _dual_class(cls)
             err = dual.__new__(dual)
             TaskError.__init__(err, message, cause, remote_traceback)
-            err.__dict__.update(getattr(cause, "__dict__", {}))
+            err.__dict__.update(getattr(root, "__dict__", {}))
             return err
         except TypeError:
             return TaskError(message, cause, remote_traceback)

@@ -184,3 +184,19 @@ def test_bad_options_are_rejected():
         ember.remote(num_cpu=1)(lambda: None)
     with pytest.raises(TypeError):
         fail("value")
+
+
+@pytest.mark.timeout(30)
+def test_error_of_a_nested_task_keeps_its_class():
+    """As in Ray: get(outer) raises the class the inner task raised, through both layers."""
+    @ember.remote
+    def inner():
+        raise KeyError("inner key")
+
+    @ember.remote
+    def outer():
+        return ember.get(inner.remote(), timeout=20)
+
+    with pytest.raises(KeyError, match="inner key") as info:
+        ember.get(outer.remote(), timeout=20)
+    assert isinstance(info.value, TaskError)
