@@ -8,7 +8,8 @@ from typing import Any, Iterable, Sequence
 # Units where lower is better; every other unit is a rate or an efficiency: higher is better.
 LOWER_IS_BETTER = {"us", "ms", "s", "%core", "bytes"}
 # Reference rows have no runtime in them: no ratio.
-REFERENCE_ROWS = {"numpy_copy_100mb", "torch_allreduce_100mb", "bare_processes_parallel_cpu"}
+REFERENCE_ROWS = {"numpy_copy_100mb", "torch_allreduce_100mb", "bare_processes_parallel_cpu",
+                  "torch_gloo_p2p_100mb", "torch_p2p_100mb_nccl"}
 
 
 def json_lines(rows: Iterable[dict[str, Any]]) -> str:

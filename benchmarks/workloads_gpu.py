@@ -234,7 +234,7 @@ def gpu_allreduce_100mb(rt: ModuleType, cfg: Config) -> list[Row]:
                                 cfg.n(5, 2), cfg.n(30, 5))
     row = gbps_row(names[0], samples, 100 * MiB)
     row.note = "algbw = bytes / p50 time; busbw equals algbw for 2 ranks"
-    return [row, torch_allreduce_reference(cfg, "nccl")]
+    return [row, torch_reference(cfg, "nccl")]
 
 
 def allreduce_samples(rt: ModuleType, worker: Any, options: dict, warmup: int, iters: int
@@ -255,11 +255,13 @@ def cpu_allreduce_100mb_gloo(rt: ModuleType, cfg: Config) -> list[Row]:
     samples = allreduce_samples(rt, CpuWorker, CPU_ACTOR, cfg.n(3, 1), cfg.n(20, 5))
     row = gbps_row(names[0], samples, 100 * MiB)
     row.note = "algbw = bytes / p50 time, execute + get of the whole graph"
-    return [row, torch_allreduce_reference(cfg, "gloo")]
+    return [row, torch_reference(cfg, "gloo")]
 
 
-def _torch_allreduce_rank(rank: int, port: int, iters: int, backend: str, out: Any) -> None:
-    """One rank of the bare torch.distributed allreduce reference (NCCL on GPUs, gloo on CPU)."""
+def _torch_reference_rank(rank: int, port: int, iters: int, backend: str, op: str,
+                          out: Any) -> None:
+    """One rank of a bare torch.distributed reference (NCCL on GPUs, gloo on CPU): an allreduce
+    of 100 MiB, or ``op="sendrecv"``: rank 0 sends 100 MiB and waits for a 1-element answer."""
     import torch
     import torch.distributed as dist
 
@@ -269,13 +271,22 @@ def _torch_allreduce_rank(rank: int, port: int, iters: int, backend: str, out: A
     dist.init_process_group(
         backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2
     )
-    buf = torch.ones(100 * MiB // 4, dtype=torch.float32, device="cuda" if cuda else "cpu")
+    device = "cuda" if cuda else "cpu"
+    buf = torch.ones(100 * MiB // 4, dtype=torch.float32, device=device)
+    ack = torch.zeros(1, dtype=torch.float32, device=device)
     times = []
     for i in range(iters + 3):
         if cuda:
             torch.cuda.synchronize()
         start = time.perf_counter()
-        dist.all_reduce(buf)
+        if op == "allreduce":
+            dist.all_reduce(buf)
+        elif rank == 0:
+            dist.send(buf, 1)
+            dist.recv(ack, 1)
+        else:
+            dist.recv(buf, 0)
+            dist.send(ack, 0)
         if cuda:
             torch.cuda.synchronize()
         if i >= 3:
@@ -285,18 +296,25 @@ def _torch_allreduce_rank(rank: int, port: int, iters: int, backend: str, out: A
     dist.destroy_process_group()
 
 
-def torch_allreduce_reference(cfg: Config, backend: str) -> Row:
-    """Bare torch.distributed allreduce of 100 MiB between 2 processes (NCCL: on 2 GPUs); GB/s."""
+_REFERENCE_NAMES = {("nccl", "allreduce"): "torch_allreduce_100mb",
+                    ("gloo", "allreduce"): "torch_gloo_allreduce_100mb",
+                    ("nccl", "sendrecv"): "torch_p2p_100mb_nccl",
+                    ("gloo", "sendrecv"): "torch_gloo_p2p_100mb"}
+
+
+def torch_reference(cfg: Config, backend: str, op: str = "allreduce") -> Row:
+    """Bare torch.distributed allreduce or send/recv of 100 MiB between 2 processes (NCCL: on
+    2 GPUs); GB/s."""
     import socket
 
-    name = "torch_allreduce_100mb" if backend == "nccl" else "torch_gloo_allreduce_100mb"
+    name = _REFERENCE_NAMES[backend, op]
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
     iters = cfg.n(30, 5) if backend == "nccl" else cfg.n(20, 5)
-    procs = [ctx.Process(target=_torch_allreduce_rank, args=(r, port, iters, backend, out))
+    procs = [ctx.Process(target=_torch_reference_rank, args=(r, port, iters, backend, op, out))
              for r in range(2)]
     for p in procs:
         p.start()
@@ -305,7 +323,7 @@ def torch_allreduce_reference(cfg: Config, backend: str) -> Row:
         p.join(timeout=60)
     where = "2 GPUs" if backend == "nccl" else "CPU tensors"
     return Row(name, "GB/s", round(100 * MiB / GB / seconds, 2),
-               note=f"reference: bare torch.distributed {backend}, 2 processes, {where}")
+               note=f"reference: bare torch.distributed {backend} {op}, 2 processes, {where}")
 
 
 # --- GPU objects in the dynamic layer (Ray Direct Transport's API) -----------------------------
@@ -346,7 +364,8 @@ def dyn_tensor_samples(rt: ModuleType, cfg: Config, transport: str, backend: str
 
 
 @workload("dyn_tensor_p2p_small", "dyn_tensor_p2p_100mb",
-          "dyn_tensor_p2p_small_object_store", "dyn_tensor_p2p_100mb_object_store")
+          "dyn_tensor_p2p_small_object_store", "dyn_tensor_p2p_100mb_object_store",
+          "torch_gloo_p2p_100mb")
 def cpu_dyn_tensor_p2p(rt: ModuleType, cfg: Config) -> list[Row]:
     """A CPU tensor from one actor method to another through the dynamic layer: kept in the
     producer and sent over a gloo collective group (tensor_transport="gloo"), 1 KiB p50 µs and
@@ -360,15 +379,18 @@ def cpu_dyn_tensor_p2p(rt: ModuleType, cfg: Config) -> list[Row]:
     for row in rows:
         row.note = ("whole call: produce + consume + get; " + (
             "through the object store" if "object_store" in row.name else "tensor over gloo"))
-    return rows
+    return rows + [torch_reference(cfg, "gloo", "sendrecv")]
 
 
-@workload("dyn_tensor_p2p_small_ipc", "dyn_tensor_p2p_100mb_ipc", "dyn_tensor_p2p_100mb_nccl")
+@workload("dyn_tensor_p2p_small_ipc", "dyn_tensor_p2p_100mb_ipc", "dyn_tensor_p2p_100mb_nccl",
+          "torch_p2p_100mb_nccl")
 def dyn_tensor_p2p_gpu(rt: ModuleType, cfg: Config) -> list[Row]:
-    """GPU objects between two actors: CUDA IPC on one GPU (1 KiB p50 µs, 100 MiB GB/s) and NCCL
-    across two GPUs (100 MiB GB/s); compare with gpu_d2d_copy_100mb of the same run."""
-    names, units = ("dyn_tensor_p2p_small_ipc", "dyn_tensor_p2p_100mb_ipc",
-                    "dyn_tensor_p2p_100mb_nccl"), ("us", "GB/s", "GB/s")
+    """GPU objects between two actors: CUDA IPC on one GPU (1 KiB p50 µs, 100 MiB GB/s; compare
+    with gpu_d2d_copy_100mb of the same run) and NCCL across two GPUs (100 MiB GB/s, beside bare
+    torch.distributed send/recv)."""
+    names = ("dyn_tensor_p2p_small_ipc", "dyn_tensor_p2p_100mb_ipc",
+             "dyn_tensor_p2p_100mb_nccl", "torch_p2p_100mb_nccl")
+    units = ("us", "GB/s", "GB/s", "GB/s")
     if why := cuda_missing():
         return skipped(names, units, why)
     if rt.__name__ != "ember":
@@ -380,4 +402,4 @@ def dyn_tensor_p2p_gpu(rt: ModuleType, cfg: Config) -> list[Row]:
     if torch.cuda.device_count() < 2:
         return rows + skipped(names[2:], units[2:], "skipped: needs 2 GPUs")
     _, big = dyn_tensor_samples(rt, cfg, "nccl", "nccl", GpuWorker, {"num_gpus": 1, "num_cpus": 0})
-    return rows + [gbps_row(names[2], big, 100 * MiB)]
+    return rows + [gbps_row(names[2], big, 100 * MiB), torch_reference(cfg, "nccl", "sendrecv")]
