@@ -271,7 +271,8 @@ def main() -> None:
     address, ready_address, gcs_address, config = sys.argv[1:5]
     manager = NodeManager(address, gcs_address, json.loads(config))
     manager.endpoint.start()
-    manager.endpoint.request(gcs_address, "kv_put", "nodes", manager.sid, {
+    # registered before ready: the driver may read the node record at once
+    manager.endpoint.call(gcs_address, "kv_put", "nodes", manager.sid, {
         "address": address, "resources": manager.resources.total, "pid": os.getpid(),
         "labels": manager.labels}, True)
     manager.endpoint.send(ready_address, "process_ready", "node_manager", address)
