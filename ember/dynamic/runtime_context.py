@@ -1,7 +1,8 @@
 """``ember.get_runtime_context()``: the job, node, worker, task and actor the caller runs in.
 
-Ray's RuntimeContext API. Facts about the process (its worker id, the actor it hosts, the
-runtime env it applied) are set once by the worker; the running call's task id and resources
+Ray's RuntimeContext API. Facts about the process (its worker id, the name and resources of the
+actor it hosts, the runtime env it applied) are set once by the worker, the actor's id is the
+core worker's; the running call's task id and resources
 live in a context variable, so each thread of a threaded actor and each coroutine of an async
 actor sees its own call.
 """
@@ -27,7 +28,6 @@ class ProcessFacts:
 
     worker_id: str = field(default_factory=lambda: os.urandom(14).hex())
     is_worker: bool = False
-    actor_id: str | None = None
     actor_name: str = ""
     actor_resources: dict = field(default_factory=dict)
     actor_handle: Callable[[], Any] | None = None
@@ -131,11 +131,11 @@ class RuntimeContext:
 
     def get_actor_id(self) -> str | None:
         """The id of the actor this process hosts; None outside an actor."""
-        return _facts.actor_id
+        return _core().actor_id
 
     def get_actor_name(self) -> str | None:
         """The actor's registered name ('' when unnamed); None outside an actor."""
-        return _facts.actor_name if _facts.actor_id is not None else None
+        return _facts.actor_name if self.get_actor_id() is not None else None
 
     @property
     def namespace(self) -> str:
@@ -160,7 +160,7 @@ class RuntimeContext:
             raise RuntimeError("get_assigned_resources() is only available inside a task or "
                                "an actor, not in the driver")
         call = _call.get()
-        if _facts.actor_id is None and call is not None:
+        if self.get_actor_id() is None and call is not None:
             return dict(call[1])
         return dict(_facts.actor_resources)
 
@@ -213,9 +213,8 @@ class RuntimeContext:
             context["actor_id"] = self.actor_id
         return context
 
-    @staticmethod
-    def _require_actor(what: str) -> None:
-        if _facts.actor_id is None:
+    def _require_actor(self, what: str) -> None:
+        if self.get_actor_id() is None:
             raise RuntimeError(f"{what} is only available inside an actor")
 
 

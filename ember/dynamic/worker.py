@@ -241,7 +241,7 @@ class WorkerProcess:
     def describe_actor(self, actor_id: str, options: dict) -> None:
         """Fill the runtime context of the actor this process hosts."""
         facts = context.facts()
-        facts.actor_id, facts.actor_name = actor_id, options.get("name") or ""
+        facts.actor_name = options.get("name") or ""
         facts.actor_resources = dict(options.get("resources") or {})
         facts.actor_handle = lambda: self.own_handle(actor_id)
         if options.get("restartable"):
