@@ -233,7 +233,7 @@ def _handle_object(core: Any, submitter: Any, state: ActorState) -> ObjectRef:
     """The ref every handle of a new actor holds (Note [actor lifetime])."""
     oid = f"{state.actor_id}.handle"
     ref = core.owned_ref(oid)
-    core.on_free[oid] = lambda: _out_of_scope(core, submitter, state)
+    core.when_freed(oid, lambda: _out_of_scope(core, submitter, state))
     core.resolve(oid, INLINE, None)
     return ref
 

@@ -103,8 +103,7 @@ class CoreWorker:
         self.exported: set[str] = set()
         self.executing_task = threading.local()
         self.death_listeners: list[Callable[[str, str | None, str], None]] = []
-        self.on_free: dict[str, Callable[[], None]] = {}  # owned oid -> called once it is freed
-        self.free_watchers: dict[str, list[str]] = {}   # oid -> addresses told when it is freed
+        self.on_free: dict[str, list[Callable[[], None]]] = {}  # owned oid -> run once freed
         ep = self.endpoint
         ep.on("get_object", self._on_get_object)
         ep.on("borrow", self._on_borrow)
@@ -266,19 +265,20 @@ class CoreWorker:
         del self.objects[oid]
         if entry.state == IN_SHM:
             self.free_segments([oid])
-        on_free = self.on_free.pop(oid, None)
-        if on_free is not None:
-            on_free()
-        if self.free_watchers:
-            for watcher in self.free_watchers.pop(oid, ()):
-                self.endpoint.send(watcher, "value_freed", oid)
+        if self.on_free:
+            for callback in self.on_free.pop(oid, ()):
+                callback()
+
+    def when_freed(self, oid: str, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once this process frees its object ``oid``."""
+        self.on_free.setdefault(oid, []).append(callback)
 
     def _on_watch_free(self, oid: str, watcher: str) -> None:
         """Tell ``watcher`` when this owner frees ``oid`` (Note [value transports])."""
         with self.lock:
             entry = self.objects.get(oid)
             if entry is not None and entry.owned:
-                self.free_watchers.setdefault(oid, []).append(watcher)
+                self.when_freed(oid, lambda: self.endpoint.send(watcher, "value_freed", oid))
                 return
         self.endpoint.send(watcher, "value_freed", oid)
 
