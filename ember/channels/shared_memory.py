@@ -18,7 +18,8 @@ from ember.channels import futex
 from ember.channels.interface import (DEFAULT_NUM_SLOTS, Channel, ChannelReader, ChannelType,
                                       ChannelWriter)
 from ember.channels.shm_layout import (PAGE, Control, Line, Mapping, SlotRecord, buffer_path,
-                                       header_size, init_header, round_up, start_time)
+                                       header_size, init_header, round_up)
+from ember.dynamic.process import start_time
 from ember.dynamic.serialization import deserialize, serialize
 from ember.dynamic.shm import Segment, segment_path, unlink
 from ember.exceptions import (ActorDiedError, ChannelClosedError, ChannelTimeoutError,

@@ -79,19 +79,6 @@ def header_size(num_readers: int, num_slots: int) -> int:
     return round_up(offset + 8 * row * num_readers, PAGE)
 
 
-def start_time(pid: int) -> int | None:
-    """Return the start time (clock ticks since boot) of live process ``pid``; None if dead."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            data = stat.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    fields = data[data.rindex(b")") + 2:].split()
-    if fields[0] in (b"Z", b"X"):  # a zombie has died; only its parent has not reaped it yet
-        return None
-    return int(fields[19])
-
-
 def buffer_path(path: str, buffer: int) -> str:
     """Return the path of the segment of ``buffer`` (an id over num_slots, Note [slot buffers])."""
     return f"{path}_b{buffer}"

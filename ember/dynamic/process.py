@@ -173,6 +173,28 @@ def wait_until_done(done: threading.Event) -> None:
         pass
 
 
+def start_time(pid: int) -> int | None:
+    """The start time (clock ticks since boot) of live process ``pid``; None if it is gone.
+
+    A zombie counts as gone: it has died, only its parent has not reaped it yet. With the pid
+    the start time names one process even after the pid is reused.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat_file:
+            data = stat_file.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    fields = data[data.rindex(b")") + 2:].split()
+    if fields[0] in (b"Z", b"X"):
+        return None
+    return int(fields[19])
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie does not)."""
+    return start_time(pid) is not None
+
+
 def pidfd(pid: int) -> int | None:
     """Return a pidfd that becomes readable when ``pid`` exits, or None where unsupported."""
     try:

@@ -59,6 +59,7 @@ from typing import Any
 from ember.channels.intra_process import IntraProcessType
 from ember.channels.shared_memory import SharedMemoryType
 from ember.dag.nodes import DAGNode
+from ember.dynamic.process import pid_alive
 from ember.engine import registry
 from ember.engine.comm_schedule import check_communication, order_communication
 from ember.engine.executor import (ExecutorLoop, RaisedError, pack_inputs, start_actor_loop,
@@ -430,7 +431,7 @@ class CompiledDAG:
     def _check_actors(self) -> None:
         """Raise ActorDiedError (and mark the graph broken) if an actor's process is gone."""
         for actor_id, (host, pid) in self._actor_procs.items():
-            if host == _HOST and not _pid_alive(pid):
+            if host == _HOST and not pid_alive(pid):
                 self._mark_broken(ActorDiedError(
                     f"{_DIED}actor {actor_id} (pid {pid}) of the compiled graph died; the graph "
                     f"cannot run any more: tear it down and compile a new one over live actors"))
@@ -479,7 +480,7 @@ class CompiledDAG:
         stops = []
         for actor_id, handle in self._plan.actors.items():
             proc = self._actor_procs.get(actor_id)
-            if proc is None or (proc[0] == _HOST and not _pid_alive(proc[1])):
+            if proc is None or (proc[0] == _HOST and not pid_alive(proc[1])):
                 continue
             try:
                 stops.append((actor_id, _run_in_actor(handle, stop_actor_loop, self._graph_id,
@@ -570,15 +571,6 @@ def _remaining(deadline: float | None, none_value: Any) -> Any:
     if deadline is None:
         return none_value
     return max(0.0, deadline - time.monotonic())
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            data = stat.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return data[data.rindex(b")") + 2:][:1] not in (b"Z", b"X")
 
 
 def _run_in_actor(handle: Any, fn: Any, *args: Any) -> Any:

@@ -56,6 +56,7 @@ import torch
 
 from ember.dynamic import value_transport
 from ember.dynamic.core_worker import INLINE, current_core
+from ember.dynamic.process import pid_alive
 from ember.dynamic.serialization import deserialize, serialize
 from ember.exceptions import (EmberError, GetTimeoutError, ObjectLostError,
                               TensorTransportError)
@@ -379,15 +380,7 @@ def _find_group(backend: str, me: str, producer: str | None) -> Hashable | None:
 
 
 def _alive(stub: TensorStub) -> bool:
-    if stub.host != socket.gethostname():
-        return True
-    try:
-        os.kill(stub.pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return stub.host != socket.gethostname() or pid_alive(stub.pid)
 
 
 def _lost(stub: TensorStub) -> ObjectLostError:

@@ -7,6 +7,7 @@ import time
 import pytest
 
 import ember
+from ember.dynamic.process import pid_alive
 
 
 @pytest.fixture(scope="module")
@@ -20,14 +21,7 @@ def cluster():
 class Processes:
     """Waits on processes by pid: whether one runs, and for one to end."""
 
-    @staticmethod
-    def alive(pid: int) -> bool:
-        """Whether ``pid`` runs (a zombie does not count)."""
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
-        except FileNotFoundError:
-            return False
+    alive = staticmethod(pid_alive)  # whether ``pid`` runs (a zombie does not count)
 
     @staticmethod
     def wait_until(condition, timeout: float = 10.0) -> None:
