@@ -214,10 +214,11 @@ class _Pickler(cloudpickle.CloudPickler):
 
 
 def _reduce_tensor(tensor: Any) -> tuple | None:
-    if (tensor.device.type != "cpu" or tensor.requires_grad or tensor.layout != _STRIDED[0]
+    import torch  # loaded already: ``tensor`` is one (the dynamic layer does not import it)
+    if (tensor.device.type != "cpu" or tensor.requires_grad or tensor.layout != torch.strided
             or tensor.is_quantized or tensor.is_conj() or tensor.is_neg()):
         return None
-    data = tensor.detach().contiguous().reshape(-1).view(_STRIDED[1]).numpy()
+    data = tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
     return (_tensor_from_bytes, (pickle.PickleBuffer(data), str(tensor.dtype)[6:],
                                  tuple(tensor.shape)))
 
@@ -229,18 +230,6 @@ def _tensor_from_bytes(buffer: Any, dtype: str, shape: tuple) -> Any:
     out = torch.empty(source.nbytes, dtype=torch.uint8)
     out.numpy()[:] = source
     return out.view(getattr(torch, dtype)).reshape(shape)
-
-
-class _TorchStrided:
-    """torch.strided and torch.uint8, looked up when the first tensor is pickled (the dynamic
-    layer does not import torch itself)."""
-
-    def __getitem__(self, i: int) -> Any:
-        import torch
-        return (torch.strided, torch.uint8)[i]
-
-
-_STRIDED = _TorchStrided()
 
 
 # Note [bytes frames]: pickle copies a bytes value into its stream and again out of it, and

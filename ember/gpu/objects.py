@@ -42,6 +42,7 @@ NCCL consumers post theirs after a good reply.
 
 from __future__ import annotations
 
+import functools
 import os
 import queue
 import socket
@@ -124,7 +125,7 @@ class GpuObjects:
                 f"and this process is not an actor (the driver and tasks join no group); call "
                 f"ember.put(..., _tensor_transport=...) inside an actor, or drop the option")
         metas = tuple(TensorMeta.of(t) for t in tensors)
-        gpu = _gpu_uuid(tensors[0]) if tensors[0].is_cuda else None
+        gpu = _gpu_uuid(tensors[0].device.index or 0) if tensors[0].is_cuda else None
         with self.lock:
             self.kept[oid] = _Kept(tensors, metas)
         value_transport.watch_free(core, oid, owner, self._free)
@@ -231,7 +232,8 @@ class GpuObjects:
         if core.actor_id is None:
             return merge_tensors(stub.skeleton, self._fetch_host(core, stub))
         if stub.transport == IPC or (stub.transport == AUTO and stub.gpu is not None
-                                     and stub.gpu == _my_gpu()):
+                                     and torch.cuda.is_available()
+                                     and stub.gpu == _gpu_uuid(torch.cuda.current_device())):
             handles = self._request(core, stub, IPC, None)
             self.counts["received:ipc"] += 1
             return merge_tensors(stub.skeleton, [_open_ipc(h).clone() for h in handles])
@@ -388,17 +390,17 @@ def _lost(stub: TensorStub) -> ObjectLostError:
                            f"{stub.pid}) that holds its tensors died")
 
 
-def _gpu_uuid(tensor: torch.Tensor) -> str | None:
-    from ember.gpu.devices import visible_gpu_uuids
-    uuids = visible_gpu_uuids()
-    index = tensor.device.index or 0
+def _gpu_uuid(index: int) -> str | None:
+    """The UUID of this process's CUDA device ``index`` (NVML, read once per process: CUDA
+    fixes a process's visible devices when it starts)."""
+    uuids = _visible_uuids()
     return uuids[index] if index < len(uuids) else None
 
 
-def _my_gpu() -> str | None:
+@functools.cache
+def _visible_uuids() -> list[str]:
     from ember.gpu.devices import visible_gpu_uuids
-    uuids = visible_gpu_uuids()
-    return uuids[torch.cuda.current_device()] if uuids and torch.cuda.is_available() else None
+    return visible_gpu_uuids()
 
 
 def _ipc_handles(tensors: list[torch.Tensor]) -> list[tuple]:
