@@ -63,8 +63,9 @@ def validate(root: DAGNode) -> Graph:
             raise CompileError(f"{node._describe()} is used as an argument; a MultiOutputNode "
                                f"can only be the output of the graph")
         _check_signature(node)
-    _check_unused_input(inputs[0], {id(n) for n in nodes})
-    _check_leaves(nodes)
+    in_graph = {id(n) for n in nodes}
+    _check_unused_input(inputs[0], in_graph)
+    _check_leaves(nodes, in_graph)
     _check_input_use(nodes)
     nodes = [n for n in nodes if not isinstance(n, MultiOutputNode)]
     graph = Graph(nodes=nodes, upstream=[], input=0, outputs=[],
@@ -116,10 +117,9 @@ def _key_order(key: int | str) -> tuple[bool, int | str]:
     return (isinstance(key, str), key)
 
 
-def _check_leaves(nodes: list[DAGNode]) -> None:
+def _check_leaves(nodes: list[DAGNode], in_graph: set[int]) -> None:
     """Refuse nodes whose result nobody reads and that are no output (their errors would be
     lost), e.g. an unused output of a ``num_returns=2`` method; Ray's words and count."""
-    in_graph = {id(n) for n in nodes}
     leaves: dict[int, DAGNode] = {}
     for node in nodes:
         for down in node._downstream:
@@ -143,14 +143,19 @@ def _method_name(node: DAGNode) -> str:
 
 def _check_input_use(nodes: list[DAGNode]) -> None:
     """Refuse a graph that reads both the InputNode itself and its attributes (as Ray)."""
-    direct = [n for n in nodes if not isinstance(n, InputAttributeNode)
-              and any(isinstance(u, InputNode) for u in n._direct_upstream())]
+    direct = _direct_readers(nodes)
     indexed = [n for n in nodes if isinstance(n, InputAttributeNode)]
     if direct and indexed:
         raise CompileError(
             f"All tasks must either use InputNode() directly, or they must index to specific "
             f"args or kwargs. {direct[0]._describe()} reads the InputNode itself while "
             f"{indexed[0]._describe()} reads one argument: use inp[0] instead of inp")
+
+
+def _direct_readers(nodes: list[DAGNode]) -> list[DAGNode]:
+    """The nodes that take the InputNode itself as an argument (not ``inp[i]`` / ``inp.key``)."""
+    return [n for n in nodes if not isinstance(n, InputAttributeNode)
+            and any(isinstance(u, InputNode) for u in n._direct_upstream())]
 
 
 def _check_signature(node: DAGNode) -> None:
@@ -192,7 +197,7 @@ def input_check(graph: Graph) -> Callable[[tuple, dict], None]:
     """Return a check of ``execute``'s arguments against what the graph reads (Ray's rules:
     exactly the positional arguments read, every keyword read), so that a wrong call fails in
     the driver with InvalidArgumentsError instead of inside an actor."""
-    direct = False
+    direct = bool(_direct_readers(graph.nodes))
     positional = -1
     keys: list[str] = []
     for node in graph.nodes:
@@ -201,9 +206,6 @@ def input_check(graph: Graph) -> Callable[[tuple, dict], None]:
                 positional = max(positional, node.key)
             elif node.key not in keys:
                 keys.append(node.key)
-        elif not isinstance(node, InputNode):
-            if any(isinstance(a, InputNode) for a in node._direct_upstream()):
-                direct = True
     wanted = 1 if direct else positional + 1
 
     def check(args: tuple, kwargs: dict) -> None:
