@@ -190,8 +190,8 @@ class GpuObjects:
         except EmberError as exc:
             core.endpoint.reply(reply_to, rid, error=exc)
             return
+        self.counts[f"sent:{how}"] += 1   # before the reply: a reader of stats() sees it then
         core.endpoint.reply(reply_to, rid, reply)
-        self.counts[f"sent:{how}"] += 1
 
     def _answer_group(self, reply_to: str, rid: int, oid: str, kept: _Kept | None,
                       key: Hashable, peer: int, metas: tuple[TensorMeta, ...] | None) -> None:
@@ -210,8 +210,8 @@ class GpuObjects:
                 raise
             tensors, reply = [torch.zeros(m.shape, dtype=m.dtype, device=comm.device)
                               for m in metas], ("failed", exc)
-        self._core.endpoint.reply(reply_to, rid, reply)
         self.counts["sent:group"] += 1
+        self._core.endpoint.reply(reply_to, rid, reply)
         try:
             waits = [comm.isend(t.detach(), peer) for t in tensors]
         except EmberError:
