@@ -413,4 +413,6 @@ def kill(handle: ActorHandle, no_restart: bool = True) -> None:
         core.endpoint.send(core.gcs_address, "update_actor", handle._actor_id,
                            {"state": "DEAD"})
     if state.worker_id is not None:
-        core.endpoint.send(core.nm_address, "kill_worker", state.worker_id, True)
+        nm_address = state.nm_address or (core.gcs_call("kv_get", "actors", handle._actor_id)
+                                          or {}).get("nm_address", core.nm_address)
+        core.endpoint.send(nm_address, "kill_worker", state.worker_id, True)

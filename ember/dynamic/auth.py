@@ -8,9 +8,9 @@ each part's length and bytes, fed incrementally (no copy of a large frame), so n
 is valid for a different split of its bytes. Both are plain HMAC-SHA256, from pad states
 computed once per key (``MessageKey``: about 1 us a tag, a third of ``hmac.digest``).
 
-The key comes from one place, ``process_key``, so the same scheme carries the cluster token
-later: a process that sees ``EMBER_AUTH_TOKEN`` uses SHA-256 of the token; otherwise it uses
-the session secret, 32 random bytes the driver writes into the session folder (a 0600 file in
+The key comes from one place, ``process_key``, so the same scheme carries the cluster token: a
+process of a cluster (``EMBER_CLUSTER`` set, or ``EMBER_AUTH_TOKEN``) uses SHA-256 of the token
+(Note [cluster token] in cluster_auth.py); otherwise it uses the session secret, 32 random bytes the driver writes into the session folder (a 0600 file in
 the 0700 folder, Note [private sessions root] in process.py) before it starts any process.
 Every process of a session inherits the driver's environment, so they all agree on the key.
 
@@ -19,8 +19,8 @@ inherited fd: the file is readable exactly by those who may already connect to t
 sockets (the same user, through the same 0700 folder), so it adds no new holder; an environment
 variable would reach every program a task starts (and its crash reports), and an fd would have
 to be passed through the node manager to each worker. A GCS restarted by the driver reads the
-same file. Tags do not stop a replay; on ipc no one else sees a message to replay, and the TCP
-transport will add a per-connection challenge (DESIGN.md).
+same file. Tags do not stop a replay; on ipc no one else sees a message to replay, and on TCP
+the CurveZMQ handshake and encryption stand in (Note [cluster sockets] in messaging.py).
 """
 
 from __future__ import annotations
@@ -32,14 +32,14 @@ import secrets
 import struct
 from typing import Sequence
 
-from ember.dynamic import shm
+from ember.dynamic import cluster_auth, shm
 from ember.dynamic.process import session_dir
 from ember.exceptions import AuthenticationError
 
 TAG_SIZE = 32
 KEY_SIZE = 32
 SECRET_FILE = "secret"
-TOKEN_ENV = "EMBER_AUTH_TOKEN"
+TOKEN_ENV = cluster_auth.TOKEN_ENV
 _LENGTH = struct.Struct("<Q")
 
 
@@ -71,9 +71,12 @@ def read_session_secret(folder: str) -> bytes:
 
 def process_key() -> bytes:
     """The key this process tags and checks messages with (Note [authenticated messages])."""
-    token = os.environ.get(TOKEN_ENV)
-    if token:
-        return hashlib.sha256(token.encode()).digest()
+    if os.environ.get(TOKEN_ENV) or os.environ.get(cluster_auth.CLUSTER_ENV):
+        token, origin = cluster_auth.read_token()
+        if token is None:
+            raise AuthenticationError(f"this process belongs to an ember cluster but has no "
+                                      f"cluster token: set {origin}")
+        return cluster_auth.token_key(token)
     return read_session_secret(session_dir(shm.session_id()))
 
 

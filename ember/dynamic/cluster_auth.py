@@ -33,6 +33,8 @@ import socket
 from ember.exceptions import AuthenticationError
 
 TOKEN_ENV = "EMBER_AUTH_TOKEN"
+CLUSTER_ENV = "EMBER_CLUSTER"   # set in every process of a cluster node (and its drivers)
+NODE_IP_ENV = "EMBER_NODE_IP"   # the address a cluster node's processes listen on
 NONCE_SIZE = 32
 HANDSHAKE_TIMEOUT_S = 10.0
 
@@ -80,16 +82,18 @@ def token_key(token: str) -> bytes:
 def curve_keys(key: bytes) -> tuple[bytes, bytes]:
     """The cluster's CurveZMQ (public, secret) key pair, in Z85, derived from ``key``."""
     import zmq
-    secret = zmq.utils.z85.encode(hmac.digest(key, b"ember curve", "sha256"))
+    from zmq.utils import z85
+    secret = z85.encode(hmac.digest(key, b"ember curve", "sha256"))
     return zmq.curve_public(secret), secret
 
 
-def _recv_exact(sock: socket.socket, size: int) -> bytes:
+def recv_exact(sock: socket.socket, size: int) -> bytes:
+    """Exactly ``size`` bytes from ``sock``; ConnectionError if the peer closes first."""
     data = bytearray()
     while len(data) < size:
         chunk = sock.recv(size - len(data))
         if not chunk:
-            raise ConnectionError("the peer closed the connection during the handshake")
+            raise ConnectionError("the peer closed the connection")
         data += chunk
     return bytes(data)
 
@@ -98,10 +102,10 @@ def prove_client(sock: socket.socket, key: bytes, origin: str, peer: str) -> Non
     """Pass the handshake as the connecting side (Note [connection handshake])."""
     sock.settimeout(HANDSHAKE_TIMEOUT_S)
     try:
-        server_nonce = _recv_exact(sock, NONCE_SIZE)
+        server_nonce = recv_exact(sock, NONCE_SIZE)
         nonce = secrets.token_bytes(NONCE_SIZE)
         sock.sendall(nonce + hmac.digest(key, b"ember client" + server_nonce + nonce, "sha256"))
-        answer = _recv_exact(sock, 32)
+        answer = recv_exact(sock, 32)
     except (ConnectionError, OSError) as exc:
         raise AuthenticationError(
             f"the ember node at {peer} refused this process's cluster token (read from "
@@ -120,7 +124,7 @@ def verify_client(sock: socket.socket, key: bytes) -> bool:
     try:
         nonce = secrets.token_bytes(NONCE_SIZE)
         sock.sendall(nonce)
-        reply = _recv_exact(sock, NONCE_SIZE + 32)
+        reply = recv_exact(sock, NONCE_SIZE + 32)
         client_nonce, proof = reply[:NONCE_SIZE], reply[NONCE_SIZE:]
         if not hmac.compare_digest(proof, hmac.digest(key, b"ember client" + nonce +
                                                       client_nonce, "sha256")):

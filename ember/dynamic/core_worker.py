@@ -27,6 +27,7 @@ from typing import Any, Callable
 
 from ember.dynamic import shm, value_transport
 from ember.dynamic.messaging import Endpoint
+from ember.dynamic.object_transfer import Node, Puller, this_node
 from ember.dynamic.object_ref import ObjectRef
 from ember.dynamic.segment_writer import SegmentWriter
 from ember.dynamic.serialization import Serialized, deserialize, serialize
@@ -94,6 +95,9 @@ class CoreWorker:
         self.worker_id = worker_id
         self.actor_id: str | None = None   # set in the worker that hosts an actor
         self.endpoint = Endpoint(address, "driver" if worker_id is None else "worker")
+        self.address = self.endpoint.address   # a TCP port is known once bound
+        self.node = this_node(nm_address)       # Note [objects across nodes]
+        self.puller = Puller()
         self.lock = threading.RLock()
         self.objects: dict[str, Entry] = {}
         self._ids = itertools.count()
@@ -102,7 +106,8 @@ class CoreWorker:
         self.segments = SegmentWriter()
         self.exported: set[str] = set()
         self.executing_task = threading.local()
-        self.death_listeners: list[Callable[[str, str | None, str], None]] = []
+        # (worker id or None, address or None, reason, whether its whole node was lost)
+        self.death_listeners: list[Callable[[str | None, str | None, str, bool], None]] = []
         self.on_free: dict[str, list[Callable[[], None]]] = {}  # owned oid -> run once freed
         ep = self.endpoint
         ep.on("get_object", self._on_get_object)
@@ -264,7 +269,7 @@ class CoreWorker:
             return
         del self.objects[oid]
         if entry.state == IN_SHM:
-            self.free_segments([oid])
+            self.free_segments([oid], entry.payload[1])
         if self.on_free:
             for callback in self.on_free.pop(oid, ()):
                 callback()
@@ -282,8 +287,12 @@ class CoreWorker:
                 return
         self.endpoint.send(watcher, "value_freed", oid)
 
-    def free_segments(self, oids: list[str]) -> None:
-        """Remove freed objects' segments and their spilled copies (Note [who unlinks])."""
+    def free_segments(self, oids: list[str], node: Node | None = None) -> None:
+        """Remove freed objects' segments and their spilled copies (Note [who unlinks]); those
+        of another node through its node manager (Note [objects across nodes])."""
+        if node is not None and node.node_id != self.node.node_id:
+            self.endpoint.send(node.nm_address, "obj_delete", oids)
+            return
         for oid in oids:
             path = shm.segment_path("obj", oid)
             self.segments.release(path)
@@ -308,7 +317,8 @@ class CoreWorker:
         return ref
 
     def store_serialized(self, oid: str, ser: Serialized) -> tuple[int, Any]:
-        """Place a serialized value: inline bytes when small, else its own shm segment."""
+        """Place a serialized value: inline bytes when small, else its own shm segment (the
+        payload is then its size and this node, Note [objects across nodes])."""
         if ser.frame_size <= INLINE_MAX:
             return INLINE, ser.to_bytes()
         path = shm.segment_path("obj", oid)
@@ -318,7 +328,7 @@ class CoreWorker:
             shm.unlink(path)  # left by an attempt of a retried task that died before reporting
             self.segments.write(path, ser)
         self.endpoint.send(self.nm_address, "obj_sealed", oid, ser.frame_size)
-        return IN_SHM, ser.frame_size
+        return IN_SHM, (ser.frame_size, self.node)
 
     def resolve(self, oid: str, state: int, payload: Any) -> None:
         """Record an object's outcome (value or error) and wake whoever waits for it."""
@@ -326,7 +336,7 @@ class CoreWorker:
             entry = self.objects.get(oid)
             if entry is None:
                 if state == IN_SHM and payload is not None:
-                    self.free_segments([oid])
+                    self.free_segments([oid], payload[1])
                 return
             entry.state = state
             entry.payload = payload
@@ -405,10 +415,17 @@ class CoreWorker:
         if entry.state == INLINE:
             return value_transport.resolve(deserialize(entry.payload, f"the value of {ref}"))
         if entry.state == IN_SHM:
-            return value_transport.resolve(self.read_shm(ref.id))
+            return value_transport.resolve(self.read_object(ref.id, entry.payload[1]))
         if entry.state == FAILED:
             raise entry.payload
         raise ObjectLostError(f"{ref} has no value yet")
+
+    def read_object(self, oid: str, node: Node) -> Any:
+        """Read an object in shared memory of this node, or pull it from another one."""
+        if node.node_id == self.node.node_id:
+            return self.read_shm(oid)
+        seg = self.puller.pull(oid, node)
+        return deserialize(seg.buf.toreadonly(), f"object {oid}")
 
     def read_shm(self, oid: str) -> Any:
         """Map an object's segment (restoring it from spill if needed) and read it zero-copy."""
@@ -458,9 +475,10 @@ class CoreWorker:
             self.resolve(oid, FAILED, OwnerDiedError(
                 f"object {oid} is lost: its owner process died ({reason})"))
 
-    def _on_worker_died(self, worker_id: str, address: str | None, reason: str) -> None:
+    def _on_worker_died(self, worker_id: str | None, address: str | None, reason: str,
+                        node_lost: bool = False) -> None:
         if address is not None:
             self.endpoint.forget_peer(address)
             self.fail_borrowed(lambda owner: owner == address, reason)
         for listener in self.death_listeners:
-            listener(worker_id, address, reason)
+            listener(worker_id, address, reason, node_lost)

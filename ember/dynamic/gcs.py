@@ -1,6 +1,6 @@
 """The Global Control Store: cluster metadata in one process, with pub/sub of changes.
 
-Tables (in a ``gcs_storage`` backend): ``nodes``, ``actors`` (actor id -> info dict),
+Tables (in a ``gcs_storage`` backend): ``nodes`` (node_table.py, in a cluster), ``actors`` (actor id -> info dict),
 ``named_actors`` ("namespace/name" -> actor id), ``functions`` (id -> pickled code), ``jobs``,
 ``kv`` (user key-value). Subscribers of a channel receive ``("pub", channel, key, value)``.
 In-memory tables are replicated to the driver, which restarts a dead GCS (Note [GCS restart]).
@@ -9,12 +9,15 @@ Run as ``python -m ember.dynamic.gcs <address> <driver_address> <storage_url> [<
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 from typing import Any
 
+from ember.dynamic.cluster_auth import CLUSTER_ENV
 from ember.dynamic.gcs_storage import open_storage, read_snapshot
 from ember.dynamic.messaging import Endpoint
+from ember.dynamic.node_table import NodeTable
 from ember.dynamic.process import bind_to_parent, wait_until_done
 
 
@@ -44,6 +47,7 @@ class GcsServer:
         ep.on("subscribe", self.subscribe)
         ep.on("node_died", self.node_died)
         ep.on("shutdown", lambda: self.done.set())
+        self.nodes = NodeTable(self) if os.environ.get(CLUSTER_ENV) else None
 
     def kv_put(self, reply_to: str, rid: int, table: str, key: str, value: Any,
                overwrite: bool) -> None:
@@ -124,7 +128,7 @@ def main() -> None:
     server = GcsServer(address, None if storage_url == "memory" else storage_url,
                        ready_address, read_snapshot(sys.argv[4]) if len(sys.argv) > 4 else None)
     server.endpoint.start()
-    server.endpoint.send(ready_address, "process_ready", "gcs", address)
+    server.endpoint.send(ready_address, "process_ready", "gcs", server.endpoint.address)
     wait_until_done(server.done)
     server.endpoint.stop()
     server.storage.close()

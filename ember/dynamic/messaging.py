@@ -11,6 +11,15 @@ A message is a tuple ``(kind, *fields)`` pickled with protocol 5 and followed by
 travel as frames, without a copy into the pickle). An ipc socket file is 0600 in a 0700 folder
 (Note [private sessions root] in process.py).
 
+Note [cluster sockets]: the processes of a cluster node listen on ``tcp://<node ip>:<port>``
+(an ephemeral port, read back after the bind) instead of ipc, so processes of other nodes reach
+them. Every TCP socket speaks CurveZMQ with the cluster's key pair, derived from the token
+(``cluster_auth.curve_keys``): a peer completes the handshake only if it could compute the
+server's public key, which never crosses the wire and is known only to token holders; the
+handshake is a challenge-response (the server's cookie), and the traffic after it is encrypted,
+so a recorded message cannot be replayed. The per-message tags still apply on top, so nothing
+is unpickled from a peer without the token whatever happens to the handshake.
+
 Note [dropped messages]: a message whose tag does not check out, that does not unpickle, that
 names no known kind, or whose handler raises (wrong arity or types) is dropped with one log line,
 and the I/O thread goes on serving; nothing in a message can stop it. A dropped request gets no
@@ -32,6 +41,7 @@ from typing import Any, Callable
 import zmq
 
 from ember.dynamic.auth import TAG_SIZE, MessageKey, process_key
+from ember.dynamic.cluster_auth import NODE_IP_ENV, curve_keys
 from ember.exceptions import AuthenticationError, GetTimeoutError
 
 logger = logging.getLogger(__name__)
@@ -39,20 +49,34 @@ Handler = Callable[..., None]
 _WAKE = b"\x00wake"
 
 
+def listen_address(folder: str, name: str) -> str:
+    """Where a process listens: an ipc socket in its session folder, or on a cluster node a TCP
+    port of the node's IP (Note [cluster sockets])."""
+    ip = os.environ.get(NODE_IP_ENV)
+    return f"tcp://{ip}:*" if ip else f"ipc://{folder}/{name}.sock"
+
+
 class Endpoint:
     """A process's mailbox: receive on ``address``, send to any peer address."""
 
     def __init__(self, address: str, name: str = "endpoint") -> None:
-        self.address = address
         self.name = name
-        self._key = MessageKey(process_key())
+        key = process_key()
+        self._key = MessageKey(key)
+        self._curve = curve_keys(key)
         self.context = zmq.Context.instance()
         self._pull = self.context.socket(zmq.PULL)
         self._pull.setsockopt(zmq.LINGER, 0)
         self._pull.setsockopt(zmq.RCVHWM, 0)
+        if address.startswith("tcp://"):
+            self._pull.curve_publickey, self._pull.curve_secretkey = self._curve
+            self._pull.curve_server = True
         self._pull.bind(address)
         if address.startswith("ipc://"):
             os.chmod(address[len("ipc://"):], 0o600)
+        else:
+            address = self._pull.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.address = address
         self._wake_addr = f"inproc://wake-{id(self)}"
         self._wake_pull = self.context.socket(zmq.PULL)
         self._wake_pull.bind(self._wake_addr)
@@ -182,6 +206,9 @@ class Endpoint:
                     sock = self.context.socket(zmq.PUSH)
                     sock.setsockopt(zmq.LINGER, 0)
                     sock.setsockopt(zmq.SNDHWM, 0)
+                    if address.startswith("tcp://"):
+                        sock.curve_publickey, sock.curve_secretkey = self._curve
+                        sock.curve_serverkey = self._curve[0]
                     sock.connect(address)
                     entry = (sock, threading.Lock())
                     self._peers[address] = entry

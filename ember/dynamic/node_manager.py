@@ -21,8 +21,12 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from ember.dynamic import shm
+from ember.dynamic.auth import process_key
+from ember.dynamic.cluster_auth import NODE_IP_ENV
 from ember.dynamic.messaging import Endpoint
+from ember.dynamic.node_table import HEARTBEAT_S
 from ember.dynamic.object_store import ObjectStore
+from ember.dynamic.object_transfer import TRANSFER_ENV, TransferServer
 from ember.dynamic.process import (bind_to_parent, pidfd, remove_session_dir, session_dir,
                                    spawn, wait_until_done)
 from ember.dynamic.resources import NodeResources
@@ -60,6 +64,8 @@ class LeaseRequest:
     owner: str
     gpu_ids: list[int] = field(default_factory=list)
     told_busy: bool = False
+    spilled: bool = False      # forwarded here by another node (Note [spillback])
+    asked_spill: bool = False  # this node asked the GCS for another node already
 
 
 class NodeManager:
@@ -98,6 +104,15 @@ class NodeManager:
         self.prestart = int(config.get("prestart", 0))
         self.worker_env = {**WORKER_THREAD_ENV, **config.get("worker_env", {})}  # job env_vars
         self.labels: dict[str, str] = config.get("labels", {})
+        self.cluster = bool(config.get("cluster"))
+        self.transfer: TransferServer | None = None
+        if self.cluster:   # Note [objects across nodes] in object_transfer.py
+            self.transfer = TransferServer(os.environ[NODE_IP_ENV], process_key(),
+                                           self._restore_for_transfer)
+            self.worker_env[TRANSFER_ENV] = self.transfer.address
+            ep.on("obj_delete", self.delete_objects)
+            ep.on("pub", self.node_changed)
+            ep.on("client_gone", self.client_gone)
 
     def start_worker(self) -> None:
         """Spawn one worker process; it reports back with ``worker_ready``."""
@@ -127,16 +142,46 @@ class NodeManager:
         self.clients[address] = pid
 
     def request_lease(self, reply_to: str, rid: int, resources: dict, actor_id: str | None,
-                      owner: str) -> None:
-        """Queue a lease request, or refuse one that no node could ever hold."""
+                      owner: str, spilled: bool = False) -> None:
+        """Queue a lease request, send it to another node (Note [spillback]), or refuse one
+        that no node could ever hold."""
+        req = LeaseRequest(reply_to, rid, resources, actor_id, owner, spilled=spilled)
         if not self.resources.feasible(resources):
-            self.endpoint.reply(reply_to, rid, error=SchedulingError(
-                f"no node has the resources {resources}; this node has "
-                f"{self.resources.total}. Ask for less, or start ember with more "
-                f"(ember.init(num_cpus=..., num_gpus=..., resources=...))."))
+            if self.cluster and not spilled:
+                self._spill(req, now=False)
+            else:
+                self._infeasible(req)
             return
-        self.pending.append(LeaseRequest(reply_to, rid, resources, actor_id, owner))
+        self.pending.append(req)
         self.schedule()
+
+    def _infeasible(self, req: LeaseRequest) -> None:
+        where = "no node of the cluster" if self.cluster else "no node"
+        self.endpoint.reply(req.reply_to, req.rid, error=SchedulingError(
+            f"{where} has the resources {req.resources}; this node has "
+            f"{self.resources.total}. Ask for less, or start ember with more "
+            f"(ember.init(num_cpus=..., num_gpus=..., resources=...) or ember start)."))
+
+    def _spill(self, req: LeaseRequest, now: bool) -> None:
+        """Ask the GCS for another node for ``req`` and forward it there (Note [spillback]);
+        ``now``: the request fits here but must wait, so only a node with room now will do."""
+        req.asked_spill = True
+        asked = self.endpoint.request(self.gcs_address, "pick_node", req.resources, self.sid, now)
+
+        def answered(asked) -> None:
+            target = None if asked.exception() is not None else asked.result()
+            if target is None:
+                if not now:
+                    self._infeasible(req)
+                return   # stays queued here
+            if now:
+                if req not in self.pending:
+                    return   # granted here meanwhile
+                self.pending.remove(req)
+            self.endpoint.send(target, "request_lease", req.reply_to, req.rid, req.resources,
+                               req.actor_id, req.owner, True)
+
+        asked.add_done_callback(answered)
 
     def schedule(self) -> None:
         """Grant waiting leases while resources and idle workers allow; start missing workers."""
@@ -145,6 +190,8 @@ class NodeManager:
         for req in list(self.pending):
             gpu_ids = self.resources.try_acquire(req.resources)
             if gpu_ids is None:
+                if self.cluster and not req.spilled and not req.asked_spill:
+                    self._spill(req, now=True)
                 self._tell_busy(req)
                 continue
             worker = self._idle_worker()
@@ -159,8 +206,9 @@ class NodeManager:
             req.gpu_ids = gpu_ids
             worker.lease = req
             worker.actor_id = req.actor_id
-            self.endpoint.reply(req.reply_to, req.rid,
-                                (worker.worker_id, worker.address, gpu_ids))
+            self.clients.setdefault(req.reply_to, 0)   # it hears of this worker's death
+            self.endpoint.reply(req.reply_to, req.rid, (worker.worker_id, worker.address,
+                                                        gpu_ids, self.endpoint.address))
         room = max(0, self.max_pool - (self._pool_size() - self.starting))
         wanted = needed_actor + min(len(needed_pool), room)
         for _ in range(wanted - self.starting):

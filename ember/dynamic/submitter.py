@@ -65,6 +65,7 @@ class Lease:
     worker_id: str
     address: str
     gpu_ids: list[int]
+    nm_address: str   # the node manager that granted it (Note [spillback] in node_table.py)
     inflight: dict[str, PendingCall] = field(default_factory=dict)
     idle_generation: int = 0  # bumped each time the lease goes idle; its timer checks it
     dispatched: int = 0
@@ -138,13 +139,13 @@ class LeasePool:
         with self.submitter.lock:
             self.requesting = self.node_full = False
             try:
-                worker_id, address, gpu_ids = fut.result()
+                worker_id, address, gpu_ids, nm_address = fut.result()
             except Exception as exc:  # noqa: BLE001 - e.g. SchedulingError: fail the queue
                 queued, self.queue = list(self.queue), deque()
                 for call in queued:
                     self.submitter.finish(call, [(FAILED, exc)] * len(call.return_ids))
                 return
-            self.leases[worker_id] = Lease(worker_id, address, gpu_ids)
+            self.leases[worker_id] = Lease(worker_id, address, gpu_ids, nm_address)
             self.pump()
             self._maybe_return(worker_id)
 
@@ -203,13 +204,19 @@ class LeasePool:
             return
         core = self.submitter.core
         del self.leases[lease.worker_id]
-        core.endpoint.send(core.nm_address, "return_lease", lease.worker_id)
+        core.endpoint.send(lease.nm_address, "return_lease", lease.worker_id)
 
-    def worker_died(self, worker_id: str, reason: str) -> None:
-        """A leased worker died: retry or fail its tasks."""
-        lease = self.leases.pop(worker_id, None)
+    def worker_died(self, worker_id: str | None, address: str | None, reason: str,
+                    node_lost: bool) -> None:
+        """A leased worker (known by id or address) died: retry or fail its tasks."""
+        lease = self.leases.pop(worker_id, None) if worker_id is not None else None
+        if lease is None and address is not None:
+            lease = next((l for l in self.leases.values() if l.address == address), None)
+            if lease is not None:
+                del self.leases[lease.worker_id]
         if lease is None:
             return
+        crashed = NodeDiedError if node_lost else WorkerCrashedError
         for call in lease.inflight.values():
             if call.cancelled:
                 self.submitter.finish(call, [(FAILED, TaskCancelledError(
@@ -218,7 +225,7 @@ class LeasePool:
                 call.retries_left -= 1
                 self.queue.append(call)
             else:
-                self.submitter.finish(call, [(FAILED, WorkerCrashedError(
+                self.submitter.finish(call, [(FAILED, crashed(
                     f"the worker running task {call.task_id} died ({reason}) and the task has "
                     f"no retries left; raise max_retries to retry it"))] * len(call.return_ids))
         self.pump()
@@ -231,6 +238,7 @@ class ActorState:
     actor_id: str
     address: str | None = None
     worker_id: str | None = None
+    nm_address: str | None = None   # the node manager of its worker
     dead: BaseException | None = None
     queue: deque = field(default_factory=deque)
     inflight: dict[str, PendingCall] = field(default_factory=dict)
@@ -312,18 +320,19 @@ class Submitter:
         def granted(fut) -> None:
             with self.lock:
                 try:
-                    worker_id, address, gpu_ids = fut.result()
+                    worker_id, address, gpu_ids, nm_address = fut.result()
                 except Exception as exc:  # noqa: BLE001 - cannot place the actor
                     dead = ActorNodeDiedError if isinstance(exc, NodeDiedError) else ActorDiedError
                     self.actor_died(actor, dead(
                         f"actor {actor.actor_id} could not be created: {exc}"))
                     actor.ready.set()
                     return
-                actor.worker_id, actor.address = worker_id, address
+                actor.worker_id, actor.address, actor.nm_address = worker_id, address, nm_address
                 self.dispatch(actor.creation, address, gpu_ids)
                 actor.inflight[actor.creation.task_id] = actor.creation
                 core.endpoint.send(core.gcs_address, "update_actor", actor.actor_id, {
-                    "state": "ALIVE", "address": address, "worker_id": worker_id})
+                    "state": "ALIVE", "address": address, "worker_id": worker_id,
+                    "nm_address": nm_address})
                 actor.ready.set()
                 self.flush_actor(actor)
 
@@ -435,7 +444,7 @@ class Submitter:
             cause = results[0][1]
             self.actor_died(actor, ActorDiedError(
                 f"actor {actor.actor_id} died in its constructor: {cause}"))
-            self.core.endpoint.send(self.core.nm_address, "kill_worker", actor.worker_id, True)
+            self.core.endpoint.send(actor.nm_address, "kill_worker", actor.worker_id, True)
 
     def actor_died(self, actor: ActorState, error: BaseException) -> None:
         """Fail every pending and future call of a dead actor with ``error``."""
@@ -453,14 +462,17 @@ class Submitter:
                 self.calls.pop(call.task_id, None)
                 release_args(self.core, call)
 
-    def _on_worker_died(self, worker_id: str, address: str | None, reason: str) -> None:
+    def _on_worker_died(self, worker_id: str | None, address: str | None, reason: str,
+                        node_lost: bool) -> None:
         with self.lock:
             for pool in self.pools.values():
-                pool.worker_died(worker_id, reason)
+                pool.worker_died(worker_id, address, reason, node_lost)
             for actor in self.actors.values():
-                if actor.dead is None and (actor.worker_id == worker_id or
+                if actor.dead is None and ((worker_id is not None and
+                                            actor.worker_id == worker_id) or
                                            (address is not None and actor.address == address)):
-                    self._actor_lost(actor, reason)
+                    self._actor_lost(actor, reason,
+                                     ActorNodeDiedError if node_lost else ActorDiedError)
 
     def _actor_lost(self, actor: ActorState, reason: str,
                     dead: type[ActorDiedError] = ActorDiedError) -> None:
@@ -511,6 +523,7 @@ class Submitter:
                                                       f"not restart"))
             elif info.get("state") == "ALIVE" and info.get("address") != actor.address:
                 actor.address, actor.worker_id = info["address"], info.get("worker_id")
+                actor.nm_address = info.get("nm_address")
                 actor.ready.set()
                 self.flush_actor(actor)
 
@@ -537,8 +550,8 @@ class Submitter:
                     else:
                         fut.set_result(asked.result())
                 elif asked.exception() is None:  # granted by a node manager born meanwhile
-                    worker_id = asked.result()[0]
-                    core.endpoint.send(core.nm_address, "kill_worker" if actor_id else
+                    worker_id, nm_address = asked.result()[0], asked.result()[3]
+                    core.endpoint.send(nm_address, "kill_worker" if actor_id else
                                        "return_lease", worker_id)
 
         asked.add_done_callback(answered)

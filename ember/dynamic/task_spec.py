@@ -72,7 +72,7 @@ def encode_args(core: CoreWorker, args: tuple, kwargs: dict, what: str
         return ("i", ser.to_bytes()), arg_refs, pinned
     body_id = core.new_id()
     core.store_serialized(body_id, ser)
-    return ("s", body_id), arg_refs, pinned
+    return ("s", (body_id, core.node)), arg_refs, pinned
 
 
 def release_args(core: CoreWorker, call: "PendingCall") -> None:
@@ -81,7 +81,8 @@ def release_args(core: CoreWorker, call: "PendingCall") -> None:
         core.unpin(oid)
     call.pinned = []
     if call.body[0] == "s":
-        core.free_segments([call.body[1]])
+        body_id, node = call.body[1]
+        core.free_segments([body_id], node)
 
 
 def resolve_refs(core: CoreWorker, arg_refs: list[tuple[Any, ObjectRef]]
@@ -93,7 +94,7 @@ def resolve_refs(core: CoreWorker, arg_refs: list[tuple[Any, ObjectRef]]
         if entry is not None and entry.owned and entry.state == INLINE:
             resolved.append((key, "i", entry.payload))
         elif entry is not None and entry.owned and entry.state == IN_SHM:
-            resolved.append((key, "s", ref.id))
+            resolved.append((key, "s", (ref.id, entry.payload[1])))
         elif entry is not None and entry.owned and entry.state == FAILED:
             return [], entry.payload
         else:
@@ -107,14 +108,14 @@ def decode_args(core: CoreWorker, body: tuple, resolved: list) -> tuple[tuple, d
     if kind == "i":
         args, kwargs = deserialize(payload, "the task's arguments")
     else:
-        args, kwargs = core.read_shm(payload)
+        args, kwargs = core.read_object(*payload)
     if resolved:
         args = list(args)
         for key, rkind, rpayload in resolved:
             if rkind == "i":
                 value = value_transport.resolve(deserialize(rpayload, "an argument"))
             elif rkind == "s":
-                value = value_transport.resolve(core.read_shm(rpayload))
+                value = value_transport.resolve(core.read_object(*rpayload))
             else:
                 value = core.get_one(rpayload, None)
             if isinstance(key, int):

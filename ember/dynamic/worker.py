@@ -30,6 +30,7 @@ from ember.dynamic import runtime_context as context
 from ember.dynamic.actor import (EXIT_METHOD, GROUP_ATTR, ActorHandle, handle_from_info,
                                  method_table)
 from ember.dynamic.core_worker import FAILED, CoreWorker
+from ember.dynamic.messaging import listen_address
 from ember.dynamic.process import bind_to_parent, session_dir
 from ember.dynamic.remote_function import DEFAULT_TASK_RESOURCES
 from ember.dynamic.serialization import serialize
@@ -46,7 +47,7 @@ class WorkerProcess:
     """The main loop and call execution of one worker."""
 
     def __init__(self, nm_address: str, gcs_address: str, worker_id: str) -> None:
-        address = f"ipc://{session_dir(shm.session_id())}/w_{worker_id}.sock"
+        address = listen_address(session_dir(shm.session_id()), f"w_{worker_id}")
         self.core = CoreWorker(address, nm_address, gcs_address, worker_id)
         self.submitter = Submitter(self.core)
         api.set_runtime(self.core, self.submitter)

@@ -250,7 +250,7 @@ class GpuObjects:
         if state == INLINE:
             return deserialize(payload, "a host copy")
         try:
-            return core.read_shm(copy_id)   # tensors of our own (Note [tensor frames])
+            return core.read_object(copy_id, payload[1])   # our own tensors (Note [tensor frames])
         finally:
             core.endpoint.send(stub.producer, "tensor_fetch", core.address, 0, stub.oid,
                                "freed", copy_id)
@@ -304,7 +304,8 @@ class GpuObjects:
             with self.lock:
                 self.pending.get(stub.producer, set()).discard(fut)
 
-    def _on_worker_died(self, worker_id: str, address: str | None, reason: str) -> None:
+    def _on_worker_died(self, worker_id: str | None, address: str | None, reason: str,
+                        node_lost: bool) -> None:
         if address is None:
             return
         with self.lock:

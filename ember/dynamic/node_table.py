@@ -1,0 +1,119 @@
+"""The GCS's table of nodes: registration, heartbeats, death by silence, and picking a node.
+
+Note [node heartbeats]: a node manager of a cluster registers its node with the GCS
+(``register_node``: address, resources, labels, transfer address) and then sends a heartbeat
+every ``HEARTBEAT_S`` with its available resources and the addresses of its processes (workers
+and local drivers). A node whose heartbeats stop for ``node_timeout_s()`` (``EMBER_NODE_TIMEOUT_S``,
+default 10 s) is marked dead: its record says ``"alive": False``, the change is published on the
+``"nodes"`` channel, and its actors are marked DEAD. Every node manager subscribes to that
+channel and tells its local processes that each process of the dead node is gone (Note [node
+death] in node_manager.py). A node that comes back after being declared dead is not taken back:
+it must restart (its processes were already given up for dead).
+
+Note [spillback]: a node manager places a lease request locally when it can. When its node can
+never hold the request, or holds no free resources for it now, it asks ``pick_node`` for another
+node: one alive, other than the asking one, whose total resources fit and (for a busy node)
+whose last reported available resources fit now, most free CPU first; it then forwards the
+request there (the answer goes straight to the caller). A forwarded request is queued where it
+lands, never forwarded again.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from ember.dynamic.resources import EPS
+
+HEARTBEAT_S = 1.0
+TIMEOUT_ENV = "EMBER_NODE_TIMEOUT_S"
+
+
+def node_timeout_s() -> float:
+    """Seconds of silence after which a node is dead (Note [node heartbeats])."""
+    return float(os.environ.get(TIMEOUT_ENV, "10"))
+
+
+def fits(request: dict[str, float], resources: dict[str, float]) -> bool:
+    """Whether ``resources`` hold ``request``."""
+    return all(resources.get(k, 0.0) + EPS >= v for k, v in request.items() if v > 0)
+
+
+class NodeTable:
+    """Node records in the GCS's storage, with the time of each node's last heartbeat."""
+
+    def __init__(self, server: Any) -> None:
+        self.server = server
+        self.storage = server.storage
+        self.last_seen: dict[str, float] = {}
+        self.timeout = node_timeout_s()
+        ep = server.endpoint
+        ep.on("register_node", self.register)
+        ep.on("node_heartbeat", self.heartbeat)
+        ep.on("pick_node", self.pick)
+        ep.on("node_stopped", lambda node_id: self.mark_dead(node_id, "it was stopped"))
+        now = time.monotonic()
+        for node_id, record in self.storage.items("nodes"):
+            if record.get("alive", True):
+                self.last_seen[node_id] = now   # a restarted GCS gives every node a full timeout
+        ep.call_later(HEARTBEAT_S, self.check)
+
+    def register(self, reply_to: str, rid: int, node_id: str, record: dict) -> None:
+        """A node manager joins the cluster."""
+        record = {**record, "alive": True, "available": dict(record["resources"])}
+        self.last_seen[node_id] = time.monotonic()
+        self.storage.put("nodes", node_id, record)
+        self.server.endpoint.reply(reply_to, rid, True)
+        self.server.publish("nodes", node_id, record)
+
+    def heartbeat(self, node_id: str, total: dict, available: dict, processes: list) -> None:
+        """A node is alive; remember what it has free and which processes run there."""
+        record = self.storage.get("nodes", node_id)
+        if record is None or not record.get("alive", True):
+            return   # declared dead: Note [node heartbeats]
+        self.last_seen[node_id] = time.monotonic()
+        if (record.get("available") != available or record.get("resources") != total
+                or record.get("processes") != processes):
+            self.storage.put("nodes", node_id, {**record, "resources": total,
+                                                "available": available, "processes": processes})
+
+    def pick(self, reply_to: str, rid: int, resources: dict, exclude: str, now: bool) -> None:
+        """Answer with the node manager address of another node for a request, or None
+        (Note [spillback])."""
+        best, best_cpu = None, -1.0
+        for node_id, record in self.storage.items("nodes"):
+            if node_id == exclude or not record.get("alive", True):
+                continue
+            if not fits(resources, record["resources"]):
+                continue
+            available = record.get("available", record["resources"])
+            if now and not fits(resources, available):
+                continue
+            cpu = available.get("CPU", 0.0)
+            if cpu > best_cpu:
+                best, best_cpu = record["address"], cpu
+        self.server.endpoint.reply(reply_to, rid, best)
+
+    def check(self) -> None:
+        """Mark nodes that have been silent too long dead; run again in a while."""
+        now = time.monotonic()
+        for node_id, seen in list(self.last_seen.items()):
+            if now - seen > self.timeout:
+                del self.last_seen[node_id]
+                self.mark_dead(node_id, f"its heartbeats stopped for {self.timeout:g} s")
+        self.server.endpoint.call_later(HEARTBEAT_S, self.check)
+
+    def mark_dead(self, node_id: str, why: str) -> None:
+        """Declare a node dead and publish it; its actors die with it."""
+        record = self.storage.get("nodes", node_id)
+        if record is None or not record.get("alive", True):
+            return
+        self.last_seen.pop(node_id, None)
+        record = {**record, "alive": False, "death_reason": why}
+        self.storage.put("nodes", node_id, record)
+        gone = set(record.get("processes", ()))
+        for actor_id, info in self.storage.items("actors"):
+            if info.get("state") != "DEAD" and info.get("address") in gone:
+                self.server.update_actor(actor_id, {"state": "DEAD"})
+        self.server.publish("nodes", node_id, record)
