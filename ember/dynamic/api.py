@@ -19,9 +19,14 @@ from ember.dynamic.object_ref import ObjectRef
 from ember.dynamic.process import remove_session_dir, session_dir
 from ember.dynamic.resources import detect_gpus, detect_memory
 from ember.dynamic.runtime_context import facts, node_labels, runtime_env_vars
-from ember.dynamic.supervisor import Driver
+from ember.dynamic.cluster_auth import CLUSTER_ENV, NODE_IP_ENV
+from ember.dynamic.messaging import listen_address
+from ember.dynamic.node_records import ask_head, local_node, split_address
+from ember.dynamic.object_transfer import Node
+from ember.dynamic.supervisor import ClusterDriver, Driver
 from ember.exceptions import EmberError, ReinitError
 
+ADDRESS_ENV = "EMBER_ADDRESS"   # Ray's RAY_ADDRESS: the cluster ``init()`` joins by default
 _lock = threading.RLock()
 _runtime: tuple[Any, Any] | None = None
 _driver: "Driver | None" = None
@@ -53,17 +58,19 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
          ignore_reinit_error: bool = False, namespace: str | None = None,
          runtime_env: dict | None = None, _gcs_storage: str | None = None,
          **_ignored: Any) -> dict:
-    """Start a local cluster: a GCS, a node manager with its workers, and this driver.
+    """Start a local cluster (a GCS, a node manager with its workers, and this driver), or
+    connect this driver to a running one.
 
     ``address`` is Ray's first parameter: None or "local" start a new local cluster; "auto"
-    (or a "host:port") would join a running one, which this runtime does not offer yet, so it
-    raises ConnectionError instead of starting a cluster the caller did not ask for. The job's
-    ``runtime_env={"env_vars": {...}}`` is set in every worker (the node manager starts them
-    with it); Ray options this runtime has no use for (``include_dashboard``...) are ignored.
+    joins the cluster of the node running on this machine (``ember start``), and "HOST:PORT"
+    the cluster whose head is there (which must have a node on this machine too). The job's
+    ``runtime_env={"env_vars": {...}}`` is set in every worker of a local cluster (the node
+    manager starts them with it); Ray options this runtime has no use for
+    (``include_dashboard``...) are ignored.
     """
     global _driver
     from ember.dynamic.submitter import Submitter
-    check_address(address)
+    address = check_address(address if address is not None else os.environ.get(ADDRESS_ENV))
     node_labels = validate_labels(labels)
     job_env = runtime_env_vars(runtime_env)
     if namespace is not None and not isinstance(namespace, str):
@@ -74,6 +81,9 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
                 return {"session": shm.session_id()}
             raise ReinitError("ember.init() was already called; call ember.shutdown() first, "
                               "or pass ignore_reinit_error=True")
+        if address is not None:
+            facts().namespace = namespace or f"anonymous-{uuid.uuid4()}"
+            return _connect(address, facts().namespace)
         sid = uuid.uuid4().hex[:12]
         shm.set_session_id(sid)
         folder = session_dir(sid)
@@ -116,16 +126,51 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
         return {"session": sid, "address": address, "resources": total}
 
 
-def check_address(address: str | None) -> None:
-    """Accept the addresses that mean "start a local cluster"; refuse the others clearly."""
+def check_address(address: str | None) -> str | None:
+    """The cluster address to connect to: None for a new local cluster."""
     if address is None or address == "local":
-        return
+        return None
     if not isinstance(address, str):
         raise TypeError(f"address must be a str or None, not {type(address).__name__}")
-    what = ("no running ember cluster was found (address='auto')" if address == "auto" else
-            f"cannot connect to the cluster at {address!r}")
-    raise ConnectionError(f"{what}: this ember runtime starts its own local cluster; call "
-                          f"ember.init() (address=None or 'local')")
+    if address != "auto":
+        split_address(address)   # ValueError for a malformed one
+    return address
+
+
+def _connect(address: str, namespace: str) -> dict:
+    """Join a running cluster through the node on this machine (Note [node records])."""
+    global _driver
+    from ember.dynamic.submitter import Submitter
+    if address == "auto":
+        record = local_node()
+        if record is None:
+            raise ConnectionError(
+                "no running ember cluster was found on this machine (address='auto'): start "
+                "one with `ember start --head`, or call ember.init() for a local cluster")
+    else:
+        record = local_node(ask_head(address)["gcs_address"])
+        if record is None:
+            raise ConnectionError(
+                f"the cluster at {address} has no node on this machine (sharing this "
+                f"process's /dev/shm); run `ember start --address {address}` here first")
+    os.environ[CLUSTER_ENV] = "1"
+    os.environ[NODE_IP_ENV] = record["node_ip"]
+    sid = record["node_id"]
+    shm.set_session_id(sid)
+    core = CoreWorker(listen_address(session_dir(sid), f"driver_{os.getpid()}"),
+                      record["nm_address"], record["gcs_address"], None)
+    core.start()
+    node = core.gcs_call("kv_get", "nodes", sid)
+    core.node = Node(sid, record["nm_address"], node["transfer"])
+    core.endpoint.send(core.nm_address, "register_client", core.address, os.getpid())
+    core.gcs_call("kv_put", "jobs", f"{sid}-{os.getpid()}", {
+        "driver_pid": os.getpid(), "driver_address": core.address, "namespace": namespace,
+        "start_time": time.time()}, True)
+    submitter = Submitter(core)
+    set_runtime(core, submitter)
+    _driver = ClusterDriver(core, submitter, node["pid"])
+    atexit.register(shutdown)
+    return {"session": sid, "address": record["address"], "node_id": sid}
 
 
 def shutdown() -> None:
@@ -145,6 +190,12 @@ def shutdown() -> None:
         set_current_core(None)
         facts().namespace = facts().node_labels = None
         core = driver.core
+        if isinstance(driver, ClusterDriver):   # the cluster stays; this job's share ends
+            core.endpoint.send(core.gcs_address, "client_gone", core.address)
+            core.stop(free_owned=True)
+            for name in (CLUSTER_ENV, NODE_IP_ENV):
+                os.environ.pop(name, None)
+            return
         for address in (core.nm_address, core.gcs_address):
             core.endpoint.send(address, "shutdown")
         _stop_processes(driver.procs)
@@ -243,30 +294,52 @@ def cancel(ref: ObjectRef, force: bool = False, recursive: bool = True) -> None:
     submitter.cancel(ref, force)
 
 
-def _node_state() -> tuple[dict, dict, dict]:
+def _node_records() -> list[dict]:
+    """Every node as Ray's ``nodes()`` describes it; this node's numbers fresh from its node
+    manager, the others' as of their last heartbeat (Note [node heartbeats])."""
     core, submitter = runtime()
     if submitter.node_gone is not None:  # Note [node manager death] in supervisor.py
         raise submitter.node_gone
-    return core.ask(core.nm_address, "resources")
+    total, available, store = core.ask(core.nm_address, "resources")
+    here = {"NodeID": core.node.node_id, "Alive": True, "Resources": total,
+            "Available": available, "NodeManagerAddress": core.nm_address,
+            "ObjectStore": store, "Labels": node_labels()}
+    if not os.environ.get(CLUSTER_ENV):
+        return [here]
+    records = [here]
+    for node_id, record in sorted(core.gcs_call("kv_items", "nodes")):
+        if node_id != here["NodeID"]:
+            records.append({
+                "NodeID": node_id, "Alive": record.get("alive", True),
+                "Resources": record["resources"],
+                "Available": record.get("available", record["resources"]),
+                "NodeManagerAddress": record["address"], "NodeManagerHostname":
+                record.get("node_ip"), "Labels": record.get("labels", {})})
+    return records
+
+
+def _sum(which: str) -> dict[str, float]:
+    total: dict[str, float] = {}
+    for record in _node_records():
+        if record["Alive"]:
+            for k, v in record[which].items():
+                total[k] = total.get(k, 0.0) + v
+    return total
 
 
 def cluster_resources() -> dict[str, float]:
-    """Total resources of the cluster."""
-    return dict(_node_state()[0])
+    """Total resources of the cluster's live nodes."""
+    return _sum("Resources")
 
 
 def available_resources() -> dict[str, float]:
     """Resources not held by running tasks and actors."""
-    return {k: v for k, v in _node_state()[1].items() if v > 0}
+    return {k: v for k, v in _sum("Available").items() if v > 0}
 
 
 def nodes() -> list[dict]:
-    """One record per node (this runtime runs one node)."""
-    total, _, store = _node_state()
-    core, _ = runtime()
-    return [{"NodeID": shm.session_id(), "Alive": True, "Resources": total,
-             "NodeManagerAddress": core.nm_address, "ObjectStore": store,
-             "Labels": node_labels()}]
+    """One record per node of the cluster (dead ones too, ``Alive`` False), this one first."""
+    return _node_records()
 
 
 def get_gpu_ids() -> list[int]:

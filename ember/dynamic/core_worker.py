@@ -128,8 +128,16 @@ class CoreWorker:
         """Start receiving messages."""
         self.endpoint.start()
 
-    def stop(self) -> None:
-        """Stop messaging; refs left alive no longer count."""
+    def stop(self, free_owned: bool = False) -> None:
+        """Stop messaging; refs left alive no longer count (``free_owned``: first remove the
+        segments of the objects this process owns, as a driver leaving a cluster must)."""
+        if free_owned:
+            with self.lock:
+                held = [(oid, e.payload[1]) for oid, e in self.objects.items()
+                        if e.owned and e.state == IN_SHM]
+                self.objects.clear()
+            for oid, node in held:
+                self.free_segments([oid], node)
         self.segments.close()
         self.endpoint.stop()
 

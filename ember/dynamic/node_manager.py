@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 from collections import deque
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from ember.dynamic import shm
@@ -140,6 +141,75 @@ class NodeManager:
     def register_client(self, address: str, pid: int) -> None:
         """A driver announces itself to receive ``worker_died`` messages."""
         self.clients[address] = pid
+        fd = pidfd(pid) if self.cluster else None
+        if fd is not None:   # the cluster outlives drivers: clean up after each one
+            self.endpoint.watch_fd(fd, lambda: self._driver_exited(address, fd))
+
+    def _driver_exited(self, address: str, fd: int) -> None:
+        os.close(fd)
+        self.client_gone(address)
+        self.endpoint.send(self.gcs_address, "client_gone", address)
+
+    def client_gone(self, address: str) -> None:
+        """A driver (or a whole node's processes) ended: end the actors it owned here and
+        take back its task leases (Ray ends a job's actors with its driver)."""
+        self.clients.pop(address, None)
+        for worker in list(self.workers.values()):
+            lease = worker.lease
+            if lease is None or address not in (lease.reply_to, lease.owner):
+                continue
+            if worker.actor_id is not None:
+                self.kill_worker(worker.worker_id)
+            else:
+                self.return_lease(worker.worker_id)
+
+    # ---- the cluster: Note [node heartbeats] and Note [node death] --------------------------
+
+    def local_processes(self) -> list[str]:
+        """Addresses of this node's processes: itself, its workers and its drivers."""
+        return [self.endpoint.address, *(a for a, pid in self.clients.items() if pid)]
+
+    def join_cluster(self, record: dict) -> None:
+        """Register this node with the GCS, then heartbeat."""
+        self.endpoint.call(self.gcs_address, "register_node", self.sid, record)
+        self.endpoint.send(self.gcs_address, "subscribe", "nodes", self.endpoint.address)
+        self.endpoint.call_soon(self._heartbeat)
+
+    def _heartbeat(self) -> None:
+        if self.done.is_set():
+            return
+        self.endpoint.send(self.gcs_address, "node_heartbeat", self.sid, self.resources.total,
+                           self.resources.available, self.local_processes())
+        self.endpoint.call_later(HEARTBEAT_S, self._heartbeat)
+
+    def node_changed(self, channel: str, node_id: str, record: dict) -> None:
+        """Note [node death]: another node died; tell this node's processes that each of its
+        processes is gone (their calls fail or retry, their objects are lost)."""
+        if channel != "nodes" or record.get("alive", True) or node_id == self.sid:
+            return
+        reason = (f"its node {node_id} ({record.get('node_ip')}) died: "
+                  f"{record.get('death_reason', 'unknown')}")
+        local = self.local_processes()[1:]
+        for address in record.get("processes", ()):
+            self.client_gone(address)
+            self.endpoint.forget_peer(address)
+            for client in local:
+                self.endpoint.send(client, "worker_died", None, address, reason, True)
+
+    def delete_objects(self, oids: list[str]) -> None:
+        """An owner on another node freed objects held here (Note [objects across nodes])."""
+        for oid in oids:
+            shm.unlink(shm.segment_path("obj", oid))
+            self.store.free(oid)
+
+    def _restore_for_transfer(self, oid: str) -> bool:
+        """Restore a spilled object for the transfer server's thread, on the I/O thread."""
+        done: Future = Future()
+        self.endpoint.call_soon(lambda: done.set_result(self.store.restore(oid)))
+        try:
+            return done.result(timeout=30)
+        except Exception:  # noqa: BLE001 - a stopped node manager restores nothing
+            return False
 
     def request_lease(self, reply_to: str, rid: int, resources: dict, actor_id: str | None,
                       owner: str, spilled: bool = False) -> None:
@@ -278,6 +348,9 @@ class NodeManager:
 
     def shutdown(self) -> None:
         """End every worker and remove the session's shared memory and folder."""
+        if self.transfer is not None:
+            self.transfer.stop()
+            self.endpoint.send(self.gcs_address, "node_stopped", self.sid)
         procs = [w.proc for w in self.workers.values()]
         for proc in procs:
             proc.kill()
@@ -319,10 +392,15 @@ def main() -> None:
     address, ready_address, gcs_address, config = sys.argv[1:5]
     manager = NodeManager(address, gcs_address, json.loads(config))
     manager.endpoint.start()
+    address = manager.endpoint.address
+    record = {"address": address, "resources": manager.resources.total, "pid": os.getpid(),
+              "labels": manager.labels}
     # registered before ready: the driver may read the node record at once
-    manager.endpoint.call(gcs_address, "kv_put", "nodes", manager.sid, {
-        "address": address, "resources": manager.resources.total, "pid": os.getpid(),
-        "labels": manager.labels}, True)
+    if manager.cluster:
+        manager.join_cluster({**record, "node_ip": os.environ[NODE_IP_ENV],
+                              "transfer": manager.transfer.address})
+    else:
+        manager.endpoint.call(gcs_address, "kv_put", "nodes", manager.sid, record, True)
     manager.endpoint.send(ready_address, "process_ready", "node_manager", address)
     manager.endpoint.call_soon(lambda: [manager.start_worker() for _ in range(manager.prestart)])
     wait_until_done(manager.done)

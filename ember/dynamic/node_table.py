@@ -53,6 +53,7 @@ class NodeTable:
         ep.on("node_heartbeat", self.heartbeat)
         ep.on("pick_node", self.pick)
         ep.on("node_stopped", lambda node_id: self.mark_dead(node_id, "it was stopped"))
+        ep.on("client_gone", self.client_gone)
         now = time.monotonic()
         for node_id, record in self.storage.items("nodes"):
             if record.get("alive", True):
@@ -94,6 +95,12 @@ class NodeTable:
             if cpu > best_cpu:
                 best, best_cpu = record["address"], cpu
         self.server.endpoint.reply(reply_to, rid, best)
+
+    def client_gone(self, address: str) -> None:
+        """A driver ended: every node ends the actors and leases it held there."""
+        for _, record in self.storage.items("nodes"):
+            if record.get("alive", True):
+                self.server.endpoint.send(record["address"], "client_gone", address)
 
     def check(self) -> None:
         """Mark nodes that have been silent too long dead; run again in a while."""

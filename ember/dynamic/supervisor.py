@@ -117,3 +117,25 @@ class Driver:
         keep = self.submitter.node_died(reason, restarted)
         core.endpoint.send(core.gcs_address, "node_died", keep)
         core.fail_borrowed(lambda owner: owner != core.address, reason)
+
+
+class ClusterDriver:
+    """A driver that joined a running cluster: it watches the node manager of its machine's
+    node, whose death ends every call of this driver (Note [node manager death], without the
+    restart: the node's daemon stops the node)."""
+
+    def __init__(self, core: CoreWorker, submitter: "Submitter", nm_pid: int) -> None:
+        self.core = core
+        self.submitter = submitter
+        self.stopping = False
+        fd = pidfd(nm_pid)
+        if fd is not None:
+            core.endpoint.watch_fd(fd, lambda: self._exited(fd, nm_pid))
+
+    def _exited(self, fd: int, pid: int) -> None:
+        os.close(fd)
+        if not self.stopping:
+            reason = f"the node manager of this machine's node (pid {pid}) died"
+            self.submitter.node_died(reason, restarted=False)
+            self.core.fail_borrowed(lambda owner: owner != self.core.address, reason)
+
