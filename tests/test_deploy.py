@@ -276,7 +276,9 @@ def test_sbatch_has_directives_and_a_cleanup_trap():
 
 
 # A fake SLURM and ember: srun logs and runs its command; `ember start` logs and waits for
-# SIGTERM; `ember status` answers once a head has started (unless told otherwise).
+# SIGTERM; `ember status` answers once a head has started (unless told otherwise); the
+# script's wait for N nodes (`python - N TIMEOUT`) waits for N logged starts, as the real one
+# waits for N nodes to join, so that no SIGTERM comes before a fake node set its trap.
 FAKES = {
     "scontrol": 'printf "n1\\nn2\\nn3\\n"\n',
     "getent": 'case "$2" in n1) echo "10.0.0.1 STREAM n1";; n2) echo "10.0.0.2 STREAM n2";;'
@@ -288,13 +290,21 @@ FAKES = {
         if [[ "$1" == status ]]; then
             [[ -z "${FAKE_HEAD_NEVER_ANSWERS:-}" && -e "$LOG.head" ]]; exit
         fi
+        trap 'echo "stopped $2 $3" >>"$LOG"; exit 0' TERM
         echo "$* token=${EMBER_AUTH_TOKEN:-none}" >>"$LOG"
         [[ "$2" == --head ]] && { [[ -n "${FAKE_HEAD_DIES:-}" ]] && exit 1; touch "$LOG.head"; }
-        trap 'echo "stopped $2 $3" >>"$LOG"; exit 0' TERM
         while :; do sleep 0.05; done
         """),
-    "python": 'if [[ "$1" == -c ]]; then exec "$REAL_PYTHON" "$@"; fi\n'
-              'echo "python $*" >>"$LOG"; cat >/dev/null\n',
+    "python": textwrap.dedent("""\
+        [[ "$1" == -c ]] && exec "$REAL_PYTHON" "$@"
+        echo "python $*" >>"$LOG"; cat >/dev/null
+        if [[ "$1" == - && "${2:-}" =~ ^[0-9]+$ ]]; then
+            for _ in $(seq 200); do
+                (($(grep -c "^start " "$LOG") >= $2)) && exit 0; sleep 0.05
+            done
+            exit 1
+        fi
+        """),
 }
 
 
