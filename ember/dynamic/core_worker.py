@@ -104,6 +104,7 @@ class CoreWorker:
         self.executing_task = threading.local()
         self.death_listeners: list[Callable[[str, str | None, str], None]] = []
         self.on_free: dict[str, list[Callable[[], None]]] = {}  # owned oid -> run once freed
+        self.pub_listeners: dict[str, Callable[[str, Any], None]] = {}  # GCS channel -> handler
         ep = self.endpoint
         ep.on("get_object", self._on_get_object)
         ep.on("borrow", self._on_borrow)
@@ -112,6 +113,7 @@ class CoreWorker:
         ep.on("object_value", self._on_object_value)
         ep.on("worker_died", self._on_worker_died)
         ep.on("watch_free", self._on_watch_free)
+        ep.on("pub", self._on_pub)
 
     # ---- ids and lifecycle -------------------------------------------------------------------
 
@@ -446,6 +448,12 @@ class CoreWorker:
 
     def _on_object_value(self, oid: str, state: int, payload: Any) -> None:
         self.resolve(oid, state, payload)
+
+    def _on_pub(self, channel: str, key: str, value: Any) -> None:
+        """A GCS table this process subscribed to changed (``subscribe`` in gcs.py)."""
+        listener = self.pub_listeners.get(channel)
+        if listener is not None:
+            listener(key, value)
 
     # ---- process deaths ----------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from ember.dynamic import shm
+from ember.dynamic.bundles import BundleTable
 from ember.dynamic.messaging import Endpoint
 from ember.dynamic.object_store import ObjectStore
 from ember.dynamic.process import (bind_to_parent, pidfd, remove_session_dir, session_dir,
@@ -46,7 +47,7 @@ class Worker:
     lease: "LeaseRequest | None" = None
     actor_id: str | None = None
     blocked: bool = False
-    killed: bool = False
+    killed: str = ""  # why the node manager ended it, if it did
 
 
 @dataclass
@@ -98,6 +99,7 @@ class NodeManager:
         self.prestart = int(config.get("prestart", 0))
         self.worker_env = {**WORKER_THREAD_ENV, **config.get("worker_env", {})}  # job env_vars
         self.labels: dict[str, str] = config.get("labels", {})
+        self.bundles = BundleTable(self)  # placement group bundles (Note [bundle resources])
 
     def start_worker(self) -> None:
         """Spawn one worker process; it reports back with ``worker_ready``."""
@@ -201,11 +203,12 @@ class NodeManager:
             for k, v in cpus.items():
                 self.resources.available[k] = self.resources.available.get(k, 0.0) - v
 
-    def kill_worker(self, worker_id: str, force: bool = True) -> None:
-        """End a worker (``ember.kill`` of an actor, forced cancel)."""
+    def kill_worker(self, worker_id: str, force: bool = True,
+                    reason: str = "killed by ember.kill") -> None:
+        """End a worker (``ember.kill`` of an actor, forced cancel, a removed bundle)."""
         worker = self.workers.get(worker_id)
         if worker is not None:
-            worker.killed = True
+            worker.killed = reason
             worker.proc.send_signal(signal.SIGKILL if force else signal.SIGTERM)
 
     def worker_exited(self, worker: Worker, fd: int) -> None:
@@ -222,8 +225,7 @@ class NodeManager:
             self.idle.remove(worker)
         if worker.lease is not None:
             self._release(worker)
-        reason = "killed by ember.kill" if worker.killed else (
-            f"exited with code {worker.proc.returncode}")
+        reason = worker.killed or f"exited with code {worker.proc.returncode}"
         for address in list(self.clients):
             self.endpoint.send(address, "worker_died", worker.worker_id, worker.address, reason)
         self.schedule()

@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import cloudpickle
 
-from ember.dynamic import api, code_origin, labels
+from ember.dynamic import api, code_origin, labels, placement_group
 from ember.dynamic.object_ref import ObjectRef
 from ember.dynamic.runtime_context import runtime_env_vars
 from ember.exceptions import SerializationError
@@ -19,7 +19,7 @@ from ember.exceptions import SerializationError
 TASK_DEFAULTS = {"num_cpus": 1, "num_gpus": 0, "resources": None, "memory": None,
                  "max_retries": 3, "retry_exceptions": False, "num_returns": 1, "name": None,
                  "max_calls": 0, "runtime_env": None, "label_selector": None,
-                 "fallback_strategy": None}
+                 "fallback_strategy": None, "scheduling_strategy": None}
 DEFAULT_TASK_RESOURCES = {"CPU": 1.0}
 
 
@@ -180,6 +180,7 @@ class SubmitPlan:
     max_retries: int
     retry_exceptions: Any
     feasible: bool  # whether this node's labels satisfy the label_selector / fallbacks
+    placement: str | None  # the placement group it runs in (Note [placement gate])
 
 
 class RemoteFunction:
@@ -198,6 +199,8 @@ class RemoteFunction:
         self._env_vars = runtime_env_vars(opts["runtime_env"])
         labels.validate_selector(opts["label_selector"])
         labels.validate_fallback(opts["fallback_strategy"])
+        placement_group.check_strategy(opts["scheduling_strategy"], resource_request(opts),
+                                       f"remote function {fn.__name__}")
         self._signature = argument_check(fn)
         self._export: tuple[str, bytes] | None = None
         self._plan: SubmitPlan | None = None
@@ -225,7 +228,8 @@ class RemoteFunction:
                                 for i in range(plan.num_returns)], plan.num_returns)
         refs = submitter.submit_task(plan.target, plan.what, args, kwargs, plan.resources,
                                      plan.num_returns, plan.max_retries,
-                                     plan.retry_exceptions, plan.lease)
+                                     plan.retry_exceptions, plan.lease,
+                                     placement_group.gate(plan.placement))
         return unpack_refs(refs, plan.num_returns)
 
     def _make_plan(self) -> "SubmitPlan":
@@ -235,7 +239,8 @@ class RemoteFunction:
         if self._export is None:
             self._export = export(self._function, f"remote function {qualname}")
         function_id = self._export[0]
-        resources = resource_request(opts)
+        resources, placement = placement_group.constrain(opts["scheduling_strategy"],
+                                                         resource_request(opts))
         # A plain task sends only its function id; one with options the worker must know
         # (resources other than one CPU, env vars) sends ``(function_id, extras)``.
         extras: dict[str, Any] = {}
@@ -253,7 +258,8 @@ class RemoteFunction:
             target=(function_id, extras) if extras else function_id, lease=lease,
             resources=resources, num_returns=int(opts["num_returns"]),
             max_retries=int(opts["max_retries"]), retry_exceptions=opts["retry_exceptions"],
-            feasible=labels.feasible_here(opts["label_selector"], opts["fallback_strategy"]))
+            feasible=labels.feasible_here(opts["label_selector"], opts["fallback_strategy"]),
+            placement=placement)
         return self._plan
 
     def function_id(self, core: Any) -> str:
