@@ -177,12 +177,16 @@ class ActorClass:
             core.endpoint.request(core.gcs_address, "register_actor", actor_id, info, False)
         state = ActorState(actor_id, restarts_left=int(opts["max_restarts"]),
                            max_task_retries=int(opts["max_task_retries"]))
-        resources, placement = placement_group.constrain(opts["scheduling_strategy"],
-                                                         resource_request(opts))
+        strategy = placement_group.inherited(opts["scheduling_strategy"])
+        if strategy is not opts["scheduling_strategy"]:  # Note [captured child tasks]
+            placement_group.check_strategy(strategy, resource_request(opts),
+                                           f"actor {cls.__name__}")
+        resources, placement = placement_group.constrain(strategy, resource_request(opts))
         options = {"max_concurrency": opts["max_concurrency"],
                    "concurrency_groups": opts["concurrency_groups"] or {},
                    "env_vars": runtime_env_vars(opts["runtime_env"]), "resources": resources,
-                   "name": opts["name"] or "", "restartable": info["restartable"]}
+                   "name": opts["name"] or "", "restartable": info["restartable"],
+                   "capture": placement_group.capture_spec(strategy)}
         if labels.feasible_here(opts["label_selector"], opts["fallback_strategy"]):
             submitter.create_actor(state, class_id, f"actor {cls.__name__}", args, kwargs,
                                    resources, options, placement_group.gate(placement))

@@ -16,7 +16,7 @@ placement groups exist. GPUs keep their ids (Note [GPU instances] in resources.p
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ember.exceptions import SchedulingError

@@ -26,7 +26,7 @@ from ember.dynamic.messaging import Endpoint
 from ember.dynamic.object_store import ObjectStore
 from ember.dynamic.process import (bind_to_parent, pidfd, remove_session_dir, session_dir,
                                    spawn, wait_until_done)
-from ember.dynamic.resources import NodeResources
+from ember.dynamic.resources import NodeResources, cpu_part
 from ember.exceptions import SchedulingError
 
 
@@ -193,7 +193,7 @@ class NodeManager:
         if worker is None or worker.lease is None or worker.blocked == blocked:
             return
         worker.blocked = blocked
-        cpus = {"CPU": worker.lease.resources.get("CPU", 0.0)}
+        cpus = cpu_part(worker.lease.resources)
         if blocked:
             self.resources.release(cpus, [])
             self.max_pool += 1
@@ -201,7 +201,8 @@ class NodeManager:
         else:
             self.max_pool -= 1
             for k, v in cpus.items():
-                self.resources.available[k] = self.resources.available.get(k, 0.0) - v
+                if k in self.resources.total:  # not a bundle removed meanwhile
+                    self.resources.available[k] = self.resources.available.get(k, 0.0) - v
 
     def kill_worker(self, worker_id: str, force: bool = True,
                     reason: str = "killed by ember.kill") -> None:
@@ -253,7 +254,8 @@ class NodeManager:
         if worker.blocked:
             worker.blocked = False
             self.max_pool -= 1
-            resources.pop("CPU", None)
+            for k in cpu_part(resources):
+                resources.pop(k)
         self.resources.release(resources, lease.gpu_ids)
 
     def _idle_worker(self) -> Worker | None:

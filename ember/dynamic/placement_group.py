@@ -12,10 +12,16 @@ dependency), then asks for a lease; once this process has seen the group CREATED
 straight through. A call in a removed group fails with SchedulingError without being placed.
 What this process knows of a group comes from the GCS's ``placement_groups`` publications,
 subscribed to on first use.
+
+Note [captured child tasks]: a task or actor placed with ``placement_group_capture_child_tasks``
+tells its worker its group (``capture`` in the task's extras or the actor's options); while it
+runs, the calls it makes without a ``scheduling_strategy`` of their own go into the same group,
+in any bundle, and capture their own children too (Ray's semantics). "DEFAULT" escapes it.
 """
 
 from __future__ import annotations
 
+import contextvars
 import numbers
 import os
 import threading
@@ -151,6 +157,48 @@ def constrain(strategy: Any, request: dict[str, float]) -> tuple[dict[str, float
         return request, None
     pg_id = strategy.placement_group._id
     return request_in_bundle(request, pg_id, strategy.placement_group_bundle_index), pg_id
+
+
+def capture_spec(strategy: Any) -> tuple[str, list[dict]] | None:
+    """What a call with ``strategy`` tells its worker so that its children inherit the group
+    (Note [captured child tasks]), or None."""
+    if (isinstance(strategy, PlacementGroupSchedulingStrategy)
+            and strategy.placement_group is not None
+            and strategy.placement_group_capture_child_tasks):
+        return strategy.placement_group._id, strategy.placement_group.bundle_specs
+    return None
+
+
+_captured: contextvars.ContextVar[tuple | None] = contextvars.ContextVar(
+    "ember_captured_placement_group", default=None)
+_actor_capture: tuple | None = None  # the group of the actor this process hosts, if it captures
+
+
+def enter_capture(spec: tuple | None) -> contextvars.Token | None:
+    """A worker starts a task whose children go into group ``spec`` (None: no group)."""
+    return None if spec is None else _captured.set(spec)
+
+
+def leave_capture(token: contextvars.Token | None) -> None:
+    """Undo ``enter_capture``."""
+    if token is not None:
+        _captured.reset(token)
+
+
+def capture_for_actor(spec: tuple | None) -> None:
+    """The actor this process hosts places its children in group ``spec``."""
+    global _actor_capture
+    _actor_capture = spec
+
+
+def inherited(strategy: Any) -> Any:
+    """The strategy a call runs under: its own, else its caller's captured group."""
+    if strategy is not None:
+        return strategy
+    spec = _captured.get() or _actor_capture
+    if spec is None:
+        return None
+    return PlacementGroupSchedulingStrategy(PlacementGroup(*spec), -1, True)
 
 
 def gate(pg_id: str | None) -> ObjectRef | None:

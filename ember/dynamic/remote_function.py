@@ -204,6 +204,7 @@ class RemoteFunction:
         self._signature = argument_check(fn)
         self._export: tuple[str, bytes] | None = None
         self._plan: SubmitPlan | None = None
+        self._captured_plans: dict[str, SubmitPlan] = {}  # Note [captured child tasks]
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -219,7 +220,7 @@ class RemoteFunction:
     def remote(self, *args: Any, **kwargs: Any) -> ObjectRef | list[ObjectRef] | None:
         """Submit the task; return one ref, a list for ``num_returns > 1``, None for 0."""
         core, submitter = api.runtime()
-        plan = self._plan or self._make_plan()
+        plan = self._plan_for(placement_group.inherited(self._options["scheduling_strategy"]))
         check_arguments(self._signature, args, kwargs, plan.caller)
         self.function_id(core)
         if not plan.feasible:
@@ -232,15 +233,28 @@ class RemoteFunction:
                                      placement_group.gate(plan.placement))
         return unpack_refs(refs, plan.num_returns)
 
-    def _make_plan(self) -> "SubmitPlan":
-        """What every ``.remote()`` of these options sends, worked out once."""
+    def _plan_for(self, strategy: Any) -> "SubmitPlan":
+        """The plan of these options, or of them in the group the caller captures."""
+        if strategy is self._options["scheduling_strategy"]:
+            if self._plan is None:
+                self._plan = self._make_plan(strategy)
+            return self._plan
+        plan = self._captured_plans.get(strategy.placement_group._id)
+        if plan is None:
+            placement_group.check_strategy(strategy, resource_request(self._options),
+                                           f"remote function {self._function.__name__}")
+            plan = self._captured_plans[strategy.placement_group._id] = \
+                self._make_plan(strategy)
+        return plan
+
+    def _make_plan(self, strategy: Any) -> "SubmitPlan":
+        """What every ``.remote()`` of these options (under ``strategy``) sends."""
         opts = self._options
         qualname = self._function.__qualname__
         if self._export is None:
             self._export = export(self._function, f"remote function {qualname}")
         function_id = self._export[0]
-        resources, placement = placement_group.constrain(opts["scheduling_strategy"],
-                                                         resource_request(opts))
+        resources, placement = placement_group.constrain(strategy, resource_request(opts))
         # A plain task sends only its function id; one with options the worker must know
         # (resources other than one CPU, env vars) sends ``(function_id, extras)``.
         extras: dict[str, Any] = {}
@@ -248,19 +262,20 @@ class RemoteFunction:
             extras["resources"] = resources
         if self._env_vars:
             extras["env_vars"] = self._env_vars
+        if placement_group.capture_spec(strategy):
+            extras["capture"] = placement_group.capture_spec(strategy)
         max_calls = int(opts["max_calls"] or 0)
         lease = None
         if max_calls or self._env_vars:
             lease = (("env_vars", tuple(sorted(self._env_vars.items()))),
                      ("function", function_id if max_calls else None), ("max_calls", max_calls))
-        self._plan = SubmitPlan(
+        return SubmitPlan(
             what=f"task {qualname}", caller=f"remote function {qualname}",
             target=(function_id, extras) if extras else function_id, lease=lease,
             resources=resources, num_returns=int(opts["num_returns"]),
             max_retries=int(opts["max_retries"]), retry_exceptions=opts["retry_exceptions"],
             feasible=labels.feasible_here(opts["label_selector"], opts["fallback_strategy"]),
             placement=placement)
-        return self._plan
 
     def function_id(self, core: Any) -> str:
         """Export the function to the GCS once per process; return its id."""

@@ -123,6 +123,12 @@ class NodeResources:
         return chosen
 
 
+def cpu_part(request: dict[str, float]) -> dict[str, float]:
+    """The CPU amounts of a request, plain and bundle-renamed ("CPU_group_..."): what a
+    worker blocked in ``get`` lends to others."""
+    return {k: v for k, v in request.items() if k == "CPU" or k.startswith("CPU_group_")}
+
+
 def is_gpu_kind(name: str) -> bool:
     """Whether resource ``name`` counts GPUs ("GPU" or a bundle's renamed "GPU_group_...")."""
     return name == "GPU" or name.startswith("GPU_group_")

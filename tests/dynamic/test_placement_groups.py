@@ -19,8 +19,7 @@ from ember.dynamic import api
 from ember.dynamic.bundles import bundle_resources, request_in_bundle
 from ember.dynamic.placement_policy import place_bundles
 from ember.dynamic.resources import NodeResources
-from ember.exceptions import (ActorDiedError, EmberError, GetTimeoutError, SchedulingError,
-                              WorkerCrashedError)
+from ember.exceptions import ActorDiedError, GetTimeoutError, SchedulingError, WorkerCrashedError
 from ember.util import (get_current_placement_group, get_placement_group, placement_group,
                         placement_group_table, remove_placement_group)
 from ember.util.placement_group import PlacementGroup
@@ -336,3 +335,32 @@ def test_get_placement_group_by_name(groups):
     again = placement_group([{"CPU": 0.5}], name="named-pg")  # the name is free again
     assert get_placement_group("named-pg") == again
     assert get_current_placement_group() is None  # in the driver
+
+
+@ember.remote
+def parent(escape):
+    child = where_am_i.options(scheduling_strategy="DEFAULT") if escape else where_am_i
+    return get_current_placement_group().id.hex(), ember.get(child.remote(), timeout=30)[0]
+
+
+@ember.remote
+def submit_into(pg):
+    return ember.get(where_am_i.options(scheduling_strategy=in_bundle(pg, 0)).remote(),
+                     timeout=30)[0]
+
+
+@pytest.mark.timeout(60)
+def test_child_tasks_join_the_group_only_when_captured(groups):
+    pg = placement_group([{"CPU": 1}])
+    assert pg.wait(20)
+    gid = pg.id.hex()
+    capture = PlacementGroupSchedulingStrategy(pg, 0, placement_group_capture_child_tasks=True)
+    # the child needs the bundle's only CPU: the parent lends it while it waits in get
+    assert ember.get(parent.options(scheduling_strategy=capture).remote(False),
+                     timeout=30) == (gid, gid)
+    assert ember.get(parent.options(scheduling_strategy=capture).remote(True),
+                     timeout=30) == (gid, None)
+    assert ember.get(parent.options(scheduling_strategy=in_bundle(pg, 0)).remote(False),
+                     timeout=30) == (gid, None)
+    # a group handle travels: a task outside the group places work in it
+    assert ember.get(submit_into.options(num_cpus=0).remote(pg), timeout=30) == gid
