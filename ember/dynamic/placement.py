@@ -44,6 +44,7 @@ GROUPS = "placement_groups"
 NAMES = "named_placement_groups"
 PENDING, CREATED, RESCHEDULING, REMOVED = "PENDING", "CREATED", "RESCHEDULING", "REMOVED"
 PHASE_TIMEOUT_S = 10.0
+REMOVED_KEPT = 1000  # removed groups stay in the table (Ray's table shows them), the newest
 RETRY_MIN_S, RETRY_MAX_S = 0.05, 2.0
 
 
@@ -134,12 +135,19 @@ class PlacementGroupManager:
                 self.storage.delete(NAMES, key)
         self._save({**record, "state": REMOVED, "removed_at": time.time(),
                     "nodes": [None] * len(record["nodes"])})
+        self._forget_old_removed()
 
         def freed() -> None:
             self.endpoint.reply(reply_to, rid, None)
             self.schedule()
 
         self._give_back(pg_id, {nid: None for nid in nodes}, freed)
+
+    def _forget_old_removed(self) -> None:
+        removed = sorted((rec["removed_at"], pg_id) for pg_id, rec in self.storage.items(GROUPS)
+                         if rec["state"] == REMOVED)
+        for _, pg_id in removed[:max(0, len(removed) - REMOVED_KEPT)]:
+            self.storage.delete(GROUPS, pg_id)
 
     def get(self, reply_to: str, rid: int, pg_id: str | None, name: str | None = None,
             namespace: str | None = None) -> None:

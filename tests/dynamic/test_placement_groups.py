@@ -118,7 +118,41 @@ def test_a_bundle_task_gets_the_gpus_its_bundle_reserved():
     assert node.try_acquire(request_in_bundle({"GPU": 0.5}, "pg1", -1)) == [1]
 
 
-# ---- real processes: restarts of the GCS and of the node manager ----------------------------
+def test_public_names():
+    import sys
+    import ember.util.scheduling_strategies as strategies
+    module = sys.modules["ember.util.placement_group"]  # the attribute is the function, as in Ray
+    names = {"PlacementGroup", "get_current_placement_group", "get_placement_group",
+             "placement_group", "placement_group_table", "remove_placement_group"}
+    assert set(module.__all__) == names and names <= set(ember.util.__all__)
+    assert strategies.__all__ == ["PlacementGroupSchedulingStrategy"]
+
+
+# ---- real processes with clusters of their own: GPU ids, GCS and node manager restarts -------
+
+@ember.remote(num_cpus=0, num_gpus=1)
+def gpu_ids():
+    return ember.get_gpu_ids()
+
+
+@pytest.mark.timeout(60)
+def test_tasks_in_a_bundle_see_the_gpus_it_reserved():
+    ember.init(num_cpus=2, num_gpus=2)  # logical GPUs: the ids are what is checked
+    try:
+        first = placement_group([{"GPU": 1}])
+        second = placement_group([{"GPU": 1}])
+        assert first.wait(20) and second.wait(20)
+        assert ember.get(gpu_ids.options(scheduling_strategy=in_bundle(second, 0)).remote(),
+                         timeout=30) == [1]
+        assert ember.get(gpu_ids.options(scheduling_strategy=in_bundle(first)).remote(),
+                         timeout=30) == [0]
+        outside = gpu_ids.remote()
+        assert ember.wait([outside], timeout=0.5)[0] == []  # both GPUs are reserved
+        remove_placement_group(first)
+        assert ember.get(outside, timeout=30) == [0]
+    finally:
+        ember.shutdown()
+
 
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("backend", ["memory", "sqlite"])
