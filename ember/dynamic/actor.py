@@ -17,7 +17,7 @@ import inspect
 import time
 from typing import Any, Callable
 
-from ember.dynamic import api, labels, value_transport
+from ember.dynamic import api, labels, placement_group, value_transport
 from ember.dynamic.core_worker import INLINE
 from ember.dynamic.object_ref import ObjectRef
 from ember.dynamic.remote_function import (argument_check, check_arguments, check_options,
@@ -31,7 +31,7 @@ ACTOR_DEFAULTS = {"num_cpus": 0, "num_gpus": 0, "resources": None, "memory": Non
                   "name": None, "namespace": None, "get_if_exists": False,
                   "max_concurrency": None, "max_restarts": 0, "max_task_retries": 0,
                   "lifetime": None, "concurrency_groups": None, "runtime_env": None,
-                  "label_selector": None, "fallback_strategy": None}
+                  "label_selector": None, "fallback_strategy": None, "scheduling_strategy": None}
 NUM_RETURNS_ATTR = "__ember_num_returns__"
 GROUP_ATTR = "__ember_concurrency_group__"
 EXIT_METHOD = "__ember_exit__"
@@ -177,14 +177,19 @@ class ActorClass:
             core.endpoint.request(core.gcs_address, "register_actor", actor_id, info, False)
         state = ActorState(actor_id, restarts_left=int(opts["max_restarts"]),
                            max_task_retries=int(opts["max_task_retries"]))
-        resources = resource_request(opts)
+        strategy = placement_group.inherited(opts["scheduling_strategy"])
+        if strategy is not opts["scheduling_strategy"]:  # Note [captured child tasks]
+            placement_group.check_strategy(strategy, resource_request(opts),
+                                           f"actor {cls.__name__}")
+        resources, placement = placement_group.constrain(strategy, resource_request(opts))
         options = {"max_concurrency": opts["max_concurrency"],
                    "concurrency_groups": opts["concurrency_groups"] or {},
                    "env_vars": runtime_env_vars(opts["runtime_env"]), "resources": resources,
-                   "name": opts["name"] or "", "restartable": info["restartable"]}
+                   "name": opts["name"] or "", "restartable": info["restartable"],
+                   "capture": placement_group.capture_spec(strategy)}
         if labels.feasible_here(opts["label_selector"], opts["fallback_strategy"]):
             submitter.create_actor(state, class_id, f"actor {cls.__name__}", args, kwargs,
-                                   resources, options)
+                                   resources, options, placement_group.gate(placement))
         else:
             labels.warn_infeasible(f"actor {cls.__name__}", opts["label_selector"])
             state.ready.set()  # placed nowhere: calls queue until a matching node exists
@@ -227,6 +232,8 @@ def _check_actor_options(cls: type, opts: dict) -> None:
     runtime_env_vars(opts["runtime_env"])
     labels.validate_selector(opts["label_selector"])
     labels.validate_fallback(opts["fallback_strategy"])
+    placement_group.check_strategy(opts["scheduling_strategy"], resource_request(opts),
+                                   f"actor {cls.__name__}")
 
 
 def _handle_object(core: Any, submitter: Any, state: ActorState) -> ObjectRef:

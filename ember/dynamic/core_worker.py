@@ -109,6 +109,7 @@ class CoreWorker:
         # (worker id or None, address or None, reason, whether its whole node was lost)
         self.death_listeners: list[Callable[[str | None, str | None, str, bool], None]] = []
         self.on_free: dict[str, list[Callable[[], None]]] = {}  # owned oid -> run once freed
+        self.pub_listeners: dict[str, Callable[[str, Any], None]] = {}  # GCS channel -> handler
         ep = self.endpoint
         ep.on("get_object", self._on_get_object)
         ep.on("borrow", self._on_borrow)
@@ -117,6 +118,7 @@ class CoreWorker:
         ep.on("object_value", self._on_object_value)
         ep.on("worker_died", self._on_worker_died)
         ep.on("watch_free", self._on_watch_free)
+        ep.on("pub", self._on_pub)
 
     # ---- ids and lifecycle -------------------------------------------------------------------
 
@@ -471,6 +473,12 @@ class CoreWorker:
 
     def _on_object_value(self, oid: str, state: int, payload: Any) -> None:
         self.resolve(oid, state, payload)
+
+    def _on_pub(self, channel: str, key: str, value: Any) -> None:
+        """A GCS table this process subscribed to changed (``subscribe`` in gcs.py)."""
+        listener = self.pub_listeners.get(channel)
+        if listener is not None:
+            listener(key, value)
 
     # ---- process deaths ----------------------------------------------------------------------
 

@@ -1,8 +1,9 @@
 """The Global Control Store: cluster metadata in one process, with pub/sub of changes.
 
-Tables (in a ``gcs_storage`` backend): ``nodes`` (node_table.py, in a cluster), ``actors`` (actor id -> info dict),
-``named_actors`` ("namespace/name" -> actor id), ``functions`` (id -> pickled code), ``jobs``,
-``kv`` (user key-value). Subscribers of a channel receive ``("pub", channel, key, value)``.
+Tables (in a ``gcs_storage`` backend): ``nodes`` (node_table.py, in a cluster), ``actors``
+(actor id -> info dict), ``named_actors`` ("namespace/name" -> actor id), ``functions`` (id -> pickled code), ``jobs``,
+``kv`` (user key-value), and the placement group tables (placement.py). Subscribers of a
+channel receive ``("pub", channel, key, value)``; in-process ``watchers`` are called with it.
 In-memory tables are replicated to the driver, which restarts a dead GCS (Note [GCS restart]).
 Run as ``python -m ember.dynamic.gcs <address> <driver_address> <storage_url> [<snapshot>]``.
 """
@@ -12,12 +13,13 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from typing import Any
+from typing import Any, Callable
 
 from ember.dynamic.cluster_auth import CLUSTER_ENV
 from ember.dynamic.gcs_storage import open_storage, read_snapshot
 from ember.dynamic.messaging import Endpoint
 from ember.dynamic.node_table import NodeTable
+from ember.dynamic.placement import PlacementGroupManager
 from ember.dynamic.process import bind_to_parent, wait_until_done
 
 
@@ -36,6 +38,8 @@ class GcsServer:
             channel, address = key.split("|", 1)
             self.subscribers.setdefault(channel, set()).add(address)
         self.done = threading.Event()
+        self.watchers: dict[str, list[Callable[[str, Any], None]]] = {}  # in-process subscribers
+        self.placement = PlacementGroupManager(self)
         ep = self.endpoint
         ep.on("kv_put", self.kv_put)
         ep.on("kv_get", self.kv_get)
@@ -117,6 +121,8 @@ class GcsServer:
 
     def publish(self, channel: str, key: str, value: Any) -> None:
         """Tell every subscriber of ``channel`` about a change."""
+        for watcher in self.watchers.get(channel, ()):
+            watcher(key, value)
         for address in self.subscribers.get(channel, ()):
             self.endpoint.send(address, "pub", channel, key, value)
 

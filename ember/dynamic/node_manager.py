@@ -24,13 +24,14 @@ from dataclasses import dataclass, field
 from ember.dynamic import shm
 from ember.dynamic.auth import process_key
 from ember.dynamic.cluster_auth import NODE_IP_ENV
+from ember.dynamic.bundles import BundleTable
 from ember.dynamic.messaging import Endpoint
 from ember.dynamic.node_table import HEARTBEAT_S
 from ember.dynamic.object_store import ObjectStore
 from ember.dynamic.object_transfer import TRANSFER_ENV, TransferServer
 from ember.dynamic.process import (bind_to_parent, pidfd, remove_session_dir, session_dir,
                                    spawn, wait_until_done)
-from ember.dynamic.resources import NodeResources
+from ember.dynamic.resources import NodeResources, cpu_part
 from ember.exceptions import SchedulingError
 
 
@@ -51,7 +52,7 @@ class Worker:
     lease: "LeaseRequest | None" = None
     actor_id: str | None = None
     blocked: bool = False
-    killed: bool = False
+    killed: str = ""  # why the node manager ended it, if it did
 
 
 @dataclass
@@ -114,6 +115,7 @@ class NodeManager:
             ep.on("obj_delete", self.delete_objects)
             ep.on("pub", self.node_changed)
             ep.on("client_gone", self.client_gone)
+        self.bundles = BundleTable(self)  # placement group bundles (Note [bundle resources])
 
     def start_worker(self) -> None:
         """Spawn one worker process; it reports back with ``worker_ready``."""
@@ -309,7 +311,7 @@ class NodeManager:
         if worker is None or worker.lease is None or worker.blocked == blocked:
             return
         worker.blocked = blocked
-        cpus = {"CPU": worker.lease.resources.get("CPU", 0.0)}
+        cpus = cpu_part(worker.lease.resources)
         if blocked:
             self.resources.release(cpus, [])
             self.max_pool += 1
@@ -317,13 +319,15 @@ class NodeManager:
         else:
             self.max_pool -= 1
             for k, v in cpus.items():
-                self.resources.available[k] = self.resources.available.get(k, 0.0) - v
+                if k in self.resources.total:  # not a bundle removed meanwhile
+                    self.resources.available[k] = self.resources.available.get(k, 0.0) - v
 
-    def kill_worker(self, worker_id: str, force: bool = True) -> None:
-        """End a worker (``ember.kill`` of an actor, forced cancel)."""
+    def kill_worker(self, worker_id: str, force: bool = True,
+                    reason: str = "killed by ember.kill") -> None:
+        """End a worker (``ember.kill`` of an actor, forced cancel, a removed bundle)."""
         worker = self.workers.get(worker_id)
         if worker is not None:
-            worker.killed = True
+            worker.killed = reason
             worker.proc.send_signal(signal.SIGKILL if force else signal.SIGTERM)
 
     def worker_exited(self, worker: Worker, fd: int) -> None:
@@ -340,8 +344,7 @@ class NodeManager:
             self.idle.remove(worker)
         if worker.lease is not None:
             self._release(worker)
-        reason = "killed by ember.kill" if worker.killed else (
-            f"exited with code {worker.proc.returncode}")
+        reason = worker.killed or f"exited with code {worker.proc.returncode}"
         for address in list(self.clients):
             self.endpoint.send(address, "worker_died", worker.worker_id, worker.address, reason)
         self.schedule()
@@ -372,7 +375,8 @@ class NodeManager:
         if worker.blocked:
             worker.blocked = False
             self.max_pool -= 1
-            resources.pop("CPU", None)
+            for k in cpu_part(resources):
+                resources.pop(k)
         self.resources.release(resources, lease.gpu_ids)
 
     def _idle_worker(self) -> Worker | None:

@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import cloudpickle
 
-from ember.dynamic import api, code_origin, labels
+from ember.dynamic import api, code_origin, labels, placement_group
 from ember.dynamic.object_ref import ObjectRef
 from ember.dynamic.runtime_context import runtime_env_vars
 from ember.exceptions import SerializationError
@@ -19,7 +19,7 @@ from ember.exceptions import SerializationError
 TASK_DEFAULTS = {"num_cpus": 1, "num_gpus": 0, "resources": None, "memory": None,
                  "max_retries": 3, "retry_exceptions": False, "num_returns": 1, "name": None,
                  "max_calls": 0, "runtime_env": None, "label_selector": None,
-                 "fallback_strategy": None}
+                 "fallback_strategy": None, "scheduling_strategy": None}
 DEFAULT_TASK_RESOURCES = {"CPU": 1.0}
 
 
@@ -180,6 +180,7 @@ class SubmitPlan:
     max_retries: int
     retry_exceptions: Any
     feasible: bool  # whether this node's labels satisfy the label_selector / fallbacks
+    placement: str | None  # the placement group it runs in (Note [placement gate])
 
 
 class RemoteFunction:
@@ -198,9 +199,12 @@ class RemoteFunction:
         self._env_vars = runtime_env_vars(opts["runtime_env"])
         labels.validate_selector(opts["label_selector"])
         labels.validate_fallback(opts["fallback_strategy"])
+        placement_group.check_strategy(opts["scheduling_strategy"], resource_request(opts),
+                                       f"remote function {fn.__name__}")
         self._signature = argument_check(fn)
         self._export: tuple[str, bytes] | None = None
         self._plan: SubmitPlan | None = None
+        self._captured_plans: dict[str, SubmitPlan] = {}  # Note [captured child tasks]
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -216,7 +220,7 @@ class RemoteFunction:
     def remote(self, *args: Any, **kwargs: Any) -> ObjectRef | list[ObjectRef] | None:
         """Submit the task; return one ref, a list for ``num_returns > 1``, None for 0."""
         core, submitter = api.runtime()
-        plan = self._plan or self._make_plan()
+        plan = self._plan_for(placement_group.inherited(self._options["scheduling_strategy"]))
         check_arguments(self._signature, args, kwargs, plan.caller)
         self.function_id(core)
         if not plan.feasible:
@@ -225,17 +229,32 @@ class RemoteFunction:
                                 for i in range(plan.num_returns)], plan.num_returns)
         refs = submitter.submit_task(plan.target, plan.what, args, kwargs, plan.resources,
                                      plan.num_returns, plan.max_retries,
-                                     plan.retry_exceptions, plan.lease)
+                                     plan.retry_exceptions, plan.lease,
+                                     placement_group.gate(plan.placement))
         return unpack_refs(refs, plan.num_returns)
 
-    def _make_plan(self) -> "SubmitPlan":
-        """What every ``.remote()`` of these options sends, worked out once."""
+    def _plan_for(self, strategy: Any) -> "SubmitPlan":
+        """The plan of these options, or of them in the group the caller captures."""
+        if strategy is self._options["scheduling_strategy"]:
+            if self._plan is None:
+                self._plan = self._make_plan(strategy)
+            return self._plan
+        plan = self._captured_plans.get(strategy.placement_group._id)
+        if plan is None:
+            placement_group.check_strategy(strategy, resource_request(self._options),
+                                           f"remote function {self._function.__name__}")
+            plan = self._captured_plans[strategy.placement_group._id] = \
+                self._make_plan(strategy)
+        return plan
+
+    def _make_plan(self, strategy: Any) -> "SubmitPlan":
+        """What every ``.remote()`` of these options (under ``strategy``) sends."""
         opts = self._options
         qualname = self._function.__qualname__
         if self._export is None:
             self._export = export(self._function, f"remote function {qualname}")
         function_id = self._export[0]
-        resources = resource_request(opts)
+        resources, placement = placement_group.constrain(strategy, resource_request(opts))
         # A plain task sends only its function id; one with options the worker must know
         # (resources other than one CPU, env vars) sends ``(function_id, extras)``.
         extras: dict[str, Any] = {}
@@ -243,18 +262,20 @@ class RemoteFunction:
             extras["resources"] = resources
         if self._env_vars:
             extras["env_vars"] = self._env_vars
+        if placement_group.capture_spec(strategy):
+            extras["capture"] = placement_group.capture_spec(strategy)
         max_calls = int(opts["max_calls"] or 0)
         lease = None
         if max_calls or self._env_vars:
             lease = (("env_vars", tuple(sorted(self._env_vars.items()))),
                      ("function", function_id if max_calls else None), ("max_calls", max_calls))
-        self._plan = SubmitPlan(
+        return SubmitPlan(
             what=f"task {qualname}", caller=f"remote function {qualname}",
             target=(function_id, extras) if extras else function_id, lease=lease,
             resources=resources, num_returns=int(opts["num_returns"]),
             max_retries=int(opts["max_retries"]), retry_exceptions=opts["retry_exceptions"],
-            feasible=labels.feasible_here(opts["label_selector"], opts["fallback_strategy"]))
-        return self._plan
+            feasible=labels.feasible_here(opts["label_selector"], opts["fallback_strategy"]),
+            placement=placement)
 
     def function_id(self, core: Any) -> str:
         """Export the function to the GCS once per process; return its id."""

@@ -266,7 +266,7 @@ class Submitter:
         self.lease_requests: set[Future] = set()
         self.node_gone: NodeDiedError | None = None
         core.endpoint.on("task_done", self._on_task_done)
-        core.endpoint.on("pub", self._on_actor_update)
+        core.pub_listeners["actors"] = self._on_actor_update
         core.endpoint.on("lease_busy", self._on_lease_busy)
         core.death_listeners.append(self._on_worker_died)
 
@@ -274,8 +274,10 @@ class Submitter:
 
     def submit_task(self, function_id: str, what: str, args: tuple, kwargs: dict,
                     resources: dict[str, float], num_returns: int, max_retries: int,
-                    retry_exceptions: Any, private: tuple | None = None) -> list[ObjectRef]:
-        """Submit a task; return refs to its results (``private``: a lease tag of its own)."""
+                    retry_exceptions: Any, private: tuple | None = None,
+                    gate: ObjectRef | None = None) -> list[ObjectRef]:
+        """Submit a task; return refs to its results (``private``: a lease tag of its own;
+        ``gate``: a ref to wait for before placing it, ``_after_gate``)."""
         call, refs = self._new_call("task", function_id, what, args, kwargs, num_returns)
         call.retries_left = max_retries
         call.retry_exceptions = retry_exceptions
@@ -285,7 +287,7 @@ class Submitter:
             if pool is None:
                 pool = self.pools[key] = LeasePool(self, resources, private)
             call.pool_key = pool.key  # one tuple per pool, not per pending task
-            self._when_args_ready(call, lambda: pool.enqueue(call))
+            self._when_args_ready(call, lambda: pool.enqueue(call), gate)
         return refs
 
     def submit_actor_call(self, actor: ActorState, method: str, args: tuple, kwargs: dict,
@@ -303,7 +305,8 @@ class Submitter:
         return refs
 
     def create_actor(self, actor: ActorState, class_id: str, what: str, args: tuple,
-                     kwargs: dict, resources: dict[str, float], options: dict) -> None:
+                     kwargs: dict, resources: dict[str, float], options: dict,
+                     gate: ObjectRef | None = None) -> None:
         """Lease a dedicated worker for an actor and send it the constructor call."""
         call, _ = self._new_call("create_actor", class_id, what, args, kwargs, 0)
         call.body = (actor.actor_id, call.body, options)
@@ -311,7 +314,7 @@ class Submitter:
         actor.resources = resources
         with self.lock:
             self.actors[actor.actor_id] = actor
-            self._when_args_ready(call, lambda: self._lease_actor(actor, resources))
+            self._when_args_ready(call, lambda: self._lease_actor(actor, resources), gate)
 
     def _lease_actor(self, actor: ActorState, resources: dict[str, float]) -> None:
         core = self.core
@@ -370,8 +373,12 @@ class Submitter:
                 if pool.resources == resources:
                     pool.node_busy()
 
-    def _when_args_ready(self, call: PendingCall, then) -> None:
-        pending = [ref for ref in call.deps()
+    def _when_args_ready(self, call: PendingCall, then, gate: ObjectRef | None = None) -> None:
+        deps = call.deps()
+        if gate is not None:
+            deps.append(gate)
+            then = self._after_gate(call, gate, then)
+        pending = [ref for ref in deps
                    if ref.owner == self.core.address and not self.core.is_ready(ref)]
         if not pending:
             call.ready = True
@@ -388,6 +395,25 @@ class Submitter:
 
         for ref in pending:
             self.core.when_ready(ref, one_ready)
+
+    def _after_gate(self, call: PendingCall, gate: ObjectRef, then):
+        """``then``, unless ``gate`` (the ready ref of the placement group the call is placed
+        in, placement_group.py) failed: then the call fails with its error."""
+        def run() -> None:
+            try:
+                self.core.value_of(gate)
+            except BaseException as exc:  # noqa: BLE001 - e.g. the group was removed
+                if call.kind != "create_actor":
+                    self.finish(call, [(FAILED, exc)] * len(call.return_ids))
+                    return
+                actor = self.actors[call.body[0]]
+                self.actor_died(actor, ActorDiedError(
+                    f"actor {actor.actor_id} could not be created: {exc}"))
+                self.core.endpoint.send(self.core.gcs_address, "update_actor", actor.actor_id,
+                                        {"state": "DEAD"})
+                return
+            then()
+        return run
 
     def dispatch(self, call: PendingCall, address: str, gpu_ids: list[int]) -> None:
         """Send a call whose arguments are ready to ``address``."""
@@ -513,10 +539,10 @@ class Submitter:
             self.core.endpoint.send(self.core.gcs_address, "subscribe", "actors",
                                     self.core.address)
 
-    def _on_actor_update(self, channel: str, actor_id: str, info: dict) -> None:
+    def _on_actor_update(self, actor_id: str, info: dict) -> None:
         with self.lock:
             actor = self.actors.get(actor_id)
-            if channel != "actors" or actor is None or actor.creation is not None:
+            if actor is None or actor.creation is not None:
                 return
             if info.get("state") == "DEAD" and actor.dead is None:
                 self.actor_died(actor, ActorDiedError(f"the actor {actor_id} is dead and will "

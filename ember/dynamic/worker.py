@@ -25,7 +25,7 @@ from concurrent import futures
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from ember.dynamic import api, remote_function, shm, value_transport
+from ember.dynamic import api, placement_group, remote_function, shm, value_transport
 from ember.dynamic import runtime_context as context
 from ember.dynamic.actor import (EXIT_METHOD, GROUP_ATTR, ActorHandle, handle_from_info,
                                  method_table)
@@ -113,9 +113,13 @@ class WorkerProcess:
         function_id, extras = target if isinstance(target, tuple) else (target, {})
         self.set_gpus(gpu_ids)
         self.apply_env(extras.get("env_vars"))
-        results = self.execute(task_id, lambda: self.load(function_id), body, resolved,
-                               return_ids, f"task {task_id}",
-                               extras.get("resources", DEFAULT_TASK_RESOURCES))
+        captured = placement_group.enter_capture(extras.get("capture"))
+        try:
+            results = self.execute(task_id, lambda: self.load(function_id), body, resolved,
+                                   return_ids, f"task {task_id}",
+                                   extras.get("resources", DEFAULT_TASK_RESOURCES))
+        finally:
+            placement_group.leave_capture(captured)
         self.core.endpoint.send(owner, "task_done", task_id, results)
 
     def apply_env(self, env_vars: dict[str, str] | None) -> None:
@@ -217,6 +221,7 @@ class WorkerProcess:
             return lambda *a, **kw: holder.append(cls(*a, **kw))
 
         self.describe_actor(actor_id, options)
+        placement_group.capture_for_actor(options.get("capture"))
         results = self.execute(task_id, construct, args_body, resolved, ["init"],
                                f"the constructor of actor {actor_id}",
                                options.get("resources"))

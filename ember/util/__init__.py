@@ -6,9 +6,15 @@ import socket
 
 from ember.dynamic import api
 from ember.dynamic.runtime_context import current_namespace
+from ember.util import scheduling_strategies
 from ember.util.actor_pool import ActorPool
+from ember.util.placement_group import (PlacementGroup, get_current_placement_group,
+                                        get_placement_group, placement_group,
+                                        placement_group_table, remove_placement_group)
 
-__all__ = ["ActorPool", "get_node_ip_address", "list_named_actors"]
+__all__ = ["ActorPool", "PlacementGroup", "get_current_placement_group", "get_node_ip_address",
+           "get_placement_group", "list_named_actors", "placement_group",
+           "placement_group_table", "remove_placement_group", "scheduling_strategies"]
 
 
 def get_node_ip_address() -> str:
