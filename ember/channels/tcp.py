@@ -85,6 +85,7 @@ class TcpChannel(Channel):
         self.num_slots = num_slots
         self.addresses: list[tuple[str, int] | None] = list(addresses)
         self._creator = creator
+        self._ends: dict[int, tcp_receiver.ReceiverEnd] = {}   # the ones prepared through self
 
     @classmethod
     def _unpickle(cls, channel_id: bytes, num_readers: int, num_slots: int,
@@ -117,7 +118,8 @@ class TcpChannel(Channel):
     def prepare_reader(self, index: int) -> tuple[str, int]:
         """Listen for reader ``index`` in this process; return its (host, port)."""
         self.check_reader_index(index)
-        return tcp_receiver.prepare(self.id, index, repr(self)).address
+        end = self._ends[index] = tcp_receiver.prepare(self.id, index, repr(self))
+        return end.address
 
     def set_reader_address(self, index: int, address: Any) -> None:
         """Record where reader ``index`` listens (in the creator's object, before shipping)."""
@@ -126,12 +128,12 @@ class TcpChannel(Channel):
 
     def _end(self, index: int) -> "tcp_receiver.ReceiverEnd":
         """Reader ``index``'s end in this process (prepared here by the creator if need be)."""
-        end = tcp_receiver.find(self.id, index)
+        end = self._ends.get(index) or tcp_receiver.find(self.id, index)
         if end is not None:
             return end
         if self._creator and self.addresses[index] is None:
             self.addresses[index] = self.prepare_reader(index)
-            return tcp_receiver.find(self.id, index)
+            return self._ends[index]
         if self.id in _CLOSED_HERE or tcp_receiver.finished_here(self.id):
             raise ChannelClosedError(f"{self!r} was closed; read is not possible any more")
         raise ChannelClosedError(
@@ -160,7 +162,7 @@ class TcpChannel(Channel):
             writer._close_local()
         targets = []
         for index, address in enumerate(self.addresses):
-            end = tcp_receiver.find(self.id, index)
+            end = self._ends.get(index) or tcp_receiver.find(self.id, index)
             if end is not None:
                 end.request_close()
             elif address is not None and not any(w._connected for w in writers):

@@ -23,7 +23,8 @@ from ember.channels.tcp_wire import ADMITTED, CLOSE, CLOSER, CLOSED, HELLO, VALU
 from ember.exceptions import ChannelBrokenError, ChannelClosedError, ChannelTimeoutError
 
 OPEN, CLOSING, CLOSED_STATE, BROKEN = range(4)
-_QUIET_S = 0.02      # a close from elsewhere still takes in what arrives until this long a lull
+_QUIET_S = 0.05      # a close from elsewhere still takes in what arrives until this long a lull
+_CLOSING_WAIT_S = 1.0   # how long a read that tries once waits for a close to take that in
 _LARGE = 64 * 1024   # values this large are received into numpy memory (no zero-fill)
 
 _ENDS: "weakref.WeakValueDictionary[tuple[bytes, int], ReceiverEnd]" = (
@@ -79,15 +80,14 @@ class ReceiverEnd:
 
     def take(self, timeout: float | None) -> memoryview:
         """The next frame received, waiting per Note [channel timeouts]; acks it."""
-        if not self._ring and timeout == 0 and self._rx_lock.acquire(blocking=False):
-            try:   # try once: take in what has arrived, without waiting for the thread
-                self._pump()
-            finally:
-                self._rx_lock.release()
+        if not self._ring and timeout == 0:
+            self._receive()   # try once: what has arrived, even if the thread did not wake yet
         with self._cond:
             if not self._ring:
                 if timeout != 0:
                     self._cond.wait_for(self._ready, timeout)
+                elif self._state == CLOSING:   # what the close still takes in comes first
+                    self._cond.wait_for(self._ready, _CLOSING_WAIT_S)
                 if not self._ring:
                     raise self._empty_error(timeout)
             frame = self._ring.popleft()
