@@ -151,6 +151,12 @@ class ChannelClosedError(ChannelError):
     """The channel was closed (the graph was torn down)."""
 
 
+class ChannelBrokenError(ChannelError, ActorDiedError):
+    """The process at the other end of a channel died, or its node or connection did (the cause,
+    if any, in ``__cause__``); unlike ChannelClosedError nobody closed it. An ActorDiedError
+    too: in a compiled graph that is what a broken channel means."""
+
+
 class ChannelTimeoutError(ChannelError, TimeoutError):
     """A channel read or write ran past its timeout."""
 

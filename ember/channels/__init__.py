@@ -1,7 +1,8 @@
 """Data transports of compiled graphs behind one interface (internal).
 
 The compiler picks a ``ChannelType`` per edge (``IntraProcessType`` when both ends share a
-process, ``SharedMemoryType`` when they share a node) and then only calls the common interface:
+process, ``SharedMemoryType`` when they share a node, ``TcpType`` across nodes) and then only calls
+the common interface:
 ``type.create_channel(num_readers, num_slots=...)``, ``channel.writer()`` / ``channel.reader(i)``,
 ``write(value, timeout)``, ``read(timeout)``, ``release()``, ``close()``, ``destroy()``.
 """
@@ -13,6 +14,7 @@ from ember.channels.intra_process import (IntraProcessChannel, IntraProcessReade
 from ember.channels.shared_memory import (DEFAULT_SLOT_CAPACITY, SharedMemoryChannel,
                                           SharedMemoryReader, SharedMemoryType,
                                           SharedMemoryWriter)
+from ember.channels.tcp import TcpChannel, TcpReader, TcpType, TcpWriter
 
 __all__ = [
     "DEFAULT_NUM_SLOTS",
@@ -29,4 +31,8 @@ __all__ = [
     "SharedMemoryReader",
     "SharedMemoryType",
     "SharedMemoryWriter",
+    "TcpChannel",
+    "TcpReader",
+    "TcpType",
+    "TcpWriter",
 ]

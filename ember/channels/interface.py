@@ -42,6 +42,12 @@ class ChannelWriter(ABC):
         """Send ``value`` if a slot is free now, else raise ChannelTimeoutError."""
         self.write(value, timeout=0)
 
+    def wait_writable(self, timeout: float | None = None) -> None:
+        """Wait until the next write finds a free slot for every reader (Note [channel
+        timeouts]); that write then does not wait. A composite channel waits on all its parts
+        before it writes to any, so that a timeout leaves every part as it was."""
+        raise NotImplementedError(f"{type(self).__name__} cannot wait for room apart from a write")
+
     def attach(self) -> None:
         """Register this process as the writer now, not at the first write (so peers watch it)."""
 
@@ -92,6 +98,21 @@ class Channel(ABC):
     @abstractmethod
     def close(self) -> None:
         """Close the channel for every handle (see Note [channel close])."""
+
+    def rendezvous_readers(self) -> tuple[int, ...]:
+        """The readers that must be prepared in their own processes (``prepare_reader``) and
+        their addresses given to the creator (``set_reader_address``) before the writer
+        attaches: none for a node-local channel (Note [tcp channel rendezvous] in tcp.py)."""
+        return ()
+
+    def prepare_reader(self, index: int) -> Any:
+        """Set reader ``index`` up in this process, its reader's, and return its address."""
+        raise NotImplementedError(f"{type(self).__name__} needs no rendezvous")
+
+    def set_reader_address(self, index: int, address: Any) -> None:
+        """Record in the creator's object where reader ``index`` was prepared; copies pickled
+        afterwards carry it to the writer."""
+        raise NotImplementedError(f"{type(self).__name__} needs no rendezvous")
 
     def check_reader_index(self, index: int) -> None:
         """Raise ValueError unless ``index`` names one of this channel's readers."""

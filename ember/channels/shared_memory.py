@@ -22,7 +22,7 @@ from ember.channels.shm_layout import (PAGE, Control, Line, Mapping, SlotRecord,
 from ember.dynamic.process import start_time
 from ember.dynamic.serialization import deserialize, serialize
 from ember.dynamic.shm import Segment, segment_path, unlink
-from ember.exceptions import (ActorDiedError, ChannelClosedError, ChannelTimeoutError,
+from ember.exceptions import (ChannelBrokenError, ChannelClosedError, ChannelTimeoutError,
                               ChannelValueTooLargeError)
 
 DEFAULT_SLOT_CAPACITY = 64 * 1024
@@ -46,7 +46,8 @@ DEFAULT_SLOT_CAPACITY = 64 * 1024
 # side, futex_wait's own barrier on the other: either the waker sees the flag, or the sleeper's
 # kernel sees the new word. So a write or an ack costs a system call only when someone sleeps.
 # Between slices the waiter checks that the peer it waits on is still alive (pid and start time,
-# so a recycled pid does not count): a dead peer is ActorDiedError within a slice or two.
+# so a recycled pid does not count): a dead peer is ChannelBrokenError (an ActorDiedError)
+# within a slice or two.
 # Memory order: payload and slot record are stored before the sequence counter that publishes
 # them, and read after it; x86-64 keeps stores in order and loads in order (TSO), which is what
 # this relies on. A weakly ordered CPU (aarch64) would need fences between them as well.
@@ -234,7 +235,7 @@ class SharedMemoryChannel(Channel):
         pid = line.pid
         if pid and start_time(pid) != line.start_time and line.pid == pid:
             role = "writer" if party == self.num_readers else f"reader {party}"
-            raise ActorDiedError(
+            raise ChannelBrokenError(
                 f"the {role} process {pid} of {self!r} died while this process waited to {what}; "
                 f"the graph cannot go on, tear it down (its actor may be restarted)")
 
@@ -333,18 +334,25 @@ class SharedMemoryWriter(ChannelWriter):
             raise ChannelValueTooLargeError(
                 f"a value of {size} bytes does not fit in {channel!r}, whose max_size is "
                 f"{channel.max_size} bytes; create the channel with a larger max_size (or None)")
+        self.wait_writable(timeout)
         seq = self._seq
-        bound = seq - channel.num_slots
-        for line in mapping.reader_lines:
-            if line.seq <= bound:
-                channel._wait(channel.num_readers, self._lagging_reader, timeout, "write")
-                break
         slot = seq % channel.num_slots
         frame.write_into(self._slot_view(seq, slot, size))
         mapping.slots[slot].length = size
         self._line.seq = seq + 1            # publish: payload and record first, sequence last
         self._seq = seq + 1
         mapping.signal(channel.num_readers, mapping.reader_lines)
+
+    def wait_writable(self, timeout: float | None = None) -> None:
+        """Wait until every reader has read past the slot that the next write needs."""
+        if self._mapping is None:
+            self.attach()
+        channel = self.channel
+        bound = self._seq - channel.num_slots
+        for line in self._mapping.reader_lines:
+            if line.seq <= bound:
+                channel._wait(channel.num_readers, self._lagging_reader, timeout, "write")
+                break
 
     def _lagging_reader(self) -> int:
         """Return a reader that still holds the slot the next write needs, or -1 if it is free."""

@@ -47,7 +47,6 @@ import copy
 import functools
 import itertools
 import logging
-import os
 import socket
 import threading
 import time
@@ -56,17 +55,16 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from ember.channels.intra_process import IntraProcessType
-from ember.channels.shared_memory import SharedMemoryType
 from ember.dag.nodes import DAGNode
 from ember.dynamic.process import pid_alive
 from ember.engine import registry
+from ember.engine.channel_setup import create_channels
 from ember.engine.comm_schedule import check_communication, order_communication
 from ember.engine.executor import (ExecutorLoop, RaisedError, pack_inputs, start_actor_loop,
                                    stop_actor_loop)
 from ember.engine.groups import store_address
 from ember.engine.options import CompileOptions
-from ember.engine.plan import DRIVER, DRIVER_TASKS, SHARED_MEMORY, Plan, make_plan
+from ember.engine.plan import DRIVER, DRIVER_TASKS, Plan, make_plan
 from ember.engine.refs import CompiledDAGFuture, CompiledDAGRef, CompiledDAGRefList, unwrap
 from ember.engine.schedule import Schedule, driver_schedule, dry_run, make_schedules
 from ember.engine.transports import Endpoint, describe_process, needs_transports, plan_transports
@@ -85,13 +83,6 @@ _HOST = socket.gethostname()
 def compile_dag(root: DAGNode, **options: Any) -> "CompiledDAG":
     """Compile the graph ending at ``root`` (see ``CompileOptions`` for the options)."""
     return CompiledDAG(root, CompileOptions.from_kwargs(options))
-
-
-def channel_type(transport: str, options: CompileOptions):
-    """The ChannelType of a transport named in a plan (the one place that maps the two)."""
-    if transport == SHARED_MEMORY:
-        return SharedMemoryType(slot_capacity=options.buffer_size_bytes)
-    return IntraProcessType()
 
 
 _GRAPH_COUNTER = itertools.count()
@@ -124,9 +115,9 @@ class CompiledDAG:
 
         graph = validate(root)
         plan = make_plan(graph)
+        endpoints = self._endpoints(plan)
         if needs_transports(plan):
-            plan_transports(plan, self._endpoints(plan), self._graph_id,
-                            options.overlap_gpu_communication)
+            plan_transports(plan, endpoints, self._graph_id, options.overlap_gpu_communication)
         schedules = order_communication(plan, make_schedules(plan))
         check_communication(plan, schedules)
         dry_run(plan, schedules)
@@ -137,7 +128,7 @@ class CompiledDAG:
         self._num_outputs = len(graph.outputs)
         self._returns_list = graph.multi_output or self._num_outputs != 1
         try:
-            self._start(plan, schedules)
+            self._start(plan, schedules, endpoints)
         except BaseException:
             self.teardown()
             raise
@@ -147,25 +138,27 @@ class CompiledDAG:
     # -- starting --------------------------------------------------------------------------------
 
     def _endpoints(self, plan: Plan) -> dict[str, Endpoint]:
-        """Where every participant runs and which GPUs it sees (asked of each actor)."""
-        driver = Endpoint((_HOST, os.getpid()), driver=True)
+        """Where every participant runs: node, process and GPUs (asked of each actor)."""
+        driver = describe_process(driver=True)
         endpoints = {DRIVER: driver, DRIVER_TASKS: driver}
         refs = {a: _run_in_actor(h, describe_process) for a, h in plan.actors.items()}
         for actor_id, ref in refs.items():
-            host, pid, gpus = _get(ref, self._options.start_timeout)
-            endpoints[actor_id] = Endpoint((host, pid), tuple(gpus))
+            endpoints[actor_id] = _get(ref, self._options.start_timeout)
         return endpoints
 
-    def _start(self, plan: Plan, schedules: dict[str, Schedule]) -> None:
+    def _call(self, participant: str, fn: Any, args: tuple) -> Any:
+        """Start ``fn(instance, *args)`` where ``participant`` runs; return its waiter."""
+        handle = self._plan.actors.get(participant)
+        if handle is None:   # the driver, or its task thread: here
+            result = fn(None, *args)
+            return lambda: result
+        ref = _run_in_actor(handle, fn, *args)
+        return lambda: _get(ref, self._options.start_timeout)
+
+    def _start(self, plan: Plan, schedules: dict[str, Schedule],
+               endpoints: dict[str, Endpoint]) -> None:
         options = self._options
-        for cp in plan.channels:
-            if cp.transport == SHARED_MEMORY:
-                channel = channel_type(cp.transport, options).create_channel(
-                    len(cp.readers), num_slots=options.max_inflight_executions)
-                if cp.id in plan.tensor_edges:
-                    from ember.gpu.tensor_channel import TensorChannel
-                    channel = TensorChannel(channel, plan.tensor_edges[cp.id])
-                self._channels[cp.id] = channel
+        create_channels(plan, endpoints, options, self._channels, self._call)
         graph = plan.graph
         n = len(graph.nodes)
         store = store_address() if plan.groups else None
@@ -176,8 +169,7 @@ class CompiledDAG:
             channels = {cid: self._channels[cid] for cid in used}
             groups = tuple(g for g in plan.groups if actor_id in g.actors)
             ref = _run_in_actor(handle, start_actor_loop, self._graph_id, sched, channels, n,
-                                actor_id, _HOST, groups, store,
-                                options.overlap_gpu_communication)
+                                actor_id, groups, store, options.overlap_gpu_communication)
             pending.append((actor_id, ref))
         problems = []
         for actor_id, ref in pending:

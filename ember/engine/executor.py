@@ -336,7 +336,7 @@ _LOOPS_LOCK = threading.Lock()
 
 
 def start_actor_loop(instance: Any, graph_id: str, schedule: Schedule, channels: dict[int, Any],
-                     num_nodes: int, actor_id: str, driver_host: str, groups: tuple = (),
+                     num_nodes: int, actor_id: str, groups: tuple = (),
                      store: tuple[str, int] | None = None, overlap: bool = False) -> tuple:
     """Start this actor's loop of graph ``graph_id`` (run through ``_ember_run``), after joining
     its communicator ``groups`` on the driver's ``store`` (Note [group rendezvous] in groups.py).
@@ -345,11 +345,6 @@ def start_actor_loop(instance: Any, graph_id: str, schedule: Schedule, channels:
     ``("compile-error", message)`` when a method does not exist or does not take the bound
     arguments, or a group cannot be joined (the driver raises it as CompileError).
     """
-    if socket.gethostname() != driver_host:
-        return ("compile-error",
-                f"actor {actor_id} runs on {socket.gethostname()}, not on the driver's node "
-                f"{driver_host}; compiled graphs use shared-memory channels, so every actor of "
-                f"the graph must live on the driver's node (cross-node channels are not built)")
     where = f"actor {actor_id} (pid {os.getpid()})"
     try:  # joined even when a method is wrong, so that no other member waits for this one
         group_keys = join_groups(actor_id, groups, store)

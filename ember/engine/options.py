@@ -34,12 +34,16 @@ class CompileOptions:
     teardown_timeout: float = DAGContext.teardown_timeout     # teardown: wait for loops to end
     # GPU sends/recvs/collectives on their own stream
     overlap_gpu_communication: bool = DAGContext.overlap_gpu_communication
+    # private (``_channel_type``): the ChannelType of edges within a node, None: shared memory;
+    # TcpType() runs a graph over TCP on one machine (Note [channel choice] in channel_setup.py)
+    channel_type: Any = None
 
     _ALIASES = {"_submit_timeout": "submit_timeout", "_buffer_size_bytes": "buffer_size_bytes",
                 "_max_inflight_executions": "max_inflight_executions",
                 "_get_timeout": "get_timeout",
                 "_max_buffered_results": "max_buffered_results",
-                "_overlap_gpu_communication": "overlap_gpu_communication"}
+                "_overlap_gpu_communication": "overlap_gpu_communication",
+                "_channel_type": "channel_type"}
 
     @classmethod
     def from_kwargs(cls, kwargs: dict[str, Any]) -> "CompileOptions":

@@ -6,6 +6,9 @@ Per writer and reader of an edge whose node has a tensor type hint:
 
 * same process                          -> hand-off (the plan's intra-process channel);
 * the reader is the driver              -> "cpu" (Note [tensors to the driver]);
+* different nodes                       -> "cpu": tensors travel serialized in the TCP message
+                                           (GPU transports across nodes are not built yet, so
+                                           an explicit "ipc" or "nccl" is a CompileError);
 * "auto", either end sees no GPU        -> "cpu": tensors travel in the shared-memory message;
 * "auto", both on one physical GPU      -> "ipc" (device UUIDs compared: CUDA_VISIBLE_DEVICES may
                                            give the same GPU another index in each process);
@@ -40,20 +43,25 @@ HANDOFF = "handoff"
 
 @dataclass(frozen=True)
 class Endpoint:
-    """Where a participant runs: its process (host, pid) and the GPU UUIDs it sees."""
+    """Where a participant runs: its process (host, pid), the GPU UUIDs it sees, and its node
+    (the node's session id: Note [channel choice] in channel_setup.py)."""
 
     process: tuple[str, int]
     gpus: tuple[str, ...] = ()
     driver: bool = False
+    node: str = ""
 
 
-def describe_process(instance: Any = None) -> tuple[str, int, tuple[str, ...]]:
-    """(host, pid, visible GPU UUIDs) of this process; run in each actor at compile time."""
+def describe_process(instance: Any = None, driver: bool = False) -> Endpoint:
+    """Where this process runs (host, pid, visible GPU UUIDs, node); run in each actor at
+    compile time, and in the driver."""
     import os
     import socket
 
+    from ember.dynamic.shm import session_id
     from ember.gpu.devices import visible_gpu_uuids
-    return socket.gethostname(), os.getpid(), tuple(visible_gpu_uuids())
+    gpus = () if driver else tuple(visible_gpu_uuids())
+    return Endpoint((socket.gethostname(), os.getpid()), gpus, driver, session_id())
 
 
 def choose_transport(requested: str, writer: Endpoint, reader: Endpoint, where: str = "") -> str:
@@ -61,6 +69,13 @@ def choose_transport(requested: str, writer: Endpoint, reader: Endpoint, where: 
     if writer.process == reader.process:
         return HANDOFF
     if reader.driver:
+        return CPU
+    if writer.node != reader.node:
+        if requested in (IPC, NCCL):
+            raise CompileError(f"{where} asks for transport {requested!r} between nodes "
+                               f"{writer.node} and {reader.node}; GPU transports across nodes "
+                               f"are not built yet: use 'auto' or 'cpu' (the tensors then travel "
+                               f"serialized over TCP)")
         return CPU
     if writer.driver and requested in (IPC, NCCL):
         raise CompileError(f"{where} is written by the driver, which joins no GPU group; use "

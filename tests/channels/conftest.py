@@ -29,6 +29,14 @@ def session() -> Iterator[str]:
     assert not left, f"the test left shared-memory segments behind: {left}"
 
 
+@pytest.fixture(autouse=True)
+def token(monkeypatch) -> str:
+    """A cluster token for the handshake of TCP channels (Note [connection handshake]); spawned
+    peers inherit it, and no session secret is needed."""
+    monkeypatch.setenv("EMBER_AUTH_TOKEN", "test-token-of-the-channel-tests")
+    return "test-token-of-the-channel-tests"
+
+
 @pytest.fixture
 def spawn() -> multiprocessing.context.SpawnContext:
     """The multiprocessing context for peer processes: spawn, so nothing is shared by fork."""

@@ -93,3 +93,24 @@ def read_until_error(reader: ChannelReader, results: multiprocessing.Queue) -> N
             values.append(fingerprint(reader.read(timeout=20)))
     except Exception as exc:  # noqa: BLE001 - the test checks which error it was
         results.put((values, type(exc).__name__))
+
+
+def listening(channel: Channel, index: int, addresses: multiprocessing.Queue,
+              program: Callable[..., None], *args: Any) -> None:
+    """Prepare reader ``index`` of ``channel`` in this process, put its address on
+    ``addresses``, then run ``program(reader, *args)`` (Note [tcp channel rendezvous])."""
+    addresses.put(channel.prepare_reader(index))
+    program(channel.reader(index), *args)
+
+
+def read_on_demand(reader: ChannelReader, commands: multiprocessing.Queue,
+                   results: multiprocessing.Queue) -> None:
+    """Read one value for each command, until a None, putting each fingerprint on ``results``."""
+    while commands.get(timeout=20) is not None:
+        results.put(fingerprint(reader.read(timeout=20)))
+
+
+def write_then_close(writer: ChannelWriter, values: list[Any]) -> None:
+    """Write ``values`` in order, then close the channel."""
+    write_all(writer, values)
+    writer.close()

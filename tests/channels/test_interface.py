@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import ember.channels as channels
-from ember.channels import ChannelType, IntraProcessType, SharedMemoryType
+from ember.channels import ChannelType, IntraProcessType, SharedMemoryType, TcpType
 from ember.exceptions import ChannelClosedError
 
 
@@ -14,13 +14,14 @@ def test_public_names_are_exactly_the_interface_and_transports() -> None:
         "DEFAULT_NUM_SLOTS", "DEFAULT_SLOT_CAPACITY", "Channel", "ChannelReader", "ChannelType",
         "ChannelWriter", "IntraProcessChannel", "IntraProcessReader", "IntraProcessType",
         "IntraProcessWriter", "SharedMemoryChannel", "SharedMemoryReader", "SharedMemoryType",
-        "SharedMemoryWriter"])
+        "SharedMemoryWriter", "TcpChannel", "TcpReader", "TcpType", "TcpWriter"])
     for name in channels.__all__:
         assert hasattr(channels, name), name
 
 
 @pytest.mark.timeout(30)
-@pytest.mark.parametrize("channel_type", [IntraProcessType(), SharedMemoryType()], ids=repr)
+@pytest.mark.parametrize("channel_type", [IntraProcessType(), SharedMemoryType(), TcpType()],
+                         ids=repr)
 def test_every_transport_behaves_the_same(channel_type: ChannelType) -> None:
     channel = channel_type.create_channel(num_readers=2, num_slots=2)
     writer = channel.writer()
@@ -44,8 +45,8 @@ def test_every_transport_behaves_the_same(channel_type: ChannelType) -> None:
 
 
 @pytest.mark.timeout(30)
-@pytest.mark.parametrize("channel_type", [IntraProcessType(), SharedMemoryType(slot_capacity=64)],
-                         ids=repr)
+@pytest.mark.parametrize("channel_type", [IntraProcessType(), SharedMemoryType(slot_capacity=64),
+                                          TcpType()], ids=repr)
 def test_values_written_before_a_close_are_still_read(channel_type: ChannelType) -> None:
     channel = channel_type.create_channel(num_readers=2, num_slots=4)
     writer, readers = channel.writer(), [channel.reader(0), channel.reader(1)]

@@ -48,6 +48,16 @@ def test_choose_transport(requested, writer, reader, expected):
     assert choose_transport(requested, writer, reader) == expected
 
 
+def test_across_nodes_tensors_travel_serialized_and_gpu_transports_are_refused():
+    writer = Endpoint(("host", 5), (GPU0,), node="node-a")
+    reader = Endpoint(("host", 6), (GPU1,), node="node-b")
+    assert choose_transport("auto", writer, reader) == "cpu"
+    assert choose_transport("cpu", writer, reader) == "cpu"
+    for requested in ("ipc", "nccl"):
+        with pytest.raises(CompileError, match="GPU transports across nodes are not built"):
+            choose_transport(requested, writer, reader, "node x")
+
+
 @pytest.mark.parametrize("requested, writer, reader, message", [
     ("ipc", ep(5, GPU0), ep(6, GPU1), "needs both actors on one GPU"),
     ("ipc", ep(5), ep(6), "needs both actors on one GPU"),

@@ -1,0 +1,77 @@
+"""Cross-node workloads on one machine: a compiled graph over TCP channels (forced on loopback),
+beside a raw TCP ping-pong between two processes measured in the same run."""
+
+from __future__ import annotations
+
+import multiprocessing
+import socket
+from types import ModuleType
+
+from benchmarks.harness import (ACTOR_OPTIONS, Config, Echo, Row, latency_row, sample_latencies,
+                                spawned, workload)
+from benchmarks.workloads_compiled import SMALL, linear_pipeline
+
+
+def _echo_server(port_out: multiprocessing.Queue) -> None:
+    """Echo every 100-byte message of one connection (the raw reference's other process)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    port_out.put(server.getsockname()[1])
+    conn, _ = server.accept()
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    buf = bytearray(len(SMALL))
+    while True:
+        got = 0
+        while got < len(buf):
+            n = conn.recv_into(memoryview(buf)[got:])
+            if not n:
+                return
+            got += n
+        conn.sendall(buf)
+
+
+def raw_tcp_pingpong(cfg: Config) -> list[float]:
+    """Round trips of 100 bytes to an echo process over loopback TCP; seconds each."""
+    ctx = multiprocessing.get_context("spawn")
+    ports = ctx.Queue()
+    server = ctx.Process(target=_echo_server, args=(ports,), daemon=True)
+    server.start()
+    try:
+        sock = socket.create_connection(("127.0.0.1", ports.get(timeout=30)))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        buf = memoryview(bytearray(len(SMALL)))
+
+        def round_trip() -> None:
+            sock.sendall(SMALL)
+            got = 0
+            while got < len(SMALL):
+                got += sock.recv_into(buf[got:])
+        samples = sample_latencies(round_trip, cfg.n(500, 50), cfg.n(5000, 500))
+        sock.close()
+        return samples
+    finally:
+        server.kill()
+        server.join(10)
+
+
+@workload("cg_roundtrip_xnode", "tcp_pingpong_raw")
+def cg_roundtrip_xnode(rt: ModuleType, cfg: Config) -> list[Row]:
+    """cg_roundtrip_small over TCP channels (``_channel_type=TcpType()``) on loopback; p50/p99
+    µs, beside a raw 100-byte TCP ping-pong between two processes."""
+    raw = latency_row("tcp_pingpong_raw", raw_tcp_pingpong(cfg))
+    raw.note = "reference: 100 bytes echoed by another process over loopback TCP"
+    if rt.__name__ == "ray":
+        return [Row("cg_roundtrip_xnode", "us", None,
+                    note="skipped: Ray's channels cannot be forced onto TCP on one node"), raw]
+    from ember.channels import TcpType
+    with spawned(rt, Echo, 1, **ACTOR_OPTIONS) as actors:
+        cdag = linear_pipeline(rt, actors).experimental_compile(_channel_type=TcpType())
+        try:
+            assert rt.get(cdag.execute(SMALL)) == SMALL
+            samples = sample_latencies(lambda: rt.get(cdag.execute(SMALL)),
+                                       cfg.n(500, 50), cfg.n(5000, 500))
+        finally:
+            cdag.teardown()
+    row = latency_row("cg_roundtrip_xnode", samples)
+    row.note = (f"1 actor echoing 100 bytes over TCP channels on loopback; raw TCP ping-pong "
+                f"p50 {raw.p50_us} us in the same run")
+    return [row, raw]

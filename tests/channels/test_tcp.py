@@ -1,0 +1,295 @@
+"""TcpChannel between real processes over real sockets (loopback)."""
+
+from __future__ import annotations
+
+import contextlib
+import pickle
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from ember.channels import TcpChannel, TcpType
+from ember.channels.tcp_wire import HELLO, WRITER, connect
+from ember.dynamic import cluster_auth
+from ember.exceptions import (ActorDiedError, AuthenticationError, ChannelBrokenError,
+                              ChannelClosedError, ChannelError, ChannelTimeoutError)
+
+from . import peers
+from .peers import fingerprint, running
+
+VALUES = [0, "text", None, {"a": [1, 2.5]}, np.arange(10), b"x" * 1000,
+          np.ones((3, 4), dtype=np.float32), ValueError("carried as a value")]
+
+
+@contextlib.contextmanager
+def remote_reader(spawn, channel: TcpChannel, index: int, program, *args):
+    """Run ``program(reader, *args)`` in a peer that listens for reader ``index``, after
+    giving its address to ``channel`` (the rendezvous a compiler does)."""
+    addresses = spawn.Queue()
+    with running(spawn, peers.listening, channel, index, addresses, program, *args) as process:
+        channel.set_reader_address(index, addresses.get(timeout=20))
+        yield process
+
+
+def same(a: list, b: list) -> bool:
+    """Equal lists of fingerprints, where exceptions are equal by type and message."""
+    return len(a) == len(b) and all(
+        (type(x) is type(y) and str(x) == str(y)) if isinstance(x, Exception) else x == y
+        for x, y in zip(a, b))
+
+
+@pytest.mark.timeout(30)
+def test_values_arrive_in_order_from_a_writer_in_another_process(spawn) -> None:
+    values = VALUES * 10
+    channel = TcpChannel(num_readers=1, num_slots=3)
+    reader = channel.reader(0)
+    reader.attach()      # listens here, in the creator: the copy sent to the writer knows where
+    with running(spawn, peers.write_all, channel.writer(), values) as writer:
+        got = [fingerprint(reader.read(timeout=20)) for _ in values]
+        writer.join(10)
+        assert writer.exitcode == 0
+    assert same(got, [fingerprint(v) for v in values])
+    channel.destroy()
+
+
+@pytest.mark.timeout(30)
+def test_two_readers_in_other_processes_see_every_value_in_order(spawn) -> None:
+    values = VALUES * 5
+    channel = TcpType().create_channel(num_readers=2, num_slots=2)
+    results = [spawn.Queue() for _ in range(2)]
+    with contextlib.ExitStack() as stack:
+        for i in range(2):
+            stack.enter_context(remote_reader(spawn, channel, i, peers.read_fingerprints,
+                                              len(values), results[i]))
+        peers.write_all(channel.writer(), values)
+        for queue in results:
+            assert same(queue.get(timeout=20), [fingerprint(v) for v in values])
+    channel.destroy()
+
+
+@pytest.mark.timeout(30)
+def test_a_full_reader_ring_times_the_writer_out_and_a_read_makes_room(spawn) -> None:
+    channel = TcpChannel(num_readers=1, num_slots=3)
+    commands, results = spawn.Queue(), spawn.Queue()
+    with remote_reader(spawn, channel, 0, peers.read_on_demand, commands, results):
+        writer = channel.writer()
+        for i in range(3):
+            writer.write(i, timeout=0)
+        start = time.monotonic()
+        with pytest.raises(ChannelTimeoutError, match="slots hold values that reader 0") as info:
+            writer.write(3, timeout=0.3)
+        assert time.monotonic() - start >= 0.3
+        assert isinstance(info.value, TimeoutError)
+        with pytest.raises(ChannelTimeoutError):
+            writer.write_nowait(3)
+        commands.put("read one")
+        assert results.get(timeout=20) == 0
+        writer.write(3, timeout=20)            # the retry finds the slot the read freed
+        for _ in range(3):
+            commands.put("read one")
+        assert [results.get(timeout=20) for _ in range(3)] == [1, 2, 3]
+        commands.put(None)
+    channel.destroy()
+
+
+@pytest.mark.timeout(120)
+def test_1_mib_and_64_mib_arrays_round_trip_intact(spawn) -> None:
+    rng = np.random.default_rng(0)
+    values = [rng.random(2**20 // 8), rng.integers(0, 255, 64 * 2**20, dtype=np.uint8),
+              "small after large", rng.random((512, 256)).astype(np.float32)]
+    forth, back = TcpChannel(num_slots=2), TcpChannel(num_slots=2)
+    into = back.reader(0)
+    into.attach()
+    with remote_reader(spawn, forth, 0, peers.echo, back.writer(), len(values)):
+        out = forth.writer()
+        for value in values:
+            start = time.monotonic()
+            out.write(value, timeout=20)
+            got = into.read(timeout=60)
+            if isinstance(value, np.ndarray):
+                assert got.dtype == value.dtype and got.shape == value.shape
+                np.testing.assert_array_equal(got, value)
+                print(f"{value.nbytes / 2**20:.0f} MiB round trip: "
+                      f"{(time.monotonic() - start) * 1e3:.1f} ms")
+            else:
+                assert got == value
+    forth.destroy()
+    back.destroy()
+
+
+@pytest.mark.timeout(30)
+def test_the_writers_close_drains_then_raises_closed(spawn) -> None:
+    channel = TcpChannel(num_readers=1, num_slots=4)
+    reader = channel.reader(0)
+    reader.attach()
+    values = [1, np.arange(5), "three"]
+    with running(spawn, peers.write_then_close, channel.writer(), values) as writer:
+        writer.join(20)
+        assert writer.exitcode == 0
+        time.sleep(0.2)     # the writer has closed and exited: every value still comes
+        got = [fingerprint(reader.read(timeout=5)) for _ in values]
+        assert got == [fingerprint(v) for v in values]
+        with pytest.raises(ChannelClosedError, match="was closed"):
+            reader.read(timeout=5)
+        with pytest.raises(ChannelClosedError):
+            reader.read(timeout=0)
+
+
+@pytest.mark.timeout(30)
+def test_a_close_from_a_third_process_drains_then_raises_closed(spawn) -> None:
+    channel = TcpChannel(num_readers=1, num_slots=4)
+    results, ready = spawn.Queue(), spawn.Queue()
+    values = ["a", np.zeros(3), "c"]
+    with remote_reader(spawn, channel, 0, peers.read_until_error, results):
+        with running(spawn, peers.write_and_hang, channel.writer(), values, ready):
+            assert ready.get(timeout=20) == "written"
+            channel.close()          # neither the writer nor the reader: asks the listener
+            assert results.get(timeout=20) == ([fingerprint(v) for v in values],
+                                               "ChannelClosedError")
+    channel.close()   # idempotent
+    with pytest.raises(ChannelClosedError):
+        channel.writer().write(1)
+
+
+@pytest.mark.timeout(30)
+def test_a_close_from_another_process_wakes_a_blocked_reader(spawn) -> None:
+    channel = TcpChannel()
+    reader = channel.reader(0)
+    reader.attach()
+    with running(spawn, peers.close_after, pickle.loads(pickle.dumps(channel)), 0.3):
+        start = time.monotonic()
+        with pytest.raises(ChannelClosedError, match="was closed") as info:
+            reader.read(timeout=20)
+        assert time.monotonic() - start < 5
+        assert isinstance(info.value, ChannelError)
+
+
+@pytest.mark.timeout(30)
+def test_a_close_from_another_process_wakes_a_blocked_writer(spawn) -> None:
+    channel = TcpChannel(num_readers=1, num_slots=1)
+    reader, writer = channel.reader(0), channel.writer()
+    reader.attach()
+    writer.write(0)                        # the one slot is taken: the next write blocks
+    with running(spawn, peers.close_after, pickle.loads(pickle.dumps(channel)), 0.3):
+        start = time.monotonic()
+        with pytest.raises(ChannelClosedError, match="was closed"):
+            writer.write(1, timeout=20)
+        assert time.monotonic() - start < 5
+    assert reader.read(timeout=5) == 0     # written before the close: still delivered
+    with pytest.raises(ChannelClosedError):
+        reader.read(timeout=5)
+
+
+@pytest.mark.timeout(30)
+def test_a_sigkilled_writer_breaks_the_reader_within_seconds(spawn) -> None:
+    channel = TcpChannel()
+    reader = channel.reader(0)
+    reader.attach()
+    ready = spawn.Queue()
+    with running(spawn, peers.write_and_hang, channel.writer(), ["last words"], ready) as writer:
+        assert ready.get(timeout=20) == "written"
+        assert reader.read(timeout=20) == "last words"
+        killer = threading.Timer(0.3, writer.kill)
+        killer.start()
+        start = time.monotonic()
+        with pytest.raises(ChannelBrokenError, match="connection ended without a close") as info:
+            reader.read(timeout=None)
+        assert time.monotonic() - start < 3
+        assert isinstance(info.value, ActorDiedError)
+        killer.join()
+
+
+@pytest.mark.timeout(30)
+def test_a_sigkilled_reader_breaks_the_blocked_writer_within_seconds(spawn) -> None:
+    channel = TcpChannel(num_readers=2, num_slots=2)
+    ready, results = spawn.Queue(), spawn.Queue()
+    values = [np.zeros(3), np.ones(3)]
+    with remote_reader(spawn, channel, 1, peers.read_and_hang, 0, ready) as reader1, \
+            remote_reader(spawn, channel, 0, peers.read_until_error, results):
+        assert ready.get(timeout=20) == "read"
+        writer = channel.writer()
+        for value in values:
+            writer.write(value, timeout=20)      # reader 1 reads nothing: its ring is full
+        killer = threading.Timer(0.3, reader1.kill)
+        killer.start()
+        start = time.monotonic()
+        with pytest.raises(ChannelBrokenError, match="a reader of .* is gone"):
+            writer.write(2, timeout=None)
+        assert time.monotonic() - start < 3
+        killer.join()
+        channel.close()
+        assert results.get(timeout=20) == ([fingerprint(v) for v in values],
+                                           "ChannelClosedError")
+
+
+@pytest.mark.timeout(60)
+def test_wrong_keys_and_garbage_are_refused_and_the_channel_still_works(spawn) -> None:
+    channel = TcpChannel(num_slots=2)
+    reader = channel.reader(0)
+    reader.attach()
+    address = channel.addresses[0]
+    with pytest.raises(AuthenticationError):
+        cluster_auth.connect(address, b"k" * 32, "a wrong key", timeout=5)
+    silent = socket.create_connection(address)          # says nothing: holds no one up
+    garbage = socket.create_connection(address)
+    garbage.settimeout(10)
+    assert len(garbage.recv(64)) == 32                    # the server's nonce
+    garbage.sendall(b"\x00garbage" * 16)
+    with contextlib.suppress(ConnectionResetError):       # a reset: it left bytes unread
+        assert garbage.recv(64) == b""                    # dropped after a wrong proof
+    other = HELLO.pack(WRITER, b"\x01" * 16, 0)           # passes the handshake, wrong channel
+    with pytest.raises(ConnectionError):
+        connect(address, other, timeout=5)
+    values = ["still", np.arange(4), "works"]
+    with running(spawn, peers.write_all, channel.writer(), values):
+        got = [fingerprint(reader.read(timeout=20)) for _ in values]
+    assert got == [fingerprint(v) for v in values]
+    silent.close()
+    garbage.close()
+    channel.destroy()
+
+
+@pytest.mark.timeout(30)
+def test_read_timeouts_are_timeout_errors_and_a_retry_reads(spawn) -> None:
+    channel = TcpChannel()
+    reader = channel.reader(0)
+    reader.attach()
+    writer = channel.writer()
+    writer.attach()
+    start = time.monotonic()
+    with pytest.raises(TimeoutError, match="no new value was written") as info:
+        reader.read(timeout=0.25)
+    assert 0.25 <= time.monotonic() - start < 5
+    assert isinstance(info.value, ChannelTimeoutError)
+    with pytest.raises(ChannelTimeoutError):
+        reader.read_nowait()
+    writer.write("late")
+    assert reader.read(timeout=5) == "late"
+    channel.destroy()
+
+
+@pytest.mark.timeout(30)
+def test_ping_pong_between_processes_with_pickled_handles(spawn) -> None:
+    forth, back = TcpChannel(), TcpChannel()
+    into = back.reader(0)
+    into.attach()
+    with remote_reader(spawn, forth, 0, peers.echo, back.writer(), 300):
+        out = forth.writer()
+        samples = []
+        for i in range(300):
+            start = time.perf_counter()
+            out.write(i, timeout=20)
+            assert into.read(timeout=20) == i
+            samples.append(time.perf_counter() - start)
+    print(f"TcpChannel ping-pong p50: {sorted(samples)[150] * 1e6:.0f} us")
+    forth.destroy()
+    back.destroy()
+
+
+def test_reader_index_out_of_range() -> None:
+    channel = TcpChannel(num_readers=2)
+    with pytest.raises(ValueError, match="reader index 2 is out of range of 2"):
+        channel.reader(2)
