@@ -104,7 +104,10 @@ def _cluster_tables(gcs_address: str) -> tuple[list, list]:
     from ember.dynamic import cluster_auth
     from ember.dynamic.messaging import Endpoint
     os.environ.setdefault(cluster_auth.CLUSTER_ENV, "1")
-    ip = gcs_address[len("tcp://"):].rpartition(":")[0]
+    import socket
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:   # sends nothing
+        probe.connect((gcs_address[len("tcp://"):].rpartition(":")[0], 1))
+        ip = probe.getsockname()[0]   # this machine's address on the way to the GCS
     endpoint = Endpoint(f"tcp://{ip}:*", "status")
     endpoint.start()
     try:

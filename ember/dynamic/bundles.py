@@ -120,6 +120,7 @@ class BundleTable:
                 held.committed = True
                 self.manager.resources.add(*held.added(pg_id, index))
         self.manager.schedule()
+        self.manager.report()   # the GCS routes by the new names (Note [spillback]) at once
         self.manager.endpoint.reply(reply_to, rid, found)
 
     def give_back(self, reply_to: str, rid: int, pg_id: str,
@@ -148,4 +149,5 @@ class BundleTable:
                     f"placement group {pg_id} was removed; nothing more can run in it"))
         if keys:
             manager.schedule()
+            manager.report()
         manager.endpoint.reply(reply_to, rid, True)

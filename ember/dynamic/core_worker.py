@@ -97,13 +97,13 @@ class CoreWorker:
         self.endpoint = Endpoint(address, "driver" if worker_id is None else "worker")
         self.address = self.endpoint.address   # a TCP port is known once bound
         self.node = this_node(nm_address)       # Note [objects across nodes]
-        self.puller = Puller()
         self.lock = threading.RLock()
         self.objects: dict[str, Entry] = {}
         self._ids = itertools.count()
         self._id_prefix = f"{os.getpid():x}{os.urandom(3).hex()}"
         self.function_cache: dict[str, Any] = {}
         self.segments = SegmentWriter()
+        self.puller = Puller(self.segments)
         self.exported: set[str] = set()
         self.executing_task = threading.local()
         # (worker id or None, address or None, reason, whether its whole node was lost)
@@ -434,8 +434,7 @@ class CoreWorker:
         """Read an object in shared memory of this node, or pull it from another one."""
         if node.node_id == self.node.node_id:
             return self.read_shm(oid)
-        seg = self.puller.pull(oid, node)
-        return deserialize(seg.buf.toreadonly(), f"object {oid}")
+        return deserialize(self.puller.pull(oid, node), f"object {oid}")
 
     def read_shm(self, oid: str) -> Any:
         """Map an object's segment (restoring it from spill if needed) and read it zero-copy."""

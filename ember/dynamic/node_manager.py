@@ -177,12 +177,17 @@ class NodeManager:
         self.endpoint.send(self.gcs_address, "subscribe", "nodes", self.endpoint.address)
         self.endpoint.call_soon(self._heartbeat)
 
+    def report(self) -> None:
+        """Send the GCS a heartbeat now (in a cluster): resources, load, processes."""
+        if self.cluster:
+            self.endpoint.send(self.gcs_address, "node_heartbeat", self.sid,
+                               self.resources.total, self.resources.available,
+                               self.local_processes())
+
     def _heartbeat(self) -> None:
-        if self.done.is_set():
-            return
-        self.endpoint.send(self.gcs_address, "node_heartbeat", self.sid, self.resources.total,
-                           self.resources.available, self.local_processes())
-        self.endpoint.call_later(HEARTBEAT_S, self._heartbeat)
+        if not self.done.is_set():
+            self.report()
+            self.endpoint.call_later(HEARTBEAT_S, self._heartbeat)
 
     def node_changed(self, channel: str, node_id: str, record: dict) -> None:
         """Note [node death]: another node died; tell this node's processes that each of its

@@ -6,7 +6,8 @@ the object's payload beside its size. A reader on that node maps the segment as 
 on another node *pulls* it: it connects to the holder's transfer server (the raw TCP handshake
 of Note [connection handshake] first, so nothing is served to a peer without the token), asks
 for the object by id, and receives its bytes with ``recv_into`` straight into a fresh segment of
-its own node, which it maps and unlinks at once (the mapping keeps it valid, so no file is left
+its own node (a pre-faulted spare when one fits, Note [spare segments]), which it maps and
+unlinks at once (the mapping keeps it valid, so no file is left
 behind whatever happens to the reader later). The server answers from the segment file with
 ``sendfile``, restoring a spilled object first; TCP streams the chunks, so sending and receiving
 overlap. One connection per pair of processes is kept and reused; a node that does not answer
@@ -31,6 +32,7 @@ from typing import Callable, NamedTuple
 from ember.dynamic import cluster_auth, shm
 from ember.dynamic.auth import process_key
 from ember.dynamic.cluster_auth import recv_exact
+from ember.dynamic.segment_writer import SegmentWriter
 from ember.exceptions import ObjectLostError
 
 PULL_TIMEOUT_S = 30.0
@@ -131,13 +133,15 @@ class TransferServer:
 class Puller:
     """This process's connections to other nodes' transfer servers, and the pull itself."""
 
-    def __init__(self) -> None:
+    def __init__(self, segments: SegmentWriter) -> None:
+        self._segments = segments
         self._lock = threading.Lock()
         self._conns: dict[str, tuple[socket.socket, threading.Lock]] = {}
         self._names = itertools.count()
 
-    def pull(self, oid: str, node: Node) -> shm.Segment:
-        """Copy object ``oid`` from ``node`` into a fresh segment here (already unlinked)."""
+    def pull(self, oid: str, node: Node) -> memoryview:
+        """Copy object ``oid`` from ``node`` into a fresh segment here (already unlinked);
+        return a read-only view of it."""
         if node.transfer is None:
             raise ObjectLostError(f"object {oid} lives on node {node.node_id}, which serves no "
                                   f"objects to other nodes")
@@ -150,7 +154,7 @@ class Puller:
             raise ObjectLostError(f"object {oid} could not be fetched from node {node.node_id} "
                                   f"({node.transfer}): {exc}") from None
 
-    def _receive(self, conn: socket.socket, oid: str, node: Node) -> shm.Segment:
+    def _receive(self, conn: socket.socket, oid: str, node: Node) -> memoryview:
         name = oid.encode()
         conn.sendall(bytes([len(name)]) + name)
         (size,) = _SIZE.unpack(recv_exact(conn, _SIZE.size))
@@ -158,20 +162,16 @@ class Puller:
             raise ObjectLostError(f"object {oid} is gone from node {node.node_id} (freed or "
                                   f"lost)")
         path = shm.segment_path("pull", f"{oid}.{os.getpid()}.{next(self._names)}")
-        seg = shm.Segment.create(path, size)
         try:
-            view, got = seg.buf, 0
+            view, got = self._segments.new_mapping(path, size), 0
             while got < size:
                 n = conn.recv_into(view[got:], min(size - got, 1 << 22))
                 if not n:
                     raise ConnectionError("the node closed the connection mid-object")
                 got += n
-        except BaseException:
-            seg.close()
-            raise
         finally:
             shm.unlink(path)
-        return seg
+        return view.toreadonly()
 
     def _connection(self, address: str) -> tuple[socket.socket, threading.Lock]:
         with self._lock:

@@ -76,6 +76,28 @@ class SegmentWriter:
         if size >= SPARE_MIN:
             self._prepare(size)
 
+    def new_mapping(self, path: str, size: int) -> memoryview:
+        """A writable view of ``size`` bytes of a new segment ``path``, its pages populated: a
+        spare when one fits (Note [spare segments]), else a new one. The mapping lives as long
+        as views of it do; a pull fills it straight from a socket (object_transfer.py)."""
+        spare = self._take(size)
+        if spare is not None:
+            os.rename(spare.path, path)
+            mapping = spare.mapping
+        else:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, max(size, 1))
+                mapping = mmap.mmap(fd, max(size, 1), flags=_POPULATE)
+            except BaseException:
+                shm.unlink(path)
+                raise
+            finally:
+                os.close(fd)
+        if size >= SPARE_MIN:
+            self._prepare(size)
+        return memoryview(mapping)[:size]
+
     def release(self, path: str) -> None:
         """The object at ``path`` is freed: unmap it here if this writer still maps it."""
         with self._lock:

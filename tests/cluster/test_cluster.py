@@ -1,0 +1,284 @@
+"""Tasks, actors and objects across real nodes (``ember start`` in namespaces, tests/cluster)."""
+
+from __future__ import annotations
+
+import pytest
+
+pytestmark = pytest.mark.timeout(240)
+
+PLACEMENT = """
+import json, os, ember, numpy as np
+ember.init(address="{address}")
+@ember.remote
+def where():
+    return ember.get_runtime_context().get_node_id()
+@ember.remote(resources={{"B": 1}})
+def on_b(x):
+    return ember.get_runtime_context().get_node_id(), float(np.asarray(x).sum())
+@ember.remote(resources={{"C": 1}})
+def make_on_c():
+    return np.full(12_500_000, 2.0)    # 100 MB, made on node C
+@ember.remote(resources={{"C": 0.5}})
+class OnC:
+    def node(self):
+        return ember.get_runtime_context().get_node_id()
+big = ember.put(np.ones(12_500_000))  # 100 MB on the head
+made = make_on_c.remote()
+actor = OnC.remote()
+out = {{"driver": ember.get_runtime_context().get_node_id(),
+        "local": ember.get(where.remote(), timeout=60),
+        "b_small": ember.get(on_b.remote(7), timeout=60),
+        "b_big": ember.get(on_b.remote(big), timeout=60),
+        "b_sums_c": ember.get(on_b.remote(made), timeout=60),
+        "c_at_driver": float(ember.get(made, timeout=60).sum()),
+        "actor": ember.get(actor.node.remote(), timeout=60),
+        "nodes": sorted(n["NodeID"] for n in ember.nodes() if n["Alive"]),
+        "cpus": ember.cluster_resources()["CPU"]}}
+ember.shutdown()
+print(json.dumps(out))
+"""
+
+
+def test_tasks_actors_and_100mb_arrays_across_three_nodes(cluster):
+    """Custom resources place work on each node; a 100 MB array made on one node is summed on
+    another and fetched by the driver on a third, through TCP only."""
+    head = cluster.start_node("--num-cpus", "1", head=True)
+    cluster.start_node("--num-cpus", "1", "--resources", '{"B": 1}')
+    cluster.start_node("--num-cpus", "1", "--resources", '{"C": 1}')
+    out = cluster.driver(PLACEMENT.format(address=cluster.address))
+    ids = out["nodes"]
+    assert len(ids) == 3 and out["driver"] in ids and out["cpus"] == 3
+    b, c = out["b_small"][0], out["actor"]
+    assert len({out["driver"], b, c}) == 3, out
+    assert out["local"] == out["driver"]
+    assert out["b_small"][1] == 7.0
+    assert out["b_big"] == [b, 12_500_000.0]
+    assert out["b_sums_c"] == [b, 25_000_000.0]
+    assert out["c_at_driver"] == 25_000_000.0
+    assert "head" in head.banner
+
+
+PIPELINE = """
+import json, time, ember, numpy as np
+from ember.dag import InputNode
+ember.init(address="{address}")
+@ember.remote
+class Stage:
+    def __init__(self, k):
+        self.k = k
+    def node(self):
+        return ember.get_runtime_context().get_node_id()
+    def fwd(self, x):
+        return x + self.k
+stages = [Stage.options(resources={{r: 0.1}}).remote(k) for r, k in (("A", 1), ("B", 10), ("C", 100))]
+nodes = [ember.get(s.node.remote(), timeout=60) for s in stages]
+with InputNode() as inp:
+    dag = stages[2].fwd.bind(stages[1].fwd.bind(stages[0].fwd.bind(inp)))
+cdag = dag.compile()
+small = [ember.get(cdag.execute(i), timeout=30) for i in range(20)]
+arrays = [ember.get(cdag.execute(np.full(1 << 17, float(i))), timeout=30) for i in range(5)]
+cdag.teardown()
+print(json.dumps({{"nodes": nodes, "small": small,
+                   "arrays": [[float(a[0]), float(a[-1]), a.nbytes] for a in arrays]}}))
+ember.shutdown()
+"""
+
+
+def test_compiled_pipeline_with_one_stage_per_node(cluster):
+    """A 3-stage compiled graph with a stage on each node: small values and 1 MiB arrays."""
+    cluster.start_node("--num-cpus", "2", "--resources", '{"A": 1}', head=True)
+    cluster.start_node("--num-cpus", "2", "--resources", '{"B": 1}')
+    cluster.start_node("--num-cpus", "2", "--resources", '{"C": 1}')
+    out = cluster.driver(PIPELINE.format(address=cluster.address))
+    assert len(set(out["nodes"])) == 3
+    assert out["small"] == [i + 111 for i in range(20)]
+    assert out["arrays"] == [[i + 111.0, i + 111.0, 1 << 20] for i in range(5)]
+
+
+NODE_LOSS = """
+import json, time, ember
+from ember.exceptions import ActorDiedError, NodeDiedError
+ember.init(address="{address}")
+@ember.remote(resources={{"B": 1}})
+class OnB:
+    def node(self):
+        return ember.get_runtime_context().get_node_id()
+    def hang(self):
+        time.sleep(600)
+@ember.remote(resources={{"B": 0.5}}, max_retries=0)
+def stuck():
+    time.sleep(600)
+actor = OnB.remote()
+ember.get(actor.node.remote(), timeout=60)
+call, task = actor.hang.remote(), stuck.remote()
+time.sleep(1)
+print(json.dumps({{"ready": True}}), flush=True)
+input()   # the test kills node B now
+t0 = time.monotonic()
+errors = []
+for ref in (call, task):
+    try:
+        ember.get(ref, timeout=60)
+        errors.append("no error")
+    except (ActorDiedError, NodeDiedError) as exc:
+        errors.append(type(exc).__name__)
+elapsed = time.monotonic() - t0
+@ember.remote
+def still_serving():
+    return 1
+print(json.dumps({{"errors": errors, "elapsed": elapsed,
+                   "alive": sorted(n["Alive"] for n in ember.nodes()),
+                   "serving": ember.get(still_serving.remote(), timeout=30)}}))
+ember.shutdown()
+"""
+
+
+def test_a_killed_node_fails_its_calls_within_15_s(cluster):
+    """SIGKILL every process of a node mid-call: its actor call and its task fail with the
+    node's death (ActorNodeDiedError, NodeDiedError), well within 15 s; the rest serves on."""
+    import json
+    import subprocess
+    import sys
+    cluster.start_node("--num-cpus", "2", head=True)
+    doomed = cluster.start_node("--num-cpus", "2", "--resources", '{"B": 2}')
+    path = cluster.tmp / "loss.py"
+    path.write_text(NODE_LOSS.format(address=cluster.address))
+    head = cluster.nodes[0]
+    spaces = ["--mount", "--net"] if head.netns else ["--mount"]
+    proc = subprocess.Popen(["nsenter", "--target", str(head.pid), *spaces, sys.executable,
+                             str(path)], env=cluster.env, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert json.loads(proc.stdout.readline()) == {"ready": True}
+        cluster.kill_node(doomed)
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        out = json.loads(proc.stdout.readline())
+    finally:
+        proc.kill()
+        proc.wait()
+    assert out["errors"] == ["ActorNodeDiedError", "NodeDiedError"], out
+    assert out["elapsed"] < 15, out
+    assert out["alive"] == [False, True] and out["serving"] == 1
+
+
+BAD_TOKEN = """
+import json, os, ember
+from ember.exceptions import AuthenticationError
+os.environ["EMBER_AUTH_TOKEN"] = "not the cluster's token"
+try:
+    ember.init(address="{address}")
+    print(json.dumps({{"error": None}}))
+except AuthenticationError as exc:
+    print(json.dumps({{"error": str(exc)}}))
+"""
+
+GOOD = """
+import json, ember
+ember.init(address="{address}")
+@ember.remote(resources={{"B": 1}})
+def one():
+    return 1
+print(json.dumps({{"sum": sum(ember.get([one.remote() for _ in range(4)], timeout=60))}}))
+ember.shutdown()
+"""
+
+
+def test_a_wrong_token_and_garbage_are_refused_and_the_cluster_serves_on(cluster):
+    """A driver with another token gets AuthenticationError naming where its token came from;
+    garbage sent to the head's port and to a node manager's port is dropped."""
+    import json
+    import socket
+    cluster.start_node("--num-cpus", "1", head=True)
+    cluster.start_node("--num-cpus", "1", "--resources", '{"B": 1}')
+    out = cluster.driver(BAD_TOKEN.format(address=cluster.address))
+    assert out["error"] and "EMBER_AUTH_TOKEN" in out["error"], out
+    record = json.loads(next((cluster.home / ".ember" / "nodes").glob("*.json")).read_text())
+    host, port = record["nm_address"][len("tcp://"):].rsplit(":", 1)
+    spaces = cluster.nodes[0]
+    for target in ((cluster.nodes[0].ip, cluster.port), (host, int(port))):
+        probe = (f"import socket; s = socket.create_connection({target!r}); "
+                 f"s.sendall(b'\\x00garbage' * 1000); s.close()")
+        nsenter = ["nsenter", "--target", str(spaces.pid), "--mount"] + (
+            ["--net"] if spaces.netns else [])
+        import subprocess
+        import sys
+        subprocess.run([*nsenter, sys.executable, "-c", probe], check=True, timeout=30)
+    assert cluster.driver(GOOD.format(address=cluster.address)) == {"sum": 4}
+
+
+def test_ember_stop_leaves_no_process_and_no_file(cluster):
+    """``ember stop`` ends every node of this user on the machine: no process, no record, no
+    session folder and nothing in any node's /dev/shm is left."""
+    import json
+    import os
+    import subprocess
+    cluster.start_node("--num-cpus", "1", head=True)
+    cluster.start_node("--num-cpus", "1")
+    records = [json.loads(p.read_text())
+               for p in (cluster.home / ".ember" / "nodes").glob("*.json")]
+    assert len(records) == 2
+    cluster.driver(GOOD.format(address=cluster.address).replace('{"B": 1}', '{"CPU": 1}'))
+    shm_before = cluster.ember("status", node=1)
+    assert shm_before.returncode == 0 and "2 node(s) alive" in shm_before.stdout
+    done = cluster.ember("stop", node=1)
+    assert done.returncode == 0 and done.stdout.count("stopped ember node") == 2, done
+    for node in cluster.nodes:
+        node.proc.wait(timeout=30)
+    leftover = subprocess.run(["pgrep", "-f", f"HOME={cluster.home}"], capture_output=True)
+    for record in records:
+        assert not os.path.exists(record["session_dir"])
+    assert not list((cluster.home / ".ember" / "nodes").glob("*.json"))
+    alive = [n.pid for n in cluster.nodes if _group_alive(n.pid)]
+    assert not alive and leftover.returncode != 0
+
+
+def _group_alive(pgid: int) -> bool:
+    import os
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+GANG = """
+import json, ember
+from ember.util import placement_group, remove_placement_group
+from ember.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+ember.init(address="{address}")
+@ember.remote(num_cpus=1)
+def where():
+    return ember.get_runtime_context().get_node_id()
+@ember.remote(num_cpus=1)
+class Stage:
+    def where(self):
+        return ember.get_runtime_context().get_node_id()
+spread = placement_group([{{"CPU": 1}}] * 3, strategy="STRICT_SPREAD")
+ember.get(spread.ready(), timeout=60)
+tasks = [where.options(scheduling_strategy=PlacementGroupSchedulingStrategy(
+    spread, placement_group_bundle_index=i)).remote() for i in range(3)]
+spread_nodes = ember.get(tasks, timeout=60)
+remove_placement_group(spread)
+pack = placement_group([{{"CPU": 1}}, {{"CPU": 1}}], strategy="STRICT_PACK")
+ember.get(pack.ready(), timeout=60)
+stages = [Stage.options(scheduling_strategy=PlacementGroupSchedulingStrategy(
+    pack, placement_group_bundle_index=i)).remote() for i in range(2)]
+pack_nodes = ember.get([s.where.remote() for s in stages], timeout=60)
+print(json.dumps({{"spread": spread_nodes, "pack": pack_nodes,
+                   "nodes": [n["NodeID"] for n in ember.nodes()],
+                   "two_cpus": [n["NodeID"] for n in ember.nodes()
+                                if n["Resources"]["CPU"] == 2]}}))
+ember.shutdown()
+"""
+
+
+def test_placement_groups_spread_and_pack_over_nodes(cluster):
+    """STRICT_SPREAD puts one bundle on each of 3 nodes (tasks in them run there);
+    STRICT_PACK puts both bundles of a gang on one node (its actors run there)."""
+    cluster.start_node("--num-cpus", "1", head=True)
+    cluster.start_node("--num-cpus", "1")
+    cluster.start_node("--num-cpus", "2")
+    out = cluster.driver(GANG.format(address=cluster.address))
+    assert sorted(out["spread"]) == sorted(out["nodes"]), out
+    assert out["pack"] == out["two_cpus"] * 2, out
