@@ -57,7 +57,8 @@ def removing_new_ray_semaphores() -> Iterator[None]:
 
 def load_workloads() -> list[Entry]:
     """Import the workload modules (which register themselves) and return the registry in order."""
-    for module in ("workloads_core", "workloads_compiled", "workloads_gpu", "workloads_xnode"):
+    for module in ("workloads_core", "workloads_compiled", "workloads_gpu", "workloads_xnode",
+                   "workloads_cluster"):
         importlib.import_module(f"benchmarks.{module}")
     return REGISTRY
 

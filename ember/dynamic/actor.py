@@ -182,12 +182,14 @@ class ActorClass:
             placement_group.check_strategy(strategy, resource_request(opts),
                                            f"actor {cls.__name__}")
         resources, placement = placement_group.constrain(strategy, resource_request(opts))
+        pin = labels.node_constraint(opts["label_selector"], opts["fallback_strategy"])
+        resources = {**resources, **(pin or {})}
         options = {"max_concurrency": opts["max_concurrency"],
                    "concurrency_groups": opts["concurrency_groups"] or {},
                    "env_vars": runtime_env_vars(opts["runtime_env"]), "resources": resources,
                    "name": opts["name"] or "", "restartable": info["restartable"],
                    "capture": placement_group.capture_spec(strategy)}
-        if labels.feasible_here(opts["label_selector"], opts["fallback_strategy"]):
+        if pin is not None:
             submitter.create_actor(state, class_id, f"actor {cls.__name__}", args, kwargs,
                                    resources, options, placement_group.gate(placement))
         else:

@@ -17,7 +17,7 @@ from ember.dynamic.core_worker import CoreWorker, set_current_core
 from ember.dynamic.labels import NODE_ID_LABEL, validate_labels
 from ember.dynamic.object_ref import ObjectRef
 from ember.dynamic.process import remove_session_dir, session_dir
-from ember.dynamic.resources import detect_gpus, detect_memory
+from ember.dynamic.resources import default_object_store_memory, detect_gpus, detect_memory
 from ember.dynamic.runtime_context import facts, node_labels, runtime_env_vars
 from ember.dynamic.cluster_auth import CLUSTER_ENV, NODE_IP_ENV
 from ember.dynamic.messaging import listen_address
@@ -91,7 +91,7 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
         total = {"CPU": float(num_cpus if num_cpus is not None else os.cpu_count() or 1),
                  "GPU": float(num_gpus if num_gpus is not None else detect_gpus()),
                  "memory": float(detect_memory() // 2), **(resources or {})}
-        store_memory = object_store_memory or int(detect_memory() * 0.3)
+        store_memory = object_store_memory or default_object_store_memory()
         config = {"resources": total, "object_store_memory": store_memory,
                   "prestart": int(min(total["CPU"], 4)),
                   "labels": {**node_labels, NODE_ID_LABEL: sid}, "worker_env": job_env}

@@ -490,10 +490,22 @@ class CoreWorker:
             self.resolve(oid, FAILED, OwnerDiedError(
                 f"object {oid} is lost: its owner process died ({reason})"))
 
+    def _lose_objects_on(self, nm_address: str, reason: str) -> None:
+        """Objects whose only copy was on a node that died are lost (no lineage rebuild yet)."""
+        with self.lock:
+            lost = [oid for oid, e in self.objects.items()
+                    if e.state == IN_SHM and e.payload[1].nm_address == nm_address]
+            for oid in lost:
+                entry = self.objects[oid]
+                entry.state, entry.payload = FAILED, ObjectLostError(
+                    f"object {oid} is lost: it lived only on a node that died ({reason})")
+
     def _on_worker_died(self, worker_id: str | None, address: str | None, reason: str,
                         node_lost: bool = False) -> None:
         if address is not None:
             self.endpoint.forget_peer(address)
             self.fail_borrowed(lambda owner: owner == address, reason)
+            if node_lost:
+                self._lose_objects_on(address, reason)
         for listener in self.death_listeners:
             listener(worker_id, address, reason, node_lost)

@@ -98,12 +98,25 @@ def _check_key(key: Any, option: str) -> None:
                          f"digits, '-', '_' or '.')")
 
 
-def feasible_here(selector: dict | None, fallback: list[dict] | None) -> bool:
-    """Whether this node may run work with ``selector`` (looked up only when one is given)."""
+NODE_RESOURCE = "node:{}"   # a cluster node's own resource (1.0), as Ray's "node:<ip>"
+PIN = 0.001                # how much of it one task or actor asks for
+
+
+def node_constraint(selector: dict | None, fallback: list[dict] | None
+                    ) -> dict[str, float] | None:
+    """Resources that keep work with ``selector`` on a node whose labels match: none needed
+    (``{}``) without a selector or on a lone matching node; ``{"node:<id>": PIN}`` for the
+    chosen node of a cluster (this node first, then the others; the selector first, then each
+    fallback in order, as Ray tries them); None where no node matches."""
     if not selector and not fallback:
-        return True
-    from ember.dynamic.runtime_context import node_labels
-    return node_accepts(selector, fallback, node_labels())
+        return {}
+    from ember.dynamic.runtime_context import live_node_labels
+    nodes = live_node_labels()
+    for wanted in (selector, *(entry.get("label_selector") for entry in fallback or ())):
+        for node_id, labels in nodes:
+            if matches(wanted, labels):
+                return {} if len(nodes) == 1 else {NODE_RESOURCE.format(node_id): PIN}
+    return None
 
 
 def warn_infeasible(what: str, selector: dict | None) -> None:

@@ -6,7 +6,8 @@ address and starts a node manager only. Every process of the node listens on TCP
 IP (Note [cluster sockets] in messaging.py) and takes its key from the cluster token (Note
 [cluster token]). The daemon writes its node record (Note [node records]), then waits: on
 SIGTERM or SIGINT (``ember stop``, Ctrl-C, a container's stop), or when its GCS or node manager
-exits, it stops the node: the node manager ends its workers and removes the node's shared memory,
+exits (then with exit code 1, so a container or ``srun`` step sees the failure), it stops the
+node: the node manager ends its workers and removes the node's shared memory,
 and the record and session folder go. The GCS and node manager end with the daemon even when it
 is SIGKILLed (Note [parent death] in process.py); the other nodes then notice the silence (Note
 [node heartbeats] in node_table.py). A dead GCS or node manager is not restarted: the node stops.
@@ -27,11 +28,11 @@ import uuid
 
 from ember.dynamic import cluster_auth, node_records, shm
 from ember.dynamic.gcs_storage import MemoryStorage
-from ember.dynamic.labels import NODE_ID_LABEL, validate_labels
+from ember.dynamic.labels import NODE_ID_LABEL, NODE_RESOURCE, validate_labels
 from ember.dynamic.messaging import Endpoint, listen_address
 from ember.dynamic.process import (pidfd, remove_session_dir, session_dir, spawn, start_time,
                                    wait_until_done)
-from ember.dynamic.resources import detect_gpus, detect_memory
+from ember.dynamic.resources import default_object_store_memory, detect_gpus, detect_memory
 from ember.exceptions import EmberError
 
 START_TIMEOUT_S = 30.0
@@ -42,11 +43,12 @@ def node_config(options: dict, sid: str) -> dict:
     total = {"CPU": float(options.get("num_cpus") or os.cpu_count() or 1),
              "GPU": float(options["num_gpus"] if options.get("num_gpus") is not None
                           else detect_gpus()),
-             "memory": float(detect_memory() // 2), **(options.get("resources") or {})}
+             "memory": float(detect_memory() // 2), **(options.get("resources") or {}),
+             NODE_RESOURCE.format(sid): 1.0}
     labels = validate_labels(options.get("labels"))
     return {"resources": total, "prestart": int(min(total["CPU"], 2)),
             "object_store_memory": int(options.get("object_store_memory")
-                                       or detect_memory() * 0.3),
+                                       or default_object_store_memory()),
             "labels": {**labels, NODE_ID_LABEL: sid}, "worker_env": {}, "cluster": True}
 
 
@@ -61,6 +63,7 @@ class NodeDaemon:
         self.procs: list[tuple[str, subprocess.Popen, str]] = []   # (name, process, address)
         self.done = threading.Event()
         self.stopping = False
+        self.failed = False   # a process of the node died: ``run`` exits non-zero
         self.bootstrap: node_records.BootstrapServer | None = None
         self.record_path: str | None = None
         self.token_note = ""
@@ -125,6 +128,7 @@ class NodeDaemon:
         if not self.stopping:
             print(f"ember node {self.sid}: its {name} exited; stopping the node",
                   file=sys.stderr, flush=True)
+            self.failed = True
             self.done.set()
 
     def banner(self) -> str:
@@ -188,7 +192,7 @@ def run(options: dict, ready_fd: int | None = None) -> int:
         daemon.wait()
     finally:
         daemon.stop()
-    return 0
+    return 1 if daemon.failed else 0
 
 
 def main() -> None:

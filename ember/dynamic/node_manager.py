@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from ember.dynamic.auth import process_key
 from ember.dynamic.cluster_auth import NODE_IP_ENV
 from ember.dynamic.bundles import BundleTable
 from ember.dynamic.messaging import Endpoint
-from ember.dynamic.node_table import HEARTBEAT_S
+from ember.dynamic.node_table import HEARTBEAT_S, node_timeout_s
 from ember.dynamic.object_store import ObjectStore
 from ember.dynamic.object_transfer import TRANSFER_ENV, TransferServer
 from ember.dynamic.process import (bind_to_parent, pidfd, remove_session_dir, session_dir,
@@ -107,6 +108,7 @@ class NodeManager:
         self.worker_env = {**WORKER_THREAD_ENV, **config.get("worker_env", {})}  # job env_vars
         self.labels: dict[str, str] = config.get("labels", {})
         self.cluster = bool(config.get("cluster"))
+        self.lost = False   # the cluster gave this node up: exit with an error
         self.transfer: TransferServer | None = None
         if self.cluster:   # Note [objects across nodes] in object_transfer.py
             self.transfer = TransferServer(os.environ[NODE_IP_ENV], process_key(),
@@ -174,20 +176,40 @@ class NodeManager:
     def join_cluster(self, record: dict) -> None:
         """Register this node with the GCS, then heartbeat."""
         self.endpoint.call(self.gcs_address, "register_node", self.sid, record)
+        self.last_ack = time.monotonic()
         self.endpoint.send(self.gcs_address, "subscribe", "nodes", self.endpoint.address)
         self.endpoint.call_soon(self._heartbeat)
 
     def report(self) -> None:
         """Send the GCS a heartbeat now (in a cluster): resources, load, processes."""
         if self.cluster:
-            self.endpoint.send(self.gcs_address, "node_heartbeat", self.sid,
-                               self.resources.total, self.resources.available,
-                               self.local_processes())
+            self.endpoint.request(self.gcs_address, "node_heartbeat", self.sid,
+                                  self.resources.total, self.resources.available,
+                                  self.local_processes()).add_done_callback(self._acked)
+
+    def _acked(self, answer: Future) -> None:
+        if answer.exception() is None and answer.result():
+            self.last_ack = time.monotonic()
+        elif answer.exception() is None:
+            self._leave("the GCS declared this node dead")
 
     def _heartbeat(self) -> None:
+        if self.done.is_set():
+            return
+        if time.monotonic() - self.last_ack > node_timeout_s():
+            self._leave(f"the GCS at {self.gcs_address} did not answer for "
+                        f"{node_timeout_s():g} s")
+            return
+        self.report()
+        self.endpoint.call_later(HEARTBEAT_S, self._heartbeat)
+
+    def _leave(self, why: str) -> None:
+        """Stop this node manager with an error: the cluster is gone or gave this node up."""
         if not self.done.is_set():
-            self.report()
-            self.endpoint.call_later(HEARTBEAT_S, self._heartbeat)
+            print(f"ember node manager of node {self.sid}: {why}; stopping", file=sys.stderr,
+                  flush=True)
+            self.lost = True
+            self.done.set()
 
     def node_changed(self, channel: str, node_id: str, record: dict) -> None:
         """Note [node death]: another node died; tell this node's processes that each of its
@@ -414,6 +436,7 @@ def main() -> None:
     manager.endpoint.call_soon(lambda: [manager.start_worker() for _ in range(manager.prestart)])
     wait_until_done(manager.done)
     manager.shutdown()
+    sys.exit(1 if manager.lost else 0)
 
 
 if __name__ == "__main__":

@@ -73,12 +73,14 @@ def live_records() -> Iterator[tuple[str, dict]]:
 
 
 def local_node(gcs_address: str | None = None) -> dict | None:
-    """The record of the node that shares this process's /dev/shm (of one cluster, if given)."""
+    """The record of the node that shares this process's /dev/shm (of one cluster, if given;
+    the head's if several do)."""
     device = shm_device()
-    for _, record in live_records():
-        if record["shm_dev"] == device and gcs_address in (None, record["gcs_address"]):
-            return record
-    return None
+    here = [record for _, record in live_records() if record["shm_dev"] == device
+            and gcs_address in (None, record["gcs_address"])]
+    # several nodes share one /dev/shm only when started so on one machine (benchmarks):
+    # the head's is then the one a driver joins
+    return max(here, key=lambda record: record["head"], default=None)
 
 
 def remove(path: str) -> None:

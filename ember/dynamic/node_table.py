@@ -8,7 +8,10 @@ default 10 s) is marked dead: its record says ``"alive": False``, the change is 
 ``"nodes"`` channel, and its actors are marked DEAD. Every node manager subscribes to that
 channel and tells its local processes that each process of the dead node is gone (Note [node
 death] in node_manager.py). A node that comes back after being declared dead is not taken back:
-it must restart (its processes were already given up for dead).
+it must restart (its processes were already given up for dead). The GCS answers each heartbeat;
+a node manager whose heartbeats go unanswered for as long (the head is gone), or are answered
+"dead", exits with an error, and its node daemon with it: a container or ``srun`` step sees
+the failure and can start the node again.
 
 Note [spillback]: a node manager places a lease request locally when it can. When its node can
 never hold the request, or holds no free resources for it now, it asks ``pick_node`` for another
@@ -68,10 +71,14 @@ class NodeTable:
         self.server.endpoint.reply(reply_to, rid, True)
         self.server.publish("nodes", node_id, record)
 
-    def heartbeat(self, node_id: str, total: dict, available: dict, processes: list) -> None:
-        """A node is alive; remember what it has free and which processes run there."""
+    def heartbeat(self, reply_to: str, rid: int, node_id: str, total: dict, available: dict,
+                  processes: list) -> None:
+        """A node is alive; remember what it has free and which processes run there. Answer
+        whether the node still belongs to the cluster."""
         record = self.storage.get("nodes", node_id)
-        if record is None or not record.get("alive", True):
+        alive = record is not None and record.get("alive", True)
+        self.server.endpoint.reply(reply_to, rid, alive)
+        if not alive:
             return   # declared dead: Note [node heartbeats]
         self.last_seen[node_id] = time.monotonic()
         if (record.get("available") != available or record.get("resources") != total

@@ -165,7 +165,7 @@ class Puller:
         try:
             view, got = self._segments.new_mapping(path, size), 0
             while got < size:
-                n = conn.recv_into(view[got:], min(size - got, 1 << 22))
+                n = conn.recv_into(view[got:])
                 if not n:
                     raise ConnectionError("the node closed the connection mid-object")
                 got += n

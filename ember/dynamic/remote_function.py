@@ -179,7 +179,7 @@ class SubmitPlan:
     num_returns: int
     max_retries: int
     retry_exceptions: Any
-    feasible: bool  # whether this node's labels satisfy the label_selector / fallbacks
+    feasible: bool  # whether some node's labels satisfy the label_selector / fallbacks
     placement: str | None  # the placement group it runs in (Note [placement gate])
 
 
@@ -255,6 +255,8 @@ class RemoteFunction:
             self._export = export(self._function, f"remote function {qualname}")
         function_id = self._export[0]
         resources, placement = placement_group.constrain(strategy, resource_request(opts))
+        pin = labels.node_constraint(opts["label_selector"], opts["fallback_strategy"])
+        resources = {**resources, **(pin or {})}
         # A plain task sends only its function id; one with options the worker must know
         # (resources other than one CPU, env vars) sends ``(function_id, extras)``.
         extras: dict[str, Any] = {}
@@ -274,7 +276,7 @@ class RemoteFunction:
             target=(function_id, extras) if extras else function_id, lease=lease,
             resources=resources, num_returns=int(opts["num_returns"]),
             max_retries=int(opts["max_retries"]), retry_exceptions=opts["retry_exceptions"],
-            feasible=labels.feasible_here(opts["label_selector"], opts["fallback_strategy"]),
+            feasible=pin is not None,
             placement=placement)
 
     def function_id(self, core: Any) -> str:

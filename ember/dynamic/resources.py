@@ -21,8 +21,26 @@ def detect_gpus() -> int:
 
 
 def detect_memory() -> int:
-    """Total physical memory in bytes."""
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    """Memory this machine (or container: its cgroup's limit) has, in bytes."""
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        with open("/sys/fs/cgroup/memory.max") as file:
+            limit = file.read().strip()
+    except OSError:
+        return physical
+    return min(physical, int(limit)) if limit.isdigit() else physical
+
+
+def default_object_store_memory() -> int:
+    """The object store's default cap: 30 % of memory, and no more than 90 % of /dev/shm (a
+    container's /dev/shm is often far smaller than its memory)."""
+    cap = int(detect_memory() * 0.3)
+    try:
+        shm = os.statvfs("/dev/shm")
+        cap = min(cap, int(shm.f_blocks * shm.f_frsize * 0.9))
+    except OSError:
+        pass
+    return cap
 
 
 class NodeResources:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ember.dynamic import shm
+from ember.dynamic.cluster_auth import CLUSTER_ENV
 from ember.dynamic.object_ref import ID
 
 _call: contextvars.ContextVar[tuple[str, dict] | None] = contextvars.ContextVar(
@@ -71,6 +72,17 @@ def node_labels() -> dict[str, str]:
         node = core.endpoint.call(core.gcs_address, "kv_get", "nodes", shm.session_id()) or {}
         _facts.node_labels = dict(node.get("labels") or {})
     return _facts.node_labels
+
+
+def live_node_labels() -> list[tuple[str, dict[str, str]]]:
+    """(node id, labels) of every live node, this one first (one node outside a cluster)."""
+    core = _core()
+    if not os.environ.get(CLUSTER_ENV):
+        return [(shm.session_id(), node_labels())]
+    records = core.endpoint.call(core.gcs_address, "kv_items", "nodes")
+    here = shm.session_id()
+    return sorted(((node_id, dict(record.get("labels") or {})) for node_id, record in records
+                   if record.get("alive", True)), key=lambda item: item[0] != here)
 
 
 def runtime_env_vars(runtime_env: Any) -> dict[str, str]:

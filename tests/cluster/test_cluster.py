@@ -18,6 +18,13 @@ def on_b(x):
 @ember.remote(resources={{"C": 1}})
 def make_on_c():
     return np.full(12_500_000, 2.0)    # 100 MB, made on node C
+@ember.remote(label_selector={{"zone": "c"}})
+def labeled():
+    return ember.get_runtime_context().get_node_id()
+@ember.remote(label_selector={{"zone": "nowhere"}}, fallback_strategy=[{{"label_selector": {{"zone": "in(b,c)"}}}}])
+class Fallback:
+    def node(self):
+        return ember.get_runtime_context().get_node_id()
 @ember.remote(resources={{"C": 0.5}})
 class OnC:
     def node(self):
@@ -32,6 +39,8 @@ out = {{"driver": ember.get_runtime_context().get_node_id(),
         "b_sums_c": ember.get(on_b.remote(made), timeout=60),
         "c_at_driver": float(ember.get(made, timeout=60).sum()),
         "actor": ember.get(actor.node.remote(), timeout=60),
+        "labeled": ember.get(labeled.remote(), timeout=60),
+        "fallback": ember.get(Fallback.remote().node.remote(), timeout=60),
         "nodes": sorted(n["NodeID"] for n in ember.nodes() if n["Alive"]),
         "cpus": ember.cluster_resources()["CPU"]}}
 ember.shutdown()
@@ -40,17 +49,19 @@ print(json.dumps(out))
 
 
 def test_tasks_actors_and_100mb_arrays_across_three_nodes(cluster):
-    """Custom resources place work on each node; a 100 MB array made on one node is summed on
-    another and fetched by the driver on a third, through TCP only."""
+    """Custom resources and label selectors place work on each node; a 100 MB array made on one
+    node is summed on another and fetched by the driver on a third, through TCP only."""
     head = cluster.start_node("--num-cpus", "1", head=True)
     cluster.start_node("--num-cpus", "1", "--resources", '{"B": 1}')
-    cluster.start_node("--num-cpus", "1", "--resources", '{"C": 1}')
+    cluster.start_node("--num-cpus", "1", "--resources", '{"C": 1}', "--labels",
+                       '{"zone": "c"}')
     out = cluster.driver(PLACEMENT.format(address=cluster.address))
     ids = out["nodes"]
     assert len(ids) == 3 and out["driver"] in ids and out["cpus"] == 3
     b, c = out["b_small"][0], out["actor"]
     assert len({out["driver"], b, c}) == 3, out
     assert out["local"] == out["driver"]
+    assert out["labeled"] == out["fallback"] == c   # label_selector, then its fallback
     assert out["b_small"][1] == 7.0
     assert out["b_big"] == [b, 12_500_000.0]
     assert out["b_sums_c"] == [b, 25_000_000.0]
@@ -97,7 +108,7 @@ def test_compiled_pipeline_with_one_stage_per_node(cluster):
 
 NODE_LOSS = """
 import json, time, ember
-from ember.exceptions import ActorDiedError, NodeDiedError
+from ember.exceptions import ActorDiedError, NodeDiedError, ObjectLostError
 ember.init(address="{address}")
 @ember.remote(resources={{"B": 1}})
 class OnB:
@@ -108,19 +119,24 @@ class OnB:
 @ember.remote(resources={{"B": 0.5}}, max_retries=0)
 def stuck():
     time.sleep(600)
+@ember.remote(resources={{"B": 0.5}})
+def big():
+    return b"x" * 1_000_000
 actor = OnB.remote()
 ember.get(actor.node.remote(), timeout=60)
+kept = big.remote()
+ember.wait([kept], timeout=60)
 call, task = actor.hang.remote(), stuck.remote()
 time.sleep(1)
 print(json.dumps({{"ready": True}}), flush=True)
 input()   # the test kills node B now
 t0 = time.monotonic()
 errors = []
-for ref in (call, task):
+for ref in (call, task, kept):
     try:
         ember.get(ref, timeout=60)
         errors.append("no error")
-    except (ActorDiedError, NodeDiedError) as exc:
+    except (ActorDiedError, NodeDiedError, ObjectLostError) as exc:
         errors.append(type(exc).__name__)
 elapsed = time.monotonic() - t0
 @ember.remote
@@ -135,7 +151,8 @@ ember.shutdown()
 
 def test_a_killed_node_fails_its_calls_within_15_s(cluster):
     """SIGKILL every process of a node mid-call: its actor call and its task fail with the
-    node's death (ActorNodeDiedError, NodeDiedError), well within 15 s; the rest serves on."""
+    node's death (ActorNodeDiedError, NodeDiedError) and an object that lived only there is
+    lost (ObjectLostError), well within 15 s; the rest of the cluster serves on."""
     import json
     import subprocess
     import sys
@@ -157,7 +174,7 @@ def test_a_killed_node_fails_its_calls_within_15_s(cluster):
     finally:
         proc.kill()
         proc.wait()
-    assert out["errors"] == ["ActorNodeDiedError", "NodeDiedError"], out
+    assert out["errors"] == ["ActorNodeDiedError", "NodeDiedError", "ObjectLostError"], out
     assert out["elapsed"] < 15, out
     assert out["alive"] == [False, True] and out["serving"] == 1
 
@@ -282,3 +299,15 @@ def test_placement_groups_spread_and_pack_over_nodes(cluster):
     out = cluster.driver(GANG.format(address=cluster.address))
     assert sorted(out["spread"]) == sorted(out["nodes"]), out
     assert out["pack"] == out["two_cpus"] * 2, out
+
+
+def test_a_node_whose_head_died_exits_with_an_error(cluster):
+    """When the head is killed, a node's ``ember start --block`` stops its node and exits
+    non-zero within a bounded time (so a container or srun step can restart it)."""
+    import time
+    head = cluster.start_node("--num-cpus", "1", head=True)
+    node = cluster.start_node("--num-cpus", "1")
+    cluster.kill_node(head)
+    start = time.monotonic()
+    assert node.proc.wait(timeout=30) == 1
+    assert time.monotonic() - start < 15

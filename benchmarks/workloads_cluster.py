@@ -1,0 +1,172 @@
+"""Workloads across real nodes: a 3-node cluster started on this machine with the runtime's own
+command line (``ember start`` / ``ray start``), nodes A (head), B and C, one CPU each, and a
+driver on the head. Each reference (a raw socket copy, a raw TCP ping-pong) is measured in the
+same run, between two processes over the same loopback link."""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from types import ModuleType
+from typing import Iterator
+
+import numpy as np
+
+from benchmarks.harness import (GB, Config, Row, dag_module, latency_row, rate_row,
+                                sample_latencies, workload)
+from benchmarks.workloads_compiled import SMALL
+from benchmarks.workloads_xnode import raw_tcp_pingpong
+
+SIZE = 100_000_000
+NODES = ({"A": 1}, {"B": 1}, {"C": 1})
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _start_commands(runtime: str, port: int) -> list[list[str]]:
+    import json
+    commands = []
+    for index, resources in enumerate(NODES):
+        if runtime == "ray":
+            where = (["--head", f"--port={port}", "--include-dashboard=false"] if index == 0
+                     else [f"--address=127.0.0.1:{port}"])
+            commands.append([shutil.which("ray") or "ray", "start", *where, "--num-cpus=1",
+                             f"--resources={json.dumps(resources)}", "--disable-usage-stats"])
+        else:
+            where = ["--head", "--port", str(port)] if index == 0 else [
+                "--address", f"127.0.0.1:{port}"]
+            commands.append([sys.executable, "-m", "ember.cli", "start", *where,
+                             "--num-cpus", "1", "--resources", json.dumps(resources)])
+    return commands
+
+
+@contextlib.contextmanager
+def three_nodes(rt: ModuleType) -> Iterator[None]:
+    """A 3-node cluster of ``rt`` on this machine (HOME in a temporary folder), the driver
+    connected to it; everything stopped afterwards."""
+    runtime = rt.__name__
+    home = tempfile.mkdtemp(prefix=f"bench-{runtime}-home-")
+    env = {**os.environ, "HOME": home, "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("EMBER_AUTH_TOKEN", None)
+    port = _free_port()
+    old_home = os.environ.get("HOME")
+    try:
+        for command in _start_commands(runtime, port):
+            subprocess.run(command, env=env, check=True, capture_output=True, timeout=120)
+        os.environ["HOME"] = home
+        rt.init(address=f"127.0.0.1:{port}")
+        yield
+    finally:
+        with contextlib.suppress(Exception):
+            rt.shutdown()
+        stop = ["ray", "stop", "--force"] if runtime == "ray" else [
+            sys.executable, "-m", "ember.cli", "stop"]
+        subprocess.run(stop, env=env, capture_output=True, timeout=120)
+        if old_home is not None:
+            os.environ["HOME"] = old_home
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _maker(rt: ModuleType):
+    @rt.remote(resources={"B": 0.5}, num_cpus=0)
+    class Maker:
+        def make(self, seed: int) -> list:
+            self.ref = rt.put(np.full(SIZE // 8, float(seed)))
+            return [self.ref]
+
+    return Maker
+
+
+def _copy_server(port_out: multiprocessing.Queue) -> None:
+    data = memoryview(np.ones(SIZE, dtype=np.uint8))
+    server = socket.create_server(("127.0.0.1", 0))
+    port_out.put(server.getsockname()[1])
+    conn, _ = server.accept()
+    while conn.recv(1):
+        conn.sendall(data)
+
+
+def socket_copy_gbps(cfg: Config) -> float:
+    """100 MB from one process to another over loopback TCP into a reused buffer; GB/s."""
+    ctx = multiprocessing.get_context("spawn")
+    ports = ctx.Queue()
+    server = ctx.Process(target=_copy_server, args=(ports,), daemon=True)
+    server.start()
+    try:
+        sock = socket.create_connection(("127.0.0.1", ports.get(timeout=30)))
+        view = memoryview(np.empty(SIZE, dtype=np.uint8))
+        speeds = []
+        for _ in range(cfg.n(6, 2)):
+            start = time.perf_counter()
+            sock.sendall(b"x")
+            got = 0
+            while got < SIZE:
+                got += sock.recv_into(view[got:], SIZE - got)
+            speeds.append(SIZE / GB / (time.perf_counter() - start))
+        sock.close()
+        return round(float(np.median(speeds[1:] or speeds)), 3)
+    finally:
+        server.kill()
+        server.join(10)
+
+
+@workload("xnode_put_get_100mb", "socket_copy_100mb", "cg_roundtrip_xnode",
+          "tcp_pingpong_raw_xnode", "core_tasks_async_xnode", needs_init=False)
+def across_nodes(rt: ModuleType, cfg: Config) -> list[Row]:
+    """A 100 MB array made on node B and got by the driver on A (GB/s, beside a raw socket
+    copy); a compiled graph whose actor is on node B (p50, beside a raw TCP ping-pong); 10k
+    no-op tasks over the 3 nodes (tasks/s)."""
+    copy = Row("socket_copy_100mb", "GB/s", socket_copy_gbps(cfg),
+               note="reference: 100 MB over loopback TCP into a reused buffer")
+    raw = latency_row("tcp_pingpong_raw_xnode", raw_tcp_pingpong(cfg))
+    rows = [copy, raw]
+    with three_nodes(rt):
+        maker = _maker(rt).remote()
+        speeds = []
+        for seed in range(cfg.n(6, 2)):
+            [ref] = rt.get(maker.make.remote(seed))
+            start = time.perf_counter()
+            value = rt.get(ref)
+            speeds.append(SIZE / GB / (time.perf_counter() - start))
+            assert value[0] == seed
+            del value, ref
+        rows.append(Row("xnode_put_get_100mb", "GB/s", round(float(np.median(speeds[1:])), 3),
+                        note=f"driver on the head gets an array put on node B; raw socket "
+                             f"copy {copy.value} GB/s in the same run"))
+
+        @rt.remote(resources={"B": 0.5}, num_cpus=0)
+        class Echo:
+            def echo(self, x):
+                return x
+        echo = Echo.remote()
+        rt.get(echo.echo.remote(1))
+        with dag_module(rt).InputNode() as inp:
+            dag = echo.echo.bind(inp)
+        cdag = dag.experimental_compile()
+        try:
+            samples = sample_latencies(lambda: rt.get(cdag.execute(SMALL)), cfg.n(300, 30),
+                                       cfg.n(3000, 300))
+        finally:
+            cdag.teardown()
+        row = latency_row("cg_roundtrip_xnode", samples)
+        row.note = f"driver on A, actor on B; raw TCP ping-pong p50 {raw.p50_us} us"
+        rows.append(row)
+
+        @rt.remote(num_cpus=1)
+        def noop():
+            return None
+        n = cfg.n(10_000, 1000)
+        rows.append(rate_row("core_tasks_async_xnode", "tasks/s", n,
+                             lambda: rt.get([noop.remote() for _ in range(n)]), cfg.n(3, 1)))
+    return rows
