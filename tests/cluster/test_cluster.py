@@ -107,7 +107,7 @@ def test_compiled_pipeline_with_one_stage_per_node(cluster):
 
 
 NODE_LOSS = """
-import json, time, ember
+import json, os, time, ember
 from ember.exceptions import ActorDiedError, NodeDiedError, ObjectLostError
 ember.init(address="{address}")
 @ember.remote(resources={{"B": 1}})
@@ -122,11 +122,21 @@ def stuck():
 @ember.remote(resources={{"B": 0.5}})
 def big():
     return b"x" * 1_000_000
+@ember.remote(resources={{"B": 1}}, max_retries=2)
+def retried(log):
+    node = ember.get_runtime_context().get_node_id()
+    with open(log, "a") as file:
+        print(node, file=file, flush=True)
+    time.sleep(4)
+    return node
 actor = OnB.remote()
 ember.get(actor.node.remote(), timeout=60)
 kept = big.remote()
 ember.wait([kept], timeout=60)
 call, task = actor.hang.remote(), stuck.remote()
+again = retried.remote("{log}")
+while not os.path.exists("{log}"):
+    time.sleep(0.05)
 time.sleep(1)
 print(json.dumps({{"ready": True}}), flush=True)
 input()   # the test kills node B now
@@ -143,6 +153,7 @@ elapsed = time.monotonic() - t0
 def still_serving():
     return 1
 print(json.dumps({{"errors": errors, "elapsed": elapsed,
+                   "retried": ember.get(again, timeout=60),
                    "alive": sorted(n["Alive"] for n in ember.nodes()),
                    "serving": ember.get(still_serving.remote(), timeout=30)}}))
 ember.shutdown()
@@ -151,15 +162,18 @@ ember.shutdown()
 
 def test_a_killed_node_fails_its_calls_within_15_s(cluster):
     """SIGKILL every process of a node mid-call: its actor call and its task fail with the
-    node's death (ActorNodeDiedError, NodeDiedError) and an object that lived only there is
-    lost (ObjectLostError), well within 15 s; the rest of the cluster serves on."""
+    node's death (ActorNodeDiedError, NodeDiedError), an object that lived only there is lost
+    (ObjectLostError), well within 15 s; a task with retries runs again on another node that
+    fits; the rest of the cluster serves on."""
     import json
     import subprocess
     import sys
     cluster.start_node("--num-cpus", "2", head=True)
-    doomed = cluster.start_node("--num-cpus", "2", "--resources", '{"B": 2}')
+    doomed = cluster.start_node("--num-cpus", "4", "--resources", '{"B": 3}')
+    cluster.start_node("--num-cpus", "1", "--resources", '{"B": 1}')
+    log = cluster.tmp / "retried.log"
     path = cluster.tmp / "loss.py"
-    path.write_text(NODE_LOSS.format(address=cluster.address))
+    path.write_text(NODE_LOSS.format(address=cluster.address, log=log))
     head = cluster.nodes[0]
     spaces = ["--mount", "--net"] if head.netns else ["--mount"]
     proc = subprocess.Popen(["nsenter", "--target", str(head.pid), *spaces, sys.executable,
@@ -176,7 +190,9 @@ def test_a_killed_node_fails_its_calls_within_15_s(cluster):
         proc.wait()
     assert out["errors"] == ["ActorNodeDiedError", "NodeDiedError", "ObjectLostError"], out
     assert out["elapsed"] < 15, out
-    assert out["alive"] == [False, True] and out["serving"] == 1
+    assert out["alive"] == [False, True, True] and out["serving"] == 1
+    first, second = log.read_text().split()   # the retry ran on the node left with B
+    assert first != second == out["retried"], (first, second, out)
 
 
 BAD_TOKEN = """
