@@ -82,7 +82,7 @@ def status(args: argparse.Namespace) -> int:
         return _machine_status()
     try:
         facts = node_records.ask_head(address)
-        nodes, actors = _cluster_tables(facts["gcs_address"])
+        nodes, actors, graphs = _cluster_tables(facts["gcs_address"])
     except Exception as exc:  # noqa: BLE001 - a status command reports, it does not crash
         print(f"ember status: cannot reach the cluster at {address}: {exc}", file=sys.stderr)
         return 1
@@ -93,14 +93,22 @@ def status(args: argparse.Namespace) -> int:
         used = {k: v - record.get("available", {}).get(k, v)
                 for k, v in record["resources"].items()}
         print(f"  node {node_id} {record.get('node_ip')} {state}: " + ", ".join(
-            f"{k} {used[k]:g}/{v:g}" for k, v in sorted(record["resources"].items())))
+            _amount(k, used[k], v) for k, v in sorted(record["resources"].items())
+            if not k.startswith("node:")))
     live_actors = sum(1 for _, info in actors if info.get("state") != "DEAD")
     print(f"actors alive: {live_actors}")
+    print(f"compiled graphs alive: {len(graphs)}")
     _print_gpus()
     return 0
 
 
-def _cluster_tables(gcs_address: str) -> tuple[list, list]:
+def _amount(name: str, used: float, total: float) -> str:
+    if name == "memory":
+        return f"memory {used / 2**30:.1f}/{total / 2**30:.1f} GiB"
+    return f"{name} {used:g}/{total:g}"
+
+
+def _cluster_tables(gcs_address: str) -> tuple[list, list, list]:
     from ember.dynamic import cluster_auth
     from ember.dynamic.messaging import Endpoint
     os.environ.setdefault(cluster_auth.CLUSTER_ENV, "1")
@@ -113,9 +121,10 @@ def _cluster_tables(gcs_address: str) -> tuple[list, list]:
     try:
         nodes = endpoint.call(gcs_address, "kv_items", "nodes", timeout=10)
         actors = endpoint.call(gcs_address, "kv_items", "actors", timeout=10)
+        graphs = endpoint.call(gcs_address, "kv_items", "compiled_graphs", timeout=10)
     finally:
         endpoint.stop()
-    return sorted(nodes), actors
+    return sorted(nodes), actors, graphs
 
 
 def _machine_status() -> int:

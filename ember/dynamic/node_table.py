@@ -104,7 +104,11 @@ class NodeTable:
         self.server.endpoint.reply(reply_to, rid, best)
 
     def client_gone(self, address: str) -> None:
-        """A driver ended: every node ends the actors and leases it held there."""
+        """A driver ended: every node ends the actors and leases it held there; its compiled
+        graphs are gone."""
+        for graph_id, info in self.storage.items("compiled_graphs"):
+            if info.get("driver") == address:
+                self.storage.delete("compiled_graphs", graph_id)
         for _, record in self.storage.items("nodes"):
             if record.get("alive", True):
                 self.server.endpoint.send(record["address"], "client_gone", address)

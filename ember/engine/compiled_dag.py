@@ -513,6 +513,10 @@ class CompiledDAG:
         """The id of this compiled graph (as Ray's ``CompiledDAG.get_id``)."""
         return self._graph_id
 
+    def num_actors(self) -> int:
+        """How many actors run loops of this graph."""
+        return len(self._plan.actors)
+
     @property
     def plan(self) -> Plan:
         """The plan: where each node runs and each channel (plain data)."""

@@ -1,4 +1,5 @@
-"""The live compiled graphs of this process, torn down at ``ember.shutdown`` and at exit."""
+"""The live compiled graphs of this process, torn down at ``ember.shutdown`` and at exit, and
+listed in the GCS's ``compiled_graphs`` table for ``ember status`` while they live."""
 
 from __future__ import annotations
 
@@ -43,8 +44,24 @@ def register(dag: Any) -> None:
             _atexit_registered = True
         remove_shutdown_hook(teardown_all)   # once per runtime, whatever shutdown did to the list
         add_shutdown_hook(teardown_all)
+    _publish("kv_put", dag.get_id(), {"driver": _core().address, "actors": dag.num_actors()},
+             True)
 
 
 def unregister(dag: Any) -> None:
     """Stop tracking ``dag`` (it was torn down)."""
     _LIVE.discard(dag)
+    _publish("kv_del", dag.get_id())
+
+
+def _core() -> Any:
+    from ember.dynamic.api import runtime
+    return runtime()[0]
+
+
+def _publish(kind: str, *fields: Any) -> None:
+    """Tell the GCS of a graph that starts or ends (best effort: never fails a compile)."""
+    from ember.dynamic.api import is_initialized
+    if is_initialized():
+        core = _core()
+        core.endpoint.request(core.gcs_address, kind, "compiled_graphs", *fields)

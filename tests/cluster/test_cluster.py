@@ -70,7 +70,7 @@ def test_tasks_actors_and_100mb_arrays_across_three_nodes(cluster):
 
 
 PIPELINE = """
-import json, time, ember, numpy as np
+import json, subprocess, sys, time, ember, numpy as np
 from ember.dag import InputNode
 ember.init(address="{address}")
 @ember.remote
@@ -86,10 +86,12 @@ nodes = [ember.get(s.node.remote(), timeout=60) for s in stages]
 with InputNode() as inp:
     dag = stages[2].fwd.bind(stages[1].fwd.bind(stages[0].fwd.bind(inp)))
 cdag = dag.compile()
+status = subprocess.run([sys.executable, "-m", "ember.cli", "status"], capture_output=True,
+                        text=True, timeout=60).stdout
 small = [ember.get(cdag.execute(i), timeout=30) for i in range(20)]
 arrays = [ember.get(cdag.execute(np.full(1 << 17, float(i))), timeout=30) for i in range(5)]
 cdag.teardown()
-print(json.dumps({{"nodes": nodes, "small": small,
+print(json.dumps({{"nodes": nodes, "small": small, "status": status,
                    "arrays": [[float(a[0]), float(a[-1]), a.nbytes] for a in arrays]}}))
 ember.shutdown()
 """
@@ -103,6 +105,8 @@ def test_compiled_pipeline_with_one_stage_per_node(cluster):
     out = cluster.driver(PIPELINE.format(address=cluster.address))
     assert len(set(out["nodes"])) == 3
     assert out["small"] == [i + 111 for i in range(20)]
+    assert "3 node(s) alive" in out["status"] and "compiled graphs alive: 1" in out["status"]
+    assert "actors alive: 3" in out["status"], out["status"]
     assert out["arrays"] == [[i + 111.0, i + 111.0, 1 << 20] for i in range(5)]
 
 
