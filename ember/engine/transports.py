@@ -6,9 +6,10 @@ Per writer and reader of an edge whose node has a tensor type hint:
 
 * same process                          -> hand-off (the plan's intra-process channel);
 * the reader is the driver              -> "cpu" (Note [tensors to the driver]);
-* different nodes                       -> "cpu": tensors travel serialized in the TCP message
-                                           (GPU transports across nodes are not built yet, so
-                                           an explicit "ipc" or "nccl" is a CompileError);
+* different nodes                       -> "nccl" when both ends see a GPU or "nccl" is asked
+                                           (a gloo group on CPUs, bound to the node IPs), else
+                                           "cpu": serialized in the TCP channel's message; an
+                                           explicit "ipc" is a CompileError;
 * "auto", either end sees no GPU        -> "cpu": tensors travel in the shared-memory message;
 * "auto", both on one physical GPU      -> "ipc" (device UUIDs compared: CUDA_VISIBLE_DEVICES may
                                            give the same GPU another index in each process);
@@ -70,18 +71,17 @@ def choose_transport(requested: str, writer: Endpoint, reader: Endpoint, where: 
         return HANDOFF
     if reader.driver:
         return CPU
-    if writer.node != reader.node:
-        if requested in (IPC, NCCL):
-            raise CompileError(f"{where} asks for transport {requested!r} between nodes "
-                               f"{writer.node} and {reader.node}; GPU transports across nodes "
-                               f"are not built yet: use 'auto' or 'cpu' (the tensors then travel "
-                               f"serialized over TCP)")
-        return CPU
     if writer.driver and requested in (IPC, NCCL):
         raise CompileError(f"{where} is written by the driver, which joins no GPU group; use "
                            f"transport 'auto' or 'cpu' for it")
     if requested == CPU or writer.driver:
         return CPU
+    if writer.node != reader.node:   # Note [auto transport]: no GPU is shared across nodes
+        if requested == IPC:
+            raise CompileError(f"{where} asks for transport 'ipc' between nodes {writer.node} "
+                               f"and {reader.node}; CUDA IPC needs both actors on one GPU: use "
+                               f"'auto' or 'nccl'")
+        return NCCL if requested == NCCL or (writer.gpus and reader.gpus) else CPU
     same_gpu = bool(writer.gpus and reader.gpus) and writer.gpus[0] == reader.gpus[0]
     if requested == AUTO:
         if not writer.gpus or not reader.gpus:

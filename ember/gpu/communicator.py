@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import os
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -10,6 +11,8 @@ from collections.abc import Callable, Hashable
 
 import torch
 import torch.distributed as dist
+
+from ember.dynamic.cluster_auth import NODE_IP_ENV
 
 from ember.exceptions import ChannelTimeoutError, TensorTransportError
 from ember.gpu.tensors import REDUCE_OPS, TensorMeta
@@ -98,13 +101,18 @@ _hosted: dict[str, tuple[dist.Store, tuple[str, int]]] = {}
 _clients: dict[tuple[str, int], dist.Store] = {}
 
 
-def host_store(host: str = "127.0.0.1", timeout_s: float = DEFAULT_TIMEOUT_S,
+def node_ip() -> str:
+    """The address other ranks reach this process at: its cluster node's IP, else loopback."""
+    return os.environ.get(NODE_IP_ENV) or "127.0.0.1"
+
+
+def host_store(host: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S,
                ) -> tuple[dist.Store, tuple[str, int]]:
     """This process's TCPStore server (started once, free port) and the (host, port) peers dial.
 
-    ``host`` is the address other ranks reach this process at: 127.0.0.1 on one node, this
-    node's IP across nodes.
+    ``host`` is the address other ranks reach this process at (``node_ip()`` by default).
     """
+    host = host or node_ip()
     with _stores_lock:
         if host not in _hosted:
             store = dist.TCPStore(host, 0, None, True, datetime.timedelta(seconds=timeout_s),
@@ -152,7 +160,12 @@ class TorchCommunicator(Communicator):
             self._pg = _nccl_group(prefixed, rank, world_size, self._device, self._timeout)
             self._backend = "nccl"
         else:
-            self._pg = dist.ProcessGroupGloo(prefixed, rank, world_size, self._timeout)
+            options = dist.ProcessGroupGloo._Options()
+            options._timeout = self._timeout
+            # the address other nodes reach this process at (Note [cluster sockets]); the
+            # hostname gloo would look up is the same for every node of a machine
+            options._devices = [dist.ProcessGroupGloo.create_device(hostname=node_ip())]
+            self._pg = dist.ProcessGroupGloo(prefixed, rank, world_size, options)
             self._backend = "gloo"
 
     @property

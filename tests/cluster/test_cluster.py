@@ -331,3 +331,46 @@ def test_a_node_whose_head_died_exits_with_an_error(cluster):
     start = time.monotonic()
     assert node.proc.wait(timeout=30) == 1
     assert time.monotonic() - start < 15
+
+
+TENSORS = """
+import json, ember, torch
+from ember.dag import InputNode
+from ember.experimental.collective import create_collective_group
+ember.init(address="{address}")
+@ember.remote(num_cpus=0)
+class Worker:
+    def node(self):
+        return ember.get_runtime_context().get_node_id()
+    @ember.method(tensor_transport="gloo")
+    def produce(self, n):
+        return torch.arange(n, dtype=torch.float32)
+    def consume(self, t):
+        return float(t.sum())
+    def scale(self, x):
+        return torch.full((256,), float(x))
+a = Worker.options(resources={{"A": 0.1}}).remote()
+b = Worker.options(resources={{"B": 0.1}}).remote()
+nodes = ember.get([a.node.remote(), b.node.remote()], timeout=60)
+create_collective_group([a, b], backend="torch_gloo")
+rdt = ember.get(b.consume.remote(a.produce.remote(1000)), timeout=60)
+with InputNode() as inp:
+    dag = b.consume.bind(a.scale.bind(inp).with_tensor_transport("nccl"))
+cdag = dag.compile()
+graph = [ember.get(cdag.execute(i), timeout=60) for i in range(3)]
+cdag.teardown()
+print(json.dumps({{"nodes": nodes, "rdt": rdt, "graph": graph}}))
+ember.shutdown()
+"""
+
+
+def test_tensors_between_nodes_over_gloo(cluster):
+    """CPU tensors between actors on two nodes: Ray Direct Transport's API over a gloo group,
+    and a compiled graph's "nccl" edge, which on CPUs is a gloo group across the nodes."""
+    pytest.importorskip("torch")
+    cluster.start_node("--num-cpus", "1", "--resources", '{"A": 1}', head=True)
+    cluster.start_node("--num-cpus", "1", "--resources", '{"B": 1}')
+    out = cluster.driver(TENSORS.format(address=cluster.address))
+    assert len(set(out["nodes"])) == 2
+    assert out["rdt"] == 499500.0
+    assert out["graph"] == [0.0, 256.0, 512.0]

@@ -48,14 +48,18 @@ def test_choose_transport(requested, writer, reader, expected):
     assert choose_transport(requested, writer, reader) == expected
 
 
-def test_across_nodes_tensors_travel_serialized_and_gpu_transports_are_refused():
-    writer = Endpoint(("host", 5), (GPU0,), node="node-a")
-    reader = Endpoint(("host", 6), (GPU1,), node="node-b")
-    assert choose_transport("auto", writer, reader) == "cpu"
-    assert choose_transport("cpu", writer, reader) == "cpu"
-    for requested in ("ipc", "nccl"):
-        with pytest.raises(CompileError, match="GPU transports across nodes are not built"):
-            choose_transport(requested, writer, reader, "node x")
+def test_across_nodes_gpus_take_nccl_cpus_gloo_or_serialized_and_ipc_is_refused():
+    """Between nodes: NCCL when both ends have a GPU (or NCCL is asked: gloo on CPUs), the
+    serialized TCP message otherwise; CUDA IPC cannot cross nodes."""
+    gpu_a = Endpoint(("host", 5), (GPU0,), node="node-a")
+    gpu_b = Endpoint(("host", 6), (GPU1,), node="node-b")
+    cpu_b = Endpoint(("host", 7), (), node="node-b")
+    assert choose_transport("auto", gpu_a, gpu_b) == "nccl"
+    assert choose_transport("auto", gpu_a, cpu_b) == "cpu"
+    assert choose_transport("nccl", gpu_a, cpu_b) == "nccl"
+    assert choose_transport("cpu", gpu_a, gpu_b) == "cpu"
+    with pytest.raises(CompileError, match="CUDA IPC needs both actors on one GPU"):
+        choose_transport("ipc", gpu_a, gpu_b, "node x")
 
 
 @pytest.mark.parametrize("requested, writer, reader, message", [
