@@ -109,6 +109,7 @@ class CoreWorker:
         # (worker id or None, address or None, reason, whether its whole node was lost)
         self.death_listeners: list[Callable[[str | None, str | None, str, bool], None]] = []
         self.on_free: dict[str, list[Callable[[], None]]] = {}  # owned oid -> run once freed
+        self.rebuild: Callable[[str], bool] = lambda oid: False   # Note [lineage]
         self.pub_listeners: dict[str, Callable[[str, Any], None]] = {}  # GCS channel -> handler
         ep = self.endpoint
         ep.on("get_object", self._on_get_object)
@@ -491,14 +492,27 @@ class CoreWorker:
                 f"object {oid} is lost: its owner process died ({reason})"))
 
     def _lose_objects_on(self, nm_address: str, reason: str) -> None:
-        """Objects whose only copy was on a node that died are lost (no lineage rebuild yet)."""
+        """Objects whose only copy was on a node that died: rebuilt where their task can run
+        again (Note [lineage] in lineage.py), asked of their owner again where borrowed, else
+        lost."""
         with self.lock:
             lost = [oid for oid, e in self.objects.items()
                     if e.state == IN_SHM and e.payload[1].nm_address == nm_address]
             for oid in lost:
                 entry = self.objects[oid]
-                entry.state, entry.payload = FAILED, ObjectLostError(
-                    f"object {oid} is lost: it lived only on a node that died ({reason})")
+                if entry.state != IN_SHM:
+                    continue   # rebuilt with another result of its task
+                if not entry.owned:
+                    self.unresolve(oid)   # the next get asks the owner, who may rebuild it
+                elif not self.rebuild(oid):
+                    entry.state, entry.payload = FAILED, ObjectLostError(
+                        f"object {oid} is lost: it lived only on a node that died ({reason})")
+
+    def unresolve(self, oid: str) -> None:
+        """Make a lost object pending again (it is being rebuilt or fetched anew)."""
+        entry = self.objects.get(oid)
+        if entry is not None:
+            entry.state, entry.payload, entry.event = PENDING, None, None
 
     def _on_worker_died(self, worker_id: str | None, address: str | None, reason: str,
                         node_lost: bool = False) -> None:

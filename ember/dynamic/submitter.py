@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ember.dynamic.core_worker import FAILED, CoreWorker
+from ember.dynamic.lineage import Lineage
 from ember.dynamic.object_ref import ObjectRef
 from ember.dynamic.task_spec import PendingCall, encode_args, release_args, resolve_refs
 from ember.exceptions import (ActorDiedError, ActorNodeDiedError, NodeDiedError,
@@ -265,6 +266,7 @@ class Submitter:
         self.subscribed = False
         self.lease_requests: set[Future] = set()
         self.node_gone: NodeDiedError | None = None
+        self.lineage = Lineage(self)
         core.endpoint.on("task_done", self._on_task_done)
         core.pub_listeners["actors"] = self._on_actor_update
         core.endpoint.on("lease_busy", self._on_lease_busy)
@@ -448,7 +450,8 @@ class Submitter:
     def finish(self, call: PendingCall, results: list) -> None:
         """Resolve a call's return objects and forget it."""
         self.calls.pop(call.task_id, None)
-        release_args(self.core, call)
+        if not self.lineage.keep(call, results):   # Note [lineage] in lineage.py
+            release_args(self.core, call)
         if call.kind == "task":
             self.pools[call.pool_key].task_finished(call)
         elif call.kind == "actor_call":

@@ -124,8 +124,8 @@ class OnB:
 def stuck():
     time.sleep(600)
 @ember.remote(resources={{"B": 0.5}})
-def big():
-    return b"x" * 1_000_000
+def big(retries):
+    return bytes([retries]) * 1_000_000
 @ember.remote(resources={{"B": 1}}, max_retries=2)
 def retried(log):
     node = ember.get_runtime_context().get_node_id()
@@ -135,8 +135,9 @@ def retried(log):
     return node
 actor = OnB.remote()
 ember.get(actor.node.remote(), timeout=60)
-kept = big.remote()
-ember.wait([kept], timeout=60)
+kept = big.options(max_retries=0).remote(0)
+rebuilt = big.options(max_retries=1).remote(1)
+ember.wait([kept, rebuilt], num_returns=2, timeout=60)
 call, task = actor.hang.remote(), stuck.remote()
 again = retried.remote("{log}")
 while not os.path.exists("{log}"):
@@ -157,6 +158,7 @@ elapsed = time.monotonic() - t0
 def still_serving():
     return 1
 print(json.dumps({{"errors": errors, "elapsed": elapsed,
+                   "rebuilt": ember.get(rebuilt, timeout=60) == b"\\x01" * 1_000_000,
                    "retried": ember.get(again, timeout=60),
                    "alive": sorted(n["Alive"] for n in ember.nodes()),
                    "serving": ember.get(still_serving.remote(), timeout=30)}}))
@@ -167,8 +169,8 @@ ember.shutdown()
 def test_a_killed_node_fails_its_calls_within_15_s(cluster):
     """SIGKILL every process of a node mid-call: its actor call and its task fail with the
     node's death (ActorNodeDiedError, NodeDiedError), an object that lived only there is lost
-    (ObjectLostError), well within 15 s; a task with retries runs again on another node that
-    fits; the rest of the cluster serves on."""
+    (ObjectLostError) unless its task may run again (then it is rebuilt), well within 15 s; a
+    task with retries runs again on another node that fits; the rest serves on."""
     import json
     import subprocess
     import sys
@@ -195,6 +197,7 @@ def test_a_killed_node_fails_its_calls_within_15_s(cluster):
     assert out["errors"] == ["ActorNodeDiedError", "NodeDiedError", "ObjectLostError"], out
     assert out["elapsed"] < 15, out
     assert out["alive"] == [False, True, True] and out["serving"] == 1
+    assert out["rebuilt"] is True   # its task ran again (Note [lineage])
     first, second = log.read_text().split()   # the retry ran on the node left with B
     assert first != second == out["retried"], (first, second, out)
 
