@@ -317,7 +317,7 @@ class NodeManager:
 
     def _tell_busy(self, req: LeaseRequest) -> None:
         """Tell a task pool that its request waits for others to finish (Note [spreading tasks]
-        in submitter.py); the request stays queued and is granted later."""
+        in lease_pool.py); the request stays queued and is granted later."""
         if req.actor_id is None and not req.told_busy:
             req.told_busy = True
             self.endpoint.send(req.reply_to, "lease_busy", req.resources)

@@ -1,4 +1,4 @@
-"""Tasks of real length spread over the node's CPUs (Note [spreading tasks] in submitter.py)."""
+"""Tasks of real length spread over the node's CPUs (Note [spreading tasks] in lease_pool.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 import pytest
 
 import ember
-from ember.dynamic import submitter
+from ember.dynamic import lease_pool, submitter
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -118,7 +118,7 @@ def test_a_flood_of_tiny_tasks_keeps_several_in_flight_per_worker(monkeypatch):
 
     monkeypatch.setattr(submitter.Submitter, "dispatch", counting)
     assert ember.get([tiny.remote(i) for i in range(3000)], timeout=60) == list(range(3000))
-    assert max(depths) == submitter.PIPELINE_DEPTH - 1, max(depths)
+    assert max(depths) == lease_pool.PIPELINE_DEPTH - 1, max(depths)
 
 
 @pytest.mark.timeout(60)
