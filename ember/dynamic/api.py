@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import socket
 import subprocess
 import threading
 import time
@@ -302,8 +303,9 @@ def _node_records() -> list[dict]:
         raise submitter.node_gone
     total, available, store = core.ask(core.nm_address, "resources")
     here = {"NodeID": core.node.node_id, "Alive": True, "Resources": total,
-            "Available": available, "NodeManagerAddress": core.nm_address,
-            "ObjectStore": store, "Labels": node_labels()}
+            "Available": available, "NodeManagerAddress": node_ip_address(),
+            "NodeManagerHostname": socket.gethostname(), "ObjectStore": store,
+            "Labels": node_labels()}
     if not os.environ.get(CLUSTER_ENV):
         return [here]
     records = [here]
@@ -313,9 +315,23 @@ def _node_records() -> list[dict]:
                 "NodeID": node_id, "Alive": record.get("alive", True),
                 "Resources": record["resources"],
                 "Available": record.get("available", record["resources"]),
-                "NodeManagerAddress": record["address"], "NodeManagerHostname":
-                record.get("node_ip"), "Labels": record.get("labels", {})})
+                "NodeManagerAddress": record.get("node_ip"),
+                "NodeManagerHostname": record.get("node_ip"), "Labels": record.get("labels", {})})
     return records
+
+
+def node_ip_address() -> str:
+    """The IP address this node is reached at: the one it listens on in a cluster, else the
+    source address of the default route (connecting a UDP socket sends nothing; without a
+    route the answer is the loopback address)."""
+    if os.environ.get(NODE_IP_ENV):
+        return os.environ[NODE_IP_ENV]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.connect(("10.255.255.255", 1))
+            return sock.getsockname()[0]
+        except OSError:
+            return "127.0.0.1"
 
 
 def _sum(which: str) -> dict[str, float]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-
 from ember.dynamic import api
 from ember.dynamic.runtime_context import current_namespace
 from ember.util import scheduling_strategies
@@ -18,17 +16,8 @@ __all__ = ["ActorPool", "PlacementGroup", "get_current_placement_group", "get_no
 
 
 def get_node_ip_address() -> str:
-    """The IP address this node is reached at: the source address of its default route.
-
-    Connecting a UDP socket sends no packet; it only asks the kernel which local address it
-    would use. A machine without a route (no network) answers with the loopback address.
-    """
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        try:
-            sock.connect(("10.255.255.255", 1))
-            return sock.getsockname()[0]
-        except OSError:
-            return "127.0.0.1"
+    """The IP address this node is reached at (its ``--node-ip-address`` in a cluster)."""
+    return api.node_ip_address()
 
 
 def list_named_actors(all_namespaces: bool = False) -> list:

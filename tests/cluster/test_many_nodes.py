@@ -13,6 +13,9 @@ ember.init(address="{address}")
 def where():
     return ember.get_runtime_context().get_node_id()
 @ember.remote(resources={{"B": 1}})
+def ip_of_b():
+    return ember.util.get_node_ip_address()
+@ember.remote(resources={{"B": 1}})
 def on_b(x):
     return ember.get_runtime_context().get_node_id(), float(np.asarray(x).sum())
 @ember.remote(resources={{"C": 1}})
@@ -42,6 +45,8 @@ out = {{"driver": ember.get_runtime_context().get_node_id(),
         "labeled": ember.get(labeled.remote(), timeout=60),
         "fallback": ember.get(Fallback.remote().node.remote(), timeout=60),
         "nodes": sorted(n["NodeID"] for n in ember.nodes() if n["Alive"]),
+        "ips": sorted(n["NodeManagerAddress"] for n in ember.nodes()),
+        "ip_of_b": ember.get(ip_of_b.remote(), timeout=60),
         "cpus": ember.cluster_resources()["CPU"]}}
 ember.shutdown()
 print(json.dumps(out))
@@ -61,7 +66,8 @@ def test_tasks_actors_and_100mb_arrays_across_three_nodes(cluster):
     b, c = out["b_small"][0], out["actor"]
     assert len({out["driver"], b, c}) == 3, out
     assert out["local"] == out["driver"]
-    assert out["labeled"] == out["fallback"] == c   # label_selector, then its fallback
+    assert out["ip_of_b"] == cluster.nodes[1].ip
+    assert out["ips"] == sorted(node.ip for node in cluster.nodes)    assert out["labeled"] == out["fallback"] == c   # label_selector, then its fallback
     assert out["b_small"][1] == 7.0
     assert out["b_big"] == [b, 12_500_000.0]
     assert out["b_sums_c"] == [b, 25_000_000.0]

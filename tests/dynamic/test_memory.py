@@ -86,8 +86,9 @@ def test_spilling_over_the_cap_and_restore(small_store):
         firsts = [first.remote(r) for r in refs]
         np.testing.assert_array_equal(ember.get(refs[3]), arrays[3])
         assert ember.get(firsts) == [float(i) for i in range(10)]
-    spill_dir = os.path.join(ember.nodes()[0]["NodeManagerAddress"][len("ipc://"):]
-                             .rsplit("/", 1)[0], "spill")
+    from ember.dynamic import shm
+    from ember.dynamic.process import session_dir
+    spill_dir = os.path.join(session_dir(shm.session_id()), "spill")
     del refs, ref
     deadline = time.monotonic() + 10
     while os.listdir(spill_dir) and time.monotonic() < deadline:
