@@ -67,7 +67,8 @@ def test_tasks_actors_and_100mb_arrays_across_three_nodes(cluster):
     assert len({out["driver"], b, c}) == 3, out
     assert out["local"] == out["driver"]
     assert out["ip_of_b"] == cluster.nodes[1].ip
-    assert out["ips"] == sorted(node.ip for node in cluster.nodes)    assert out["labeled"] == out["fallback"] == c   # label_selector, then its fallback
+    assert out["ips"] == sorted(node.ip for node in cluster.nodes)
+    assert out["labeled"] == out["fallback"] == c   # label_selector, then its fallback
     assert out["b_small"][1] == 7.0
     assert out["b_big"] == [b, 12_500_000.0]
     assert out["b_sums_c"] == [b, 25_000_000.0]
