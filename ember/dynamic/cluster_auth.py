@@ -26,9 +26,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import os
 import secrets
 import socket
+import threading
+from typing import Callable
 
 from ember.exceptions import AuthenticationError
 
@@ -37,6 +40,7 @@ CLUSTER_ENV = "EMBER_CLUSTER"   # set in every process of a cluster node (and it
 NODE_IP_ENV = "EMBER_NODE_IP"   # the address a cluster node's processes listen on
 NONCE_SIZE = 32
 HANDSHAKE_TIMEOUT_S = 10.0
+_log = logging.getLogger(__name__)
 
 
 def token_file() -> str:
@@ -151,3 +155,46 @@ def connect(address: tuple[str, int], key: bytes, origin: str,
         sock.close()
         raise
     return sock
+
+
+class AuthenticatedServer:
+    """A TCP listener whose every connection first passes the handshake (Note [connection
+    handshake]) and is then served by ``serve(conn)`` on a thread of its own; a connection
+    that fails it is dropped with one log line, and the listener keeps serving."""
+
+    def __init__(self, ip: str, port: int, key: bytes,
+                 serve: Callable[[socket.socket], None], name: str) -> None:
+        self._key = key
+        self._serve = serve
+        self._name = name
+        self._listener = socket.create_server((ip, port), backlog=64)
+        self.address = f"{ip}:{self._listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, name=f"ember-{name}", daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        with conn:
+            if not verify_client(conn, self._key):
+                _log.warning("ember %s dropped a connection that failed the handshake",
+                             self._name)
+                return
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            try:
+                self._serve(conn)
+            except OSError:
+                pass
+
+    def stop(self) -> None:
+        """Stop accepting connections (those open end with the process)."""
+        try:
+            self._listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._listener.close()

@@ -24,8 +24,6 @@ import logging
 import os
 import select
 import signal
-import socket
-import threading
 from typing import Iterator
 
 from ember.dynamic import cluster_auth
@@ -144,37 +142,11 @@ class BootstrapServer:
     """The head's bootstrap port (Note [bootstrap port])."""
 
     def __init__(self, ip: str, port: int, answer: dict) -> None:
-        self._key = process_key()
-        self._answer = (json.dumps(answer) + "\n").encode()
+        reply = (json.dumps(answer) + "\n").encode()
         try:
-            self._listener = socket.create_server((ip, port), backlog=64)
+            self._server = cluster_auth.AuthenticatedServer(
+                ip, port, process_key(), lambda conn: conn.sendall(reply), "head")
         except OSError as exc:
             raise OSError(f"cannot listen on {ip}:{port} ({exc}); is another head running? "
                           f"Pick another --port") from None
-        threading.Thread(target=self._accept, name="ember-bootstrap", daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self._listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        with conn:
-            if cluster_auth.verify_client(conn, self._key):
-                try:
-                    conn.sendall(self._answer)
-                except OSError:
-                    pass
-            else:
-                _log.warning("ember head dropped a connection that failed the handshake")
-
-    def stop(self) -> None:
-        """Stop listening."""
-        try:
-            self._listener.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self._listener.close()
+        self.stop = self._server.stop

@@ -65,47 +65,23 @@ class TransferServer:
     """Serves this node's object segments to processes of other nodes (in the node manager)."""
 
     def __init__(self, ip: str, key: bytes, restore: Callable[[str], bool]) -> None:
-        self._key = key
         self._restore = restore
-        self._listener = socket.create_server((ip, 0), backlog=64)
-        self.address = f"{ip}:{self._listener.getsockname()[1]}"
-        threading.Thread(target=self._accept, name="ember-transfer", daemon=True).start()
-
-    def stop(self) -> None:
-        """Stop accepting connections (those open end with the process)."""
-        try:
-            self._listener.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self._listener.close()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self._listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+        self._server = cluster_auth.AuthenticatedServer(ip, 0, key, self._serve,
+                                                        "transfer server")
+        self.address = self._server.address
+        self.stop = self._server.stop
 
     def _serve(self, conn: socket.socket) -> None:
-        with conn:
-            if not cluster_auth.verify_client(conn, self._key):
-                _log.warning("ember transfer server dropped a connection that failed the "
-                             "handshake")
+        """Answer the requests of one authenticated connection until it closes."""
+        while True:
+            length = conn.recv(1)
+            if not length:
                 return
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            try:
-                while True:
-                    length = conn.recv(1)
-                    if not length:
-                        return
-                    oid = recv_exact(conn, length[0])
-                    if not _OID.fullmatch(oid):
-                        _log.warning("ember transfer server dropped a malformed request")
-                        return
-                    self._send_object(conn, oid.decode())
-            except OSError:
+            oid = recv_exact(conn, length[0])
+            if not _OID.fullmatch(oid):
+                _log.warning("ember transfer server dropped a malformed request")
                 return
+            self._send_object(conn, oid.decode())
 
     def _send_object(self, conn: socket.socket, oid: str) -> None:
         path = shm.segment_path("obj", oid)

@@ -85,15 +85,7 @@ class SegmentWriter:
             os.rename(spare.path, path)
             mapping = spare.mapping
         else:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
-            try:
-                os.posix_fallocate(fd, 0, max(size, 1))
-                mapping = mmap.mmap(fd, max(size, 1), flags=_POPULATE)
-            except BaseException:
-                shm.unlink(path)
-                raise
-            finally:
-                os.close(fd)
+            mapping = _populated(path, max(size, 1))
         if size >= SPARE_MIN:
             self._prepare(size)
         return memoryview(mapping)[:size]
@@ -182,13 +174,20 @@ class SegmentWriter:
     def _allocate(self, size: int) -> _Spare | None:
         path = shm.segment_path("spare", f"{os.getpid():x}_{next(self._names)}")
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
-            try:
-                os.posix_fallocate(fd, 0, size)
-                mapping = mmap.mmap(fd, size, flags=_POPULATE)
-            finally:
-                os.close(fd)
+            return _Spare(path, size, _populated(path, size))
         except OSError:
-            shm.unlink(path)
             return None
-        return _Spare(path, size, mapping)
+
+
+def _populated(path: str, size: int) -> mmap.mmap:
+    """Create segment ``path`` of ``size`` bytes, allocated and mapped with its pages populated
+    (Note [spare segments]); nothing is left behind if that fails."""
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    try:
+        os.posix_fallocate(fd, 0, size)
+        return mmap.mmap(fd, size, flags=_POPULATE)
+    except BaseException:
+        shm.unlink(path)
+        raise
+    finally:
+        os.close(fd)
