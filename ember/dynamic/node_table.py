@@ -17,8 +17,10 @@ Note [spillback]: a node manager places a lease request locally when it can. Whe
 never hold the request, or holds no free resources for it now, it asks ``pick_node`` for another
 node: one alive, other than the asking one, whose total resources fit and (for a busy node)
 whose last reported available resources fit now, most free CPU first; it then forwards the
-request there (the answer goes straight to the caller). A forwarded request is queued where it
-lands, never forwarded again.
+request there (the answer goes straight to the caller). The GCS takes the request off that
+node's available resources at once, so the next requests of a burst go to other nodes rather
+than all to the one that looked free at its last heartbeat. A forwarded request is queued where
+it lands, never forwarded again.
 """
 
 from __future__ import annotations
@@ -100,8 +102,14 @@ class NodeTable:
                 continue
             cpu = available.get("CPU", 0.0)
             if cpu > best_cpu:
-                best, best_cpu = record["address"], cpu
-        self.server.endpoint.reply(reply_to, rid, best)
+                best, best_cpu = (node_id, record), cpu
+        self.server.endpoint.reply(reply_to, rid, best and best[1]["address"])
+        if best is not None:   # until its next heartbeat, count what was just sent there
+            node_id, record = best
+            available = dict(record.get("available", record["resources"]))
+            for k, v in resources.items():
+                available[k] = available.get(k, 0.0) - v
+            self.storage.put("nodes", node_id, {**record, "available": available})
 
     def client_gone(self, address: str) -> None:
         """A driver ended: every node ends the actors and leases it held there; its compiled

@@ -290,7 +290,7 @@ def _group_alive(pgid: int) -> bool:
 
 
 GANG = """
-import json, ember
+import json, time, ember
 from ember.util import placement_group, remove_placement_group
 from ember.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 ember.init(address="{address}")
@@ -301,6 +301,11 @@ def where():
 class Stage:
     def where(self):
         return ember.get_runtime_context().get_node_id()
+@ember.remote(num_cpus=1)
+def sleepy():
+    time.sleep(1)
+    return ember.get_runtime_context().get_node_id()
+spilled = ember.get([sleepy.remote() for _ in range(4)], timeout=60)
 spread = placement_group([{{"CPU": 1}}] * 3, strategy="STRICT_SPREAD")
 ember.get(spread.ready(), timeout=60)
 tasks = [where.options(scheduling_strategy=PlacementGroupSchedulingStrategy(
@@ -312,7 +317,7 @@ ember.get(pack.ready(), timeout=60)
 stages = [Stage.options(scheduling_strategy=PlacementGroupSchedulingStrategy(
     pack, placement_group_bundle_index=i)).remote() for i in range(2)]
 pack_nodes = ember.get([s.where.remote() for s in stages], timeout=60)
-print(json.dumps({{"spread": spread_nodes, "pack": pack_nodes,
+print(json.dumps({{"spread": spread_nodes, "pack": pack_nodes, "spilled": spilled,
                    "nodes": [n["NodeID"] for n in ember.nodes()],
                    "two_cpus": [n["NodeID"] for n in ember.nodes()
                                 if n["Resources"]["CPU"] == 2]}}))
@@ -321,14 +326,16 @@ ember.shutdown()
 
 
 def test_placement_groups_spread_and_pack_over_nodes(cluster):
-    """STRICT_SPREAD puts one bundle on each of 3 nodes (tasks in them run there);
-    STRICT_PACK puts both bundles of a gang on one node (its actors run there)."""
+    """Long tasks beyond the head's CPUs spill to every other node; STRICT_SPREAD puts one
+    bundle on each of 3 nodes (tasks in them run there); STRICT_PACK puts both bundles of a
+    gang on one node (its actors run there)."""
     cluster.start_node("--num-cpus", "1", head=True)
     cluster.start_node("--num-cpus", "1")
     cluster.start_node("--num-cpus", "2")
     out = cluster.driver(GANG.format(address=cluster.address))
     assert sorted(out["spread"]) == sorted(out["nodes"]), out
     assert out["pack"] == out["two_cpus"] * 2, out
+    assert set(out["spilled"]) == set(out["nodes"])   # 4 long tasks on 4 CPUs of 3 nodes
 
 
 def test_a_node_whose_head_died_exits_with_an_error(cluster):
