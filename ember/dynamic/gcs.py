@@ -1,9 +1,10 @@
 """The Global Control Store: cluster metadata in one process, with pub/sub of changes.
 
 Tables (in a ``gcs_storage`` backend): ``nodes`` (node_table.py, in a cluster), ``actors``
-(actor id -> info dict), ``named_actors`` ("namespace/name" -> actor id), ``functions`` (id -> pickled code), ``jobs``,
-``kv`` (user key-value), and the placement group tables (placement.py). Subscribers of a
-channel receive ``("pub", channel, key, value)``; in-process ``watchers`` are called with it.
+(actor id -> info dict), ``named_actors`` ("namespace/name" -> actor id), ``functions`` (id ->
+pickled code), ``jobs``, ``kv`` (user key-value), and the placement group tables
+(placement.py). Subscribers of a channel receive ``("pub", channel, key, value)``; in-process
+``watchers`` are called with it.
 In-memory tables are replicated to the driver, which restarts a dead GCS (Note [GCS restart]).
 Run as ``python -m ember.dynamic.gcs <address> <driver_address> <storage_url> [<snapshot>]``.
 """
@@ -121,10 +122,16 @@ class GcsServer:
 
     def publish(self, channel: str, key: str, value: Any) -> None:
         """Tell every subscriber of ``channel`` about a change."""
-        for watcher in self.watchers.get(channel, ()):
-            watcher(key, value)
+        self.tell_watchers(channel, key, value)
         for address in self.subscribers.get(channel, ()):
             self.endpoint.send(address, "pub", channel, key, value)
+
+
+    def tell_watchers(self, channel: str, key: str, value: Any) -> None:
+        """Tell only the in-process watchers of ``channel`` (a change too frequent to publish:
+        a node's load, Note [node heartbeats])."""
+        for watcher in self.watchers.get(channel, ()):
+            watcher(key, value)
 
 
 def main() -> None:

@@ -85,8 +85,10 @@ class NodeTable:
         self.last_seen[node_id] = time.monotonic()
         if (record.get("available") != available or record.get("resources") != total
                 or record.get("processes") != processes):
-            self.storage.put("nodes", node_id, {**record, "resources": total,
-                                                "available": available, "processes": processes})
+            record = {**record, "resources": total, "available": available,
+                      "processes": processes}
+            self.storage.put("nodes", node_id, record)
+            self.server.tell_watchers("nodes", node_id, record)   # waiting placement groups
 
     def pick(self, reply_to: str, rid: int, resources: dict, exclude: str, now: bool) -> None:
         """Answer with the node manager address of another node for a request, or None
