@@ -5,7 +5,8 @@ Tables (in a ``gcs_storage`` backend): ``nodes`` (node_table.py, in a cluster), 
 pickled code), ``jobs``, ``kv`` (user key-value), and the placement group tables
 (placement.py). Subscribers of a channel receive ``("pub", channel, key, value)``; in-process
 ``watchers`` are called with it.
-In-memory tables are replicated to the driver, which restarts a dead GCS (Note [GCS restart]).
+In-memory tables are replicated to the driver of a local cluster, which restarts a dead GCS
+(Note [GCS restart]); a cluster head does not restart its GCS: its node stops (node.py).
 Run as ``python -m ember.dynamic.gcs <address> <driver_address> <storage_url> [<snapshot>]``.
 """
 
@@ -31,7 +32,7 @@ class GcsServer:
                  tables: dict | None = None) -> None:
         self.storage = open_storage(storage_url, tables)
         self.endpoint = Endpoint(address, "gcs")
-        if not self.storage.durable:
+        if not self.storage.durable and not os.environ.get(CLUSTER_ENV):   # Note [GCS restart]
             self.storage.on_change = lambda *change: self.endpoint.send(
                 replica_address, "gcs_replica", *change)
         self.subscribers: dict[str, set[str]] = {}

@@ -27,7 +27,6 @@ import threading
 import uuid
 
 from ember.dynamic import cluster_auth, node_records, shm
-from ember.dynamic.gcs_storage import MemoryStorage
 from ember.dynamic.labels import NODE_ID_LABEL, NODE_RESOURCE, validate_labels
 from ember.dynamic.messaging import Endpoint, listen_address
 from ember.dynamic.process import (pidfd, remove_session_dir, session_dir, spawn, start_time,
@@ -78,14 +77,11 @@ class NodeDaemon:
         self.sid = uuid.uuid4().hex[:12]
         shm.set_session_id(self.sid)
         self.folder = session_dir(self.sid)
-        self.replica = MemoryStorage()
         self.ready: dict[str, tuple[threading.Event, list]] = {}
         self.endpoint = Endpoint(listen_address(self.folder, "node"), "node")
         self.endpoint.on("process_ready", self._process_ready)
-        self.endpoint.on("gcs_replica", self.replica.apply)
         self.endpoint.start()
         self.gcs_address = None if head_facts is None else head_facts["gcs_address"]
-        self.head_node_id = self.sid if head_facts is None else head_facts["head_node_id"]
 
     def start(self) -> None:
         """Start the node's processes, open the bootstrap port (head), write the record."""
