@@ -3,9 +3,10 @@
 Note [node heartbeats]: a node manager of a cluster registers its node with the GCS
 (``register_node``: address, resources, labels, transfer address) and then sends a heartbeat
 every ``HEARTBEAT_S`` with its available resources and the addresses of its processes (workers
-and local drivers). A node whose heartbeats stop for ``node_timeout_s()`` (``EMBER_NODE_TIMEOUT_S``,
-default 10 s) is marked dead: its record says ``"alive": False``, the change is published on the
-``"nodes"`` channel, and its actors are marked DEAD. Every node manager subscribes to that
+and local drivers). A node whose heartbeats stop for ``node_timeout_s()``
+(``EMBER_NODE_TIMEOUT_S``, default 10 s; a GCS that did not run for a while itself, on a loaded
+machine, does not count its own pause) is marked dead: its record says ``"alive": False``, the
+change is published on the ``"nodes"`` channel, and its actors are marked DEAD. Every node manager subscribes to that
 channel and tells its local processes that each process of the dead node is gone (Note [node
 death] in node_manager.py). A node that comes back after being declared dead is not taken back:
 it must restart (its processes were already given up for dead). The GCS answers each heartbeat;
@@ -25,6 +26,7 @@ it lands, never forwarded again.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from typing import Any
@@ -63,6 +65,7 @@ class NodeTable:
         for node_id, record in self.storage.items("nodes"):
             if record.get("alive", True):
                 self.last_seen[node_id] = now   # a restarted GCS gives every node a full timeout
+        self.last_check = now
         ep.call_later(HEARTBEAT_S, self.check)
 
     def register(self, reply_to: str, rid: int, node_id: str, record: dict) -> None:
@@ -93,7 +96,7 @@ class NodeTable:
     def pick(self, reply_to: str, rid: int, resources: dict, exclude: str, now: bool) -> None:
         """Answer with the node manager address of another node for a request, or None
         (Note [spillback])."""
-        best, best_cpu = None, -1.0
+        best, best_cpu = None, -math.inf   # counted loads may go below zero
         for node_id, record in self.storage.items("nodes"):
             if node_id == exclude or not record.get("alive", True):
                 continue
@@ -126,6 +129,10 @@ class NodeTable:
     def check(self) -> None:
         """Mark nodes that have been silent too long dead; run again in a while."""
         now = time.monotonic()
+        if now - self.last_check > 2 * HEARTBEAT_S:   # this GCS itself did not run: its
+            for node_id in self.last_seen:            # silence is not the nodes'
+                self.last_seen[node_id] += now - self.last_check - HEARTBEAT_S
+        self.last_check = now
         for node_id, seen in list(self.last_seen.items()):
             if now - seen > self.timeout:
                 del self.last_seen[node_id]

@@ -69,7 +69,7 @@ class Cluster:
         self.tmp = tmp_path
         self.home = tmp_path / "home"
         self.home.mkdir()
-        self.env = {**os.environ, "HOME": str(self.home), "EMBER_NODE_TIMEOUT_S": "3",
+        self.env = {**os.environ, "HOME": str(self.home), "EMBER_NODE_TIMEOUT_S": "4",
                     "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
         self.env.pop("EMBER_AUTH_TOKEN", None)
         self.nodes: list[Node] = []
