@@ -10,9 +10,10 @@ computed once per key (``MessageKey``: about 1 us a tag, a third of ``hmac.diges
 
 The key comes from one place, ``process_key``, so the same scheme carries the cluster token: a
 process of a cluster (``EMBER_CLUSTER`` set, or ``EMBER_AUTH_TOKEN``) uses SHA-256 of the token
-(Note [cluster token] in cluster_auth.py); otherwise it uses the session secret, 32 random bytes the driver writes into the session folder (a 0600 file in
-the 0700 folder, Note [private sessions root] in process.py) before it starts any process.
-Every process of a session inherits the driver's environment, so they all agree on the key.
+(Note [cluster token] in cluster_auth.py); otherwise it uses the session secret, 32 random bytes
+the driver writes into the session folder (a 0600 file in the 0700 folder, Note [private
+sessions root] in process.py) before it starts any process. Every process of a session inherits
+the driver's environment, so they all agree on the key.
 
 Children read the secret from that file rather than from an environment variable or an
 inherited fd: the file is readable exactly by those who may already connect to the session's

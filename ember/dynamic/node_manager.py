@@ -6,6 +6,15 @@ worker directly (the node manager is not on the per-task path). It starts worker
 a pidfd, and tells all registered processes about it (``worker_died``). It owns the session's
 shared memory: on exit, also after SIGTERM from a dead driver, it removes every segment.
 Run as ``python -m ember.dynamic.node_manager <address> <ready_address> <gcs_address> <config>``.
+
+Note [node death]: in a cluster, every node manager subscribes to the GCS's ``"nodes"``
+channel. When a node is declared dead (Note [node heartbeats] in node_table.py), each node
+manager tells each of its own processes (workers and drivers) that every process of the dead
+node is gone, with the message a dead worker gets (``worker_died``) marked ``node_lost``: calls
+on those processes fail (``NodeDiedError``, ``ActorNodeDiedError``) or retry elsewhere, objects
+they owned are lost (``OwnerDiedError``), objects held in the dead node's memory are rebuilt or
+lost (Note [lineage] in lineage.py); and it ends the actors and leases here that the dead
+node's drivers and workers held (``client_gone``), as it does when a driver exits.
 """
 
 from __future__ import annotations

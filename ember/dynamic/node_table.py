@@ -6,13 +6,13 @@ every ``HEARTBEAT_S`` with its available resources and the addresses of its proc
 and local drivers). A node whose heartbeats stop for ``node_timeout_s()``
 (``EMBER_NODE_TIMEOUT_S``, default 10 s; a GCS that did not run for a while itself, on a loaded
 machine, does not count its own pause) is marked dead: its record says ``"alive": False``, the
-change is published on the ``"nodes"`` channel, and its actors are marked DEAD. Every node manager subscribes to that
-channel and tells its local processes that each process of the dead node is gone (Note [node
-death] in node_manager.py). A node that comes back after being declared dead is not taken back:
-it must restart (its processes were already given up for dead). The GCS answers each heartbeat;
-a node manager whose heartbeats go unanswered for as long (the head is gone), or are answered
-"dead", exits with an error, and its node daemon with it: a container or ``srun`` step sees
-the failure and can start the node again.
+change is published on the ``"nodes"`` channel, and its actors are marked DEAD. Every node
+manager subscribes to that channel and tells its local processes that each process of the dead
+node is gone (Note [node death] in node_manager.py). A node that comes back after being declared
+dead is not taken back: it must restart (its processes were already given up for dead). The GCS
+answers each heartbeat; a node manager whose heartbeats go unanswered for as long (the head is
+gone), or are answered "dead", exits with an error, and its node daemon with it: a container or
+``srun`` step sees the failure and can start the node again.
 
 Note [spillback]: a node manager places a lease request locally when it can. When its node can
 never hold the request, or holds no free resources for it now, it asks ``pick_node`` for another

@@ -1,8 +1,8 @@
 """Submitting calls: tasks over leased workers, actor calls straight to the actor's process.
 
 Normal tasks of one resource shape share a ``LeasePool`` (lease_pool.py, Note [spreading
-tasks]). Actor calls go to the actor's address in submission order. Results come back as ``task_done``
-messages; a worker's death fails or retries its calls.
+tasks]). Actor calls go to the actor's address in submission order. Results come back as
+``task_done`` messages; a worker's death fails or retries its calls.
 """
 
 from __future__ import annotations
