@@ -13,8 +13,8 @@ import torch
 import torch.distributed as dist
 
 from ember.dynamic.cluster_auth import NODE_IP_ENV
-
 from ember.exceptions import ChannelTimeoutError, TensorTransportError
+from ember.gpu.recv_pool import receive_pool
 from ember.gpu.tensors import REDUCE_OPS, TensorMeta
 DEFAULT_TIMEOUT_S = 300.0
 
@@ -210,8 +210,9 @@ class TorchCommunicator(Communicator):
     def irecv(self, like: torch.Tensor | TensorMeta, peer: int) -> Callable[[], torch.Tensor]:
         """Post a receive like ``recv``'s; return the call that waits for it and gives the tensor."""
         self._check_peer(peer)
-        if isinstance(like, TensorMeta):
-            buf = torch.empty(like.shape, dtype=like.dtype, device=self._device)
+        if isinstance(like, TensorMeta):   # on the CPU in warm memory (Note [receive pool])
+            buf = (receive_pool.empty(like.shape, like.dtype) if self._device.type == "cpu"
+                   else torch.empty(like.shape, dtype=like.dtype, device=self._device))
         else:
             buf = like
         target = buf if buf.is_contiguous() else torch.empty_like(buf, memory_format=torch.contiguous_format)

@@ -37,7 +37,9 @@ an error (tensors gone, shape changed) the producer still sends zero tensors of 
 shapes and puts the error in its reply. Only a producer without the group (or dead) cannot; that
 leaves the receives posted, and the consumer raises at once. NCCL pairs a send and a receive on
 the GPU whichever comes first, and a receive left unmatched there would hang its stream, so
-NCCL consumers post theirs after a good reply.
+NCCL consumers post theirs after a good reply. A large CPU receive lands in memory that an
+earlier received tensor used and dropped (Note [receive pool] in recv_pool.py): first-touch
+page faults of fresh memory cost more than the transfer.
 """
 
 from __future__ import annotations

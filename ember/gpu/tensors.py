@@ -53,7 +53,9 @@ class TensorPlaceholder:
 # Lists, tuples (named tuples too), dicts and dataclass instances are walked; their tensors are
 # replaced by TensorPlaceholder(i). Any other object is left as it is (and so travels, tensors and
 # all, through the CPU channel's pickling). Containers without tensors are returned unchanged, not
-# copied, so the skeleton of a tensor-free value is the value itself.
+# copied, so the skeleton of a tensor-free value is the value itself. The walks are module
+# functions, not recursive closures: a closure that calls itself is a reference cycle, which
+# would hold the tensor list (100 MiB received a moment ago) until the cyclic GC ran.
 def split_tensors(value: Any, select: Callable[["torch.Tensor"], bool] | None = None,
                   ) -> tuple[Any, list["torch.Tensor"]]:
     """Return (skeleton with placeholders, tensors) for the selected tensors nested in ``value``."""
@@ -61,32 +63,33 @@ def split_tensors(value: Any, select: Callable[["torch.Tensor"], bool] | None = 
     if torch is None:  # no tensor can exist in a process that never imported torch
         return value, []
     tensors: list[torch.Tensor] = []
+    return _split(value, torch.Tensor, select, tensors), tensors
 
-    def walk(item: Any) -> Any:
-        if isinstance(item, torch.Tensor):
-            if select is not None and not select(item):
-                return item
-            tensors.append(item)
-            return TensorPlaceholder(len(tensors) - 1)
-        return _map_children(item, walk)
 
-    return walk(value), tensors
+def _split(item: Any, tensor_type: type, select: Callable[["torch.Tensor"], bool] | None,
+           tensors: list["torch.Tensor"]) -> Any:
+    """``item`` with its selected tensors appended to ``tensors`` and replaced by placeholders."""
+    if isinstance(item, tensor_type):
+        if select is not None and not select(item):
+            return item
+        tensors.append(item)
+        return TensorPlaceholder(len(tensors) - 1)
+    return _map_children(item, lambda child: _split(child, tensor_type, select, tensors))
 
 
 def merge_tensors(skeleton: Any, tensors: Sequence["torch.Tensor"]) -> Any:
     """Rebuild the value that ``split_tensors`` took apart, putting ``tensors`` back in place."""
-    if not tensors:
-        return skeleton
+    return _merge(skeleton, tensors) if tensors else skeleton
 
-    def walk(item: Any) -> Any:
-        if isinstance(item, TensorPlaceholder):
-            if item.index >= len(tensors):
-                raise TensorTransportError(f"placeholder for tensor {item.index} but only "
-                                           f"{len(tensors)} tensors arrived")
-            return tensors[item.index]
-        return _map_children(item, walk)
 
-    return walk(skeleton)
+def _merge(item: Any, tensors: Sequence["torch.Tensor"]) -> Any:
+    """``item`` with its placeholders replaced by ``tensors``."""
+    if isinstance(item, TensorPlaceholder):
+        if item.index >= len(tensors):
+            raise TensorTransportError(f"placeholder for tensor {item.index} but only "
+                                       f"{len(tensors)} tensors arrived")
+        return tensors[item.index]
+    return _map_children(item, lambda child: _merge(child, tensors))
 
 
 def _map_children(item: Any, fn: Callable[[Any], Any]) -> Any:

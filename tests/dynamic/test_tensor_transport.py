@@ -38,6 +38,10 @@ class Worker:
         return torch.arange(n, dtype=torch.float32)
 
     @ember.method(tensor_transport="gloo")
+    def produce_filled(self, n, value):
+        return torch.full((n,), value, dtype=torch.float32)
+
+    @ember.method(tensor_transport="gloo")
     def produce_nested(self, n):
         return {"a": torch.ones(n), "b": [torch.zeros(2, 3, dtype=torch.int64), "text", 7],
                 "c": Batch(torch.full((n,), 2.0, dtype=torch.float64), "batch")}
@@ -95,6 +99,10 @@ class Worker:
         from ember.gpu.objects import objects
         return objects.stats()
 
+    def receive_pool_idle(self):
+        from ember.gpu.recv_pool import receive_pool
+        return receive_pool.idle_bytes()
+
 
 def _stats(actor):
     return ember.get(actor.stats.remote(), timeout=30)
@@ -144,6 +152,18 @@ def test_issue_example_moves_the_tensor_over_gloo(trio):
     assert ember.get(b.consume.remote(a.produce.remote(1000)), timeout=30) == 499500.0
     assert _stats(b)["received:gloo"] == before + 1
     assert ember.get(a.produce.remote(8), timeout=30).tolist() == list(range(8))
+
+
+@pytest.mark.timeout(60)
+def test_large_receives_reuse_the_memory_of_dropped_ones(trio):
+    """Note [receive pool]: the consumer's block comes back when the tensor is dropped (at once,
+    with no GC cycle holding it), and the next receive lands in it with its own bytes."""
+    a, b, _ = trio
+    n = 1 << 20    # 4 MiB
+    idle = ember.get(b.receive_pool_idle.remote(), timeout=30)
+    for value in (1.0, 2.0, 3.0):
+        assert ember.get(b.consume.remote(a.produce_filled.remote(n, value)), timeout=30) == n * value
+        assert ember.get(b.receive_pool_idle.remote(), timeout=30) == max(idle, 4 * n)
 
 
 @pytest.mark.timeout(60)

@@ -94,3 +94,21 @@ def test_static_hint_gives_metadata_ahead():
         TorchTensorType(shape=(4, None), dtype=torch.float32).meta("cpu")
     with pytest.raises(ValueError, match="transport 'rdma'"):
         TorchTensorType(transport="rdma")
+
+
+def test_split_and_merge_leave_no_reference_cycle_holding_the_tensors():
+    """A received tensor must be freed when its last user drops it, not at the next GC."""
+    import gc
+    import weakref
+
+    tensor = torch.ones(4)
+    gone = weakref.ref(tensor)
+    gc.disable()
+    try:
+        skeleton, tensors = split_tensors({"a": [tensor, 1]})
+        value = merge_tensors(skeleton, tensors)
+        assert value["a"][0] is tensor
+        del tensor, tensors, value
+        assert gone() is None
+    finally:
+        gc.enable()
