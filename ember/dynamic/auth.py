@@ -6,7 +6,20 @@ and drops the message otherwise (messaging.py). A message without raw frames is 
 HMAC(key, header); one with frames is tagged under a second key derived from the first, over
 each part's length and bytes, fed incrementally (no copy of a large frame), so no message's tag
 is valid for a different split of its bytes. Both are plain HMAC-SHA256, from pad states
-computed once per key (``MessageKey``: about 1 us a tag, a third of ``hmac.digest``).
+computed once per key (``MessageKey``: about 1 us a tag, half of ``hmac.digest``). One ZeroMQ
+message may carry several frameless messages to the same peer as a batch (Note [batched
+messages] in messaging.py), tagged like a header, HMAC(key, batch): the receiver checks that one
+tag before it unpickles any of them, and since a batch starts with 0x00 and a pickled header
+with 0x80, the checked bytes alone say which of the two they are.
+
+Note [two SHA-256s]: a header (or batch) of up to SMALL_MESSAGE bytes (a task is about 220
+bytes, a task_done 40 to 120) is hashed by CPython's built-in SHA-256 (``_sha2``; ``_sha256``
+before 3.12), a longer one and every framed message by OpenSSL's (``hashlib.sha256``). OpenSSL's
+is the faster on long input (SHA-NI: 3x at 1 KiB) and in a tight loop on short input too (0.73
+vs 1.1 us a tag), but each of its copies and digests allocates and frees OpenSSL contexts, and
+timed inside the running driver and workers of core_tasks_async a tag or check took 1.6-4.3 us
+with it against 1.5-2.8 us with the built-in one (benchmarks/RESULTS.md, 2026-12-03). Both compute
+the same digest, so sender and receiver need not pick the same one.
 
 The key comes from one place, ``process_key``, so the same scheme carries the cluster token: a
 process of a cluster (``EMBER_CLUSTER`` set, or ``EMBER_AUTH_TOKEN``) uses SHA-256 of the token
@@ -31,7 +44,7 @@ import hmac
 import os
 import secrets
 import struct
-from typing import Sequence
+from typing import Callable, Sequence
 
 from ember.dynamic import cluster_auth, shm
 from ember.dynamic.process import session_dir
@@ -42,6 +55,15 @@ KEY_SIZE = 32
 SECRET_FILE = "secret"
 TOKEN_ENV = cluster_auth.TOKEN_ENV
 _LENGTH = struct.Struct("<Q")
+SMALL_MESSAGE = 512  # bytes; a header up to this long is hashed by _small_sha256
+
+try:  # Note [two SHA-256s]
+    from _sha2 import sha256 as _small_sha256  # CPython 3.12 and later
+except ImportError:
+    try:
+        from _sha256 import sha256 as _small_sha256  # CPython 3.11
+    except ImportError:
+        _small_sha256 = hashlib.sha256
 
 
 def create_session_secret(folder: str) -> None:
@@ -89,8 +111,10 @@ class MessageKey:
     """
 
     def __init__(self, key: bytes) -> None:
-        self._plain = _pad_states(key)
-        self._framed = _pad_states(hmac.digest(key, b"ember message with frames", "sha256"))
+        self._small = _pad_states(key, _small_sha256)
+        self._plain = _pad_states(key, hashlib.sha256)
+        self._framed = _pad_states(hmac.digest(key, b"ember message with frames", "sha256"),
+                                   hashlib.sha256)
 
     def tag(self, header: bytes | memoryview, frames: Sequence = ()) -> bytes:
         """The tag of a message: its pickled header and every raw frame."""
@@ -102,7 +126,7 @@ class MessageKey:
                 inner.update(_LENGTH.pack(view.nbytes))
                 inner.update(view)
         else:
-            inner, outer = self._plain
+            inner, outer = self._small if len(header) <= SMALL_MESSAGE else self._plain
             inner = inner.copy()
             inner.update(header)
         outer = outer.copy()
@@ -114,8 +138,7 @@ class MessageKey:
         return hmac.compare_digest(self.tag(header, frames), tag)
 
 
-def _pad_states(key: bytes) -> tuple:
+def _pad_states(key: bytes, sha256: Callable) -> tuple:
     """SHA-256 states after the inner and outer padded key of HMAC (a key of 64 bytes or less)."""
     block = key.ljust(64, b"\0")
-    return (hashlib.sha256(bytes(b ^ 0x36 for b in block)),
-            hashlib.sha256(bytes(b ^ 0x5C for b in block)))
+    return sha256(bytes(b ^ 0x36 for b in block)), sha256(bytes(b ^ 0x5C for b in block))

@@ -229,7 +229,8 @@ class CoreWorker:
                 if entry is not None:
                     entry.transit += 1
         else:
-            self.endpoint.send(ref.owner, "transit", ref.id)
+            # leaves before the message that carries the ref (Note [batched messages])
+            self.endpoint.send(ref.owner, "transit", ref.id, hold=False)
 
     def note_deserialized(self, ref: ObjectRef) -> None:
         """A ref was unpickled here: register as a borrower with its owner."""

@@ -11,6 +11,24 @@ A message is a tuple ``(kind, *fields)`` pickled with protocol 5 and followed by
 travel as frames, without a copy into the pickle). An ipc socket file is 0600 in a 0700 folder
 (Note [private sessions root] in process.py).
 
+Note [batched messages]: what the I/O thread's handlers send while it drains its socket is held
+per peer and goes out when the drain has handled every message already received (at most
+BATCH_MAX of them), so one received message's answers leave as soon as its handler returns, and
+a burst's answers to the same peer leave together: two or more held messages travel as one
+ZeroMQ message, ``BATCH`` then each pickled header after its 4-byte length, under one tag over all
+of it (a flood of ``task_done`` messages makes the driver refill each worker with one such
+``task`` batch, and the worker checks one tag for it). A send from any thread to a peer with held
+messages first sends those, under the peer's lock, so messages to a peer still arrive in the
+order they were sent; a message with frames is never held. ``stop`` sends what is held. The
+receiver checks the batch's tag, then unpickles and handles its messages one by one (a message of
+it that does not unpickle is dropped alone).
+
+Messages held for different peers in one drain may leave in another order than they were sent;
+ZeroMQ never ordered messages to different peers either. The one place known to want an order
+across peers is ``transit``, which should leave before the message that carries the ref it
+announces (Note [borrow order] in core_worker.py): it is sent with ``hold=False``, so it leaves
+at once, after what is held for the same peer.
+
 Note [cluster sockets]: the processes of a cluster node listen on ``tcp://<node ip>:<port>``
 (an ephemeral port, read back after the bind) instead of ipc, so processes of other nodes reach
 them. Every TCP socket speaks CurveZMQ with the cluster's key pair, derived from the token
@@ -33,10 +51,11 @@ import itertools
 import logging
 import os
 import pickle
+import struct
 import threading
 import time
 from concurrent.futures import Future
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import zmq
 
@@ -47,6 +66,9 @@ from ember.exceptions import AuthenticationError, GetTimeoutError
 logger = logging.getLogger(__name__)
 Handler = Callable[..., None]
 _WAKE = b"\x00wake"
+BATCH = b"\x00"  # first byte of a batch (Note [batched messages]); a pickle starts with 0x80
+BATCH_MAX = 32
+_SIZE = struct.Struct("<I")
 
 
 def listen_address(folder: str, name: str) -> str:
@@ -54,6 +76,18 @@ def listen_address(folder: str, name: str) -> str:
     port of the node's IP (Note [cluster sockets])."""
     ip = os.environ.get(NODE_IP_ENV)
     return f"tcp://{ip}:*" if ip else f"ipc://{folder}/{name}.sock"
+
+
+class Peer:
+    """The PUSH socket to one peer, its lock, and the headers held for it (Note [batched
+    messages])."""
+
+    __slots__ = ("sock", "lock", "held")
+
+    def __init__(self, sock: zmq.Socket) -> None:
+        self.sock = sock
+        self.lock = threading.Lock()
+        self.held: list[bytes] = []
 
 
 class Endpoint:
@@ -85,7 +119,9 @@ class Endpoint:
         self._wake_lock = threading.Lock()
         self._handlers: dict[str, Handler] = {}
         self._fd_callbacks: dict[int, Callable[[], None]] = {}
-        self._peers: dict[str, tuple[zmq.Socket, threading.Lock]] = {}
+        self._peers: dict[str, Peer] = {}
+        self._holding: int | None = None  # the I/O thread's id while it holds sends
+        self._held: list[Peer] = []  # peers with held headers (touched by the I/O thread)
         self._peers_lock = threading.Lock()
         self._requests: dict[int, Future] = {}
         self._request_ids = itertools.count(1)
@@ -104,16 +140,43 @@ class Endpoint:
         """Call ``handler(*fields, frames=...)``-less: ``handler(*fields)`` for messages of ``kind``."""
         self._handlers[kind] = handler
 
-    def send(self, address: str, kind: str, *fields: Any, frames: tuple = ()) -> None:
-        """Send one message to ``address``; never blocks on a slow or absent peer."""
-        sock, lock = self._peer(address)
+    def send(self, address: str, kind: str, *fields: Any, frames: tuple = (),
+             hold: bool = True) -> None:
+        """Send one message to ``address``; never blocks on a slow or absent peer.
+
+        ``hold=False``: never held on the I/O thread (Note [batched messages]).
+        """
+        peer = self._peer(address)
         header = pickle.dumps((kind, *fields), protocol=5)
-        data = header + self._key.tag(header, frames)
-        with lock:
+        with peer.lock:
+            if hold and not frames and self._holding == threading.get_ident():
+                peer.held.append(header)
+                if len(peer.held) == 1:
+                    self._held.append(peer)
+                return
+            if peer.held:
+                self._send_held(peer)
             if frames:
-                sock.send_multipart((data, *frames), copy=False)
+                peer.sock.send_multipart((header + self._key.tag(header, frames), *frames),
+                                         copy=False)
             else:
-                sock.send(data, copy=False)
+                peer.sock.send(header + self._key.tag(header), copy=False)
+
+    def _send_held(self, peer: Peer) -> None:
+        """Send the headers held for ``peer`` (its lock held): one message, or one batch."""
+        held = peer.held
+        body = held[0] if len(held) == 1 else BATCH + b"".join(
+            _SIZE.pack(len(header)) + header for header in held)
+        held.clear()
+        peer.sock.send(body + self._key.tag(body), copy=False)
+
+    def _send_all_held(self) -> None:
+        """Send everything the I/O thread's handlers sent while it held them (on that thread)."""
+        peers, self._held = self._held, []
+        for peer in peers:
+            with peer.lock:
+                if peer.held:
+                    self._guard(self._send_held, peer)
 
     def request(self, address: str, kind: str, *fields: Any) -> Future:
         """Send a request whose handler answers with ``reply``; return the answer's Future."""
@@ -165,10 +228,11 @@ class Endpoint:
     def forget_peer(self, address: str) -> None:
         """Close the PUSH socket to a peer that is gone."""
         with self._peers_lock:
-            entry = self._peers.pop(address, None)
-        if entry is not None:
-            with entry[1]:
-                entry[0].close(linger=0)
+            peer = self._peers.pop(address, None)
+        if peer is not None:
+            with peer.lock:
+                peer.held.clear()
+                peer.sock.close(linger=0)
 
     def stop(self) -> None:
         """Stop the I/O thread and close every socket; idempotent."""
@@ -182,9 +246,11 @@ class Endpoint:
                 self._thread.join(timeout=5)
         with self._peers_lock:
             peers, self._peers = list(self._peers.values()), {}
-        for sock, lock in peers:
-            with lock:
-                sock.close(linger=0)
+        for peer in peers:
+            with peer.lock:
+                if peer.held:
+                    self._guard(self._send_held, peer)
+                peer.sock.close(linger=0)
         self._pull.close(linger=0)
         self._wake_pull.close(linger=0)
         self._wake_push.close(linger=0)
@@ -197,12 +263,12 @@ class Endpoint:
             if not fut.done():
                 fut.set_exception(ConnectionError("ember endpoint stopped"))
 
-    def _peer(self, address: str) -> tuple[zmq.Socket, threading.Lock]:
-        entry = self._peers.get(address)
-        if entry is None:
+    def _peer(self, address: str) -> Peer:
+        peer = self._peers.get(address)
+        if peer is None:
             with self._peers_lock:
-                entry = self._peers.get(address)
-                if entry is None:
+                peer = self._peers.get(address)
+                if peer is None:
                     sock = self.context.socket(zmq.PUSH)
                     sock.setsockopt(zmq.LINGER, 0)
                     sock.setsockopt(zmq.SNDHWM, 0)
@@ -210,9 +276,8 @@ class Endpoint:
                         sock.curve_publickey, sock.curve_secretkey = self._curve
                         sock.curve_serverkey = self._curve[0]
                     sock.connect(address)
-                    entry = (sock, threading.Lock())
-                    self._peers[address] = entry
-        return entry
+                    peer = self._peers[address] = Peer(sock)
+        return peer
 
     def _run(self) -> None:
         poller = zmq.Poller()
@@ -255,35 +320,59 @@ class Endpoint:
             self._guard(fn)
 
     def _drain(self) -> None:
+        """Handle up to 256 received messages, holding what handlers send (Note [batched
+        messages])."""
         pull = self._pull
-        for _ in range(256):
-            try:
-                parts = pull.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            try:
-                kind, *fields = self._open(parts)
-            except Exception as exc:  # noqa: BLE001 - Note [dropped messages]
-                self._drop(exc)
-                continue
-            handler = self._handlers.get(kind) if isinstance(kind, str) else None
-            if handler is None:
-                self._drop(LookupError("no handler for its kind"), kind)
-                continue
-            try:
-                handler(*fields)
-            except Exception as exc:  # noqa: BLE001 - Note [dropped messages]
-                self._drop(exc, kind)
+        self._holding = threading.get_ident()
+        held_for = 0
+        try:
+            for _ in range(256):
+                try:
+                    parts = pull.recv_multipart(zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    return
+                try:
+                    headers, frames = self._open(parts)
+                except Exception as exc:  # noqa: BLE001 - Note [dropped messages]
+                    self._drop(exc)
+                    continue
+                for header in headers:
+                    self._handle(header, frames)
+                held_for += len(headers)
+                if held_for >= BATCH_MAX:
+                    self._send_all_held()
+                    held_for = 0
+        finally:
+            self._holding = None
+            self._send_all_held()
 
-    def _open(self, parts: list[zmq.Frame]) -> tuple | list:
-        """``(kind, *fields)`` of a received message once its tag checks out (raw frames last)."""
+    def _handle(self, header: memoryview, frames: list | tuple) -> None:
+        """Unpickle one message and call its kind's handler (Note [dropped messages])."""
+        try:
+            kind, *fields = pickle.loads(header)
+        except Exception as exc:  # noqa: BLE001 - Note [dropped messages]
+            self._drop(exc)
+            return
+        handler = self._handlers.get(kind) if isinstance(kind, str) else None
+        if handler is None:
+            self._drop(LookupError("no handler for its kind"), kind)
+            return
+        try:
+            handler(*fields, frames) if frames else handler(*fields)
+        except Exception as exc:  # noqa: BLE001 - Note [dropped messages]
+            self._drop(exc, kind)
+
+    def _open(self, parts: list[zmq.Frame]) -> tuple[list | tuple, list | tuple]:
+        """The pickled headers a received message carries once its tag checks out (one, or a
+        batch's), and its raw frames."""
         data = parts[0].buffer
-        header = data[:-TAG_SIZE]
+        body = data[:-TAG_SIZE]
         frames = [p.buffer for p in parts[1:]] if len(parts) > 1 else ()
-        if len(data) < TAG_SIZE or not self._key.check(header, frames, data[-TAG_SIZE:]):
+        if len(data) < TAG_SIZE or not self._key.check(body, frames, data[-TAG_SIZE:]):
             raise AuthenticationError("its tag does not match this process's key")
-        message = pickle.loads(header)
-        return [*message, frames] if frames else message
+        if frames or body[:1] != BATCH:
+            return (body,), frames
+        return list(_unbatch(body)), ()
 
     def _drop(self, exc: Exception, kind: Any = None) -> None:
         """Log one line about a message dropped because of ``exc`` (Note [dropped messages])."""
@@ -298,3 +387,15 @@ class Endpoint:
         except Exception:  # noqa: BLE001 - one bad message must not stop the I/O thread
             import traceback
             traceback.print_exc()
+
+
+def _unbatch(body: memoryview) -> Iterator[memoryview]:
+    """The pickled headers of a batch, in order (Note [batched messages])."""
+    at, end = len(BATCH), len(body)
+    while at < end:
+        (size,) = _SIZE.unpack_from(body, at)
+        at += _SIZE.size
+        if at + size > end:
+            raise ValueError("a batch's message runs past its end")
+        yield body[at:at + size]
+        at += size

@@ -25,7 +25,7 @@ import zmq
 
 import ember
 from ember.dynamic import api, auth, shm
-from ember.dynamic.auth import TAG_SIZE, MessageKey
+from ember.dynamic.auth import SMALL_MESSAGE, TAG_SIZE, MessageKey
 from ember.dynamic.process import session_dir
 from ember.exceptions import UnsafeSessionDirError
 
@@ -329,6 +329,9 @@ def test_tags_are_standard_hmac_sha256_over_header_and_frames():
     key = secrets.token_bytes(32)
     tagger, header = MessageKey(key), pickle.dumps(("kind", 1), protocol=5)
     assert tagger.tag(header) == hmac.digest(key, header, "sha256")
+    for size in (SMALL_MESSAGE, SMALL_MESSAGE + 1, 5000):  # Note [two SHA-256s]
+        body = os.urandom(size)
+        assert tagger.tag(body) == tagger.tag(memoryview(body)) == hmac.digest(key, body, "sha256")
     framed_key = hmac.digest(key, b"ember message with frames", "sha256")
     length = struct.Struct("<Q").pack
     assert tagger.tag(header, [b"ab", memoryview(b"c")]) == hmac.digest(
