@@ -344,6 +344,10 @@ class ActorHandle:
             submitter.actors.setdefault(self._actor_id, state)
         return state
 
+    def _ember_node(self) -> str | None:
+        """The node the actor runs on, if this process knows it (the engine's compile)."""
+        return self._state().node_id
+
     def _wait_started(self, timeout: float = 60.0) -> ActorState:
         state = self._state()
         if not state.ready.wait(timeout):

@@ -137,7 +137,7 @@ class LeasePool:
         with self.submitter.lock:
             self.requesting = self.node_full = False
             try:
-                worker_id, address, gpu_ids, nm_address = fut.result()
+                worker_id, address, gpu_ids, nm_address, _ = fut.result()
             except Exception as exc:  # noqa: BLE001 - e.g. SchedulingError: fail the queue
                 queued, self.queue = list(self.queue), deque()
                 for call in queued:

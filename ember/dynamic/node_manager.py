@@ -316,7 +316,7 @@ class NodeManager:
             worker.actor_id = req.actor_id
             self.clients.setdefault(req.reply_to, 0)   # it hears of this worker's death
             self.endpoint.reply(req.reply_to, req.rid, (worker.worker_id, worker.address,
-                                                        gpu_ids, self.endpoint.address))
+                                                        gpu_ids, self.endpoint.address, self.sid))
         room = max(0, self.max_pool - (self._pool_size() - self.starting))
         wanted = needed_actor + min(len(needed_pool), room)
         for _ in range(wanted - self.starting):

@@ -30,6 +30,7 @@ class ActorState:
     address: str | None = None
     worker_id: str | None = None
     nm_address: str | None = None   # the node manager of its worker
+    node_id: str | None = None      # the node it runs on
     dead: BaseException | None = None
     queue: deque = field(default_factory=deque)
     inflight: dict[str, PendingCall] = field(default_factory=dict)
@@ -115,7 +116,7 @@ class Submitter:
         def granted(fut) -> None:
             with self.lock:
                 try:
-                    worker_id, address, gpu_ids, nm_address = fut.result()
+                    worker_id, address, gpu_ids, nm_address, node_id = fut.result()
                 except Exception as exc:  # noqa: BLE001 - cannot place the actor
                     dead = ActorNodeDiedError if isinstance(exc, NodeDiedError) else ActorDiedError
                     self.actor_died(actor, dead(
@@ -123,11 +124,12 @@ class Submitter:
                     actor.ready.set()
                     return
                 actor.worker_id, actor.address, actor.nm_address = worker_id, address, nm_address
+                actor.node_id = node_id
                 self.dispatch(actor.creation, address, gpu_ids)
                 actor.inflight[actor.creation.task_id] = actor.creation
                 core.endpoint.send(core.gcs_address, "update_actor", actor.actor_id, {
                     "state": "ALIVE", "address": address, "worker_id": worker_id,
-                    "nm_address": nm_address})
+                    "nm_address": nm_address, "node_id": node_id})
                 actor.ready.set()
                 self.flush_actor(actor)
 
@@ -342,7 +344,7 @@ class Submitter:
                                                       f"not restart"))
             elif info.get("state") == "ALIVE" and info.get("address") != actor.address:
                 actor.address, actor.worker_id = info["address"], info.get("worker_id")
-                actor.nm_address = info.get("nm_address")
+                actor.nm_address, actor.node_id = info.get("nm_address"), info.get("node_id")
                 actor.ready.set()
                 self.flush_actor(actor)
 

@@ -23,7 +23,7 @@ from ember.channels.shared_memory import SharedMemoryType
 from ember.channels.tcp import TcpType
 from ember.engine.options import CompileOptions
 from ember.engine.plan import INTRA_PROCESS, Plan
-from ember.engine.transports import Endpoint
+from ember.engine.endpoints import Endpoint
 
 
 def channel_type(writer: Endpoint, readers: list[Endpoint],

@@ -67,7 +67,8 @@ from ember.engine.options import CompileOptions
 from ember.engine.plan import DRIVER, DRIVER_TASKS, Plan, make_plan
 from ember.engine.refs import CompiledDAGFuture, CompiledDAGRef, CompiledDAGRefList, unwrap
 from ember.engine.schedule import Schedule, driver_schedule, dry_run, make_schedules
-from ember.engine.transports import Endpoint, describe_process, needs_transports, plan_transports
+from ember.engine.endpoints import Endpoint, describe_process
+from ember.engine.transports import needs_transports, plan_transports
 from ember.engine.validate import input_check, validate
 from ember.exceptions import (ActorDiedError, CapacityExceededError, ChannelClosedError,
                               ChannelTimeoutError, CompileError, DAGTeardownError, EmberError)
@@ -138,10 +139,17 @@ class CompiledDAG:
     # -- starting --------------------------------------------------------------------------------
 
     def _endpoints(self, plan: Plan) -> dict[str, Endpoint]:
-        """Where every participant runs: node, process and GPUs (asked of each actor)."""
+        """Where every participant runs: node, process and GPUs (asked of each actor, unless
+        only the nodes matter and this process knows them from the actors' leases)."""
         driver = describe_process(driver=True)
         endpoints = {DRIVER: driver, DRIVER_TASKS: driver}
-        refs = {a: _run_in_actor(h, describe_process) for a, h in plan.actors.items()}
+        gpus = needs_transports(plan)
+        nodes = {a: h._ember_node() for a, h in plan.actors.items()}
+        if not gpus and None not in nodes.values():   # only nodes matter: no round trip
+            endpoints.update((a, Endpoint(("", 0), node=node)) for a, node in nodes.items())
+            return endpoints
+        refs = {a: _run_in_actor(h, describe_process, False, gpus)
+                for a, h in plan.actors.items()}
         for actor_id, ref in refs.items():
             endpoints[actor_id] = _get(ref, self._options.start_timeout)
         return endpoints

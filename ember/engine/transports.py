@@ -27,11 +27,11 @@ value as torch does, which keeps the device: the driver then needs that GPU.)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ember.dag.collective import CollectiveOutputNode
 from ember.engine.groups import GLOO_BACKEND, NCCL_BACKEND, USER_BACKEND, GroupPlan, group_key
+from ember.engine.endpoints import Endpoint
 from ember.engine.plan import SHARED_MEMORY, Plan
 from ember.exceptions import CompileError
 from ember.gpu.tensors import AUTO, CPU, IPC, NCCL
@@ -40,29 +40,6 @@ if TYPE_CHECKING:
     from ember.gpu.tensors import TensorEdge
 
 HANDOFF = "handoff"
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """Where a participant runs: its process (host, pid), the GPU UUIDs it sees, and its node
-    (the node's session id: Note [channel choice] in channel_setup.py)."""
-
-    process: tuple[str, int]
-    gpus: tuple[str, ...] = ()
-    driver: bool = False
-    node: str = ""
-
-
-def describe_process(instance: Any = None, driver: bool = False) -> Endpoint:
-    """Where this process runs (host, pid, visible GPU UUIDs, node); run in each actor at
-    compile time, and in the driver."""
-    import os
-    import socket
-
-    from ember.dynamic.shm import session_id
-    from ember.gpu.devices import visible_gpu_uuids
-    gpus = () if driver else tuple(visible_gpu_uuids())
-    return Endpoint((socket.gethostname(), os.getpid()), gpus, driver, session_id())
 
 
 def choose_transport(requested: str, writer: Endpoint, reader: Endpoint, where: str = "") -> str:

@@ -9,7 +9,8 @@ from ember.dag.collective import allgather, allreduce
 from ember.engine.comm_schedule import check_communication, order_communication
 from ember.engine.plan import DRIVER, DRIVER_TASKS, make_plan
 from ember.engine.schedule import COMPUTE, make_schedules
-from ember.engine.transports import HANDOFF, Endpoint, choose_transport, plan_transports
+from ember.engine.endpoints import Endpoint
+from ember.engine.transports import HANDOFF, choose_transport, plan_transports
 from ember.engine.validate import validate
 from ember.exceptions import CompileError
 
