@@ -120,6 +120,38 @@ def test_1_mib_and_64_mib_arrays_round_trip_intact(spawn) -> None:
     back.destroy()
 
 
+@pytest.mark.timeout(120)
+def test_two_processes_that_write_64_mib_to_each_other_before_reading_do_not_deadlock(
+        spawn) -> None:
+    # more than the sockets buffer: only an end that takes in what arrives while nobody reads
+    # lets both writes finish (Note [tcp receiving])
+    forth, back = TcpChannel(num_slots=2), TcpChannel(num_slots=2)
+    into = back.reader(0)
+    into.attach()
+    mine = np.full(64 * 2**20, 1, dtype=np.uint8)
+    theirs = np.full(64 * 2**20, 2, dtype=np.uint8)
+    results = spawn.Queue()
+    with remote_reader(spawn, forth, 0, peers.write_then_read, back.writer(), theirs, results):
+        forth.writer().write(mine, timeout=20)
+        assert fingerprint(into.read(timeout=60)) == fingerprint(theirs)
+        assert results.get(timeout=60) == fingerprint(mine)
+    forth.destroy()
+    back.destroy()
+
+
+@pytest.mark.timeout(30)
+def test_a_value_that_arrives_between_reads_is_read_and_acked(spawn) -> None:
+    # nobody reads when these arrive: small values wait in the socket for the next read
+    channel = TcpChannel(num_slots=2)
+    reader = channel.reader(0)
+    reader.attach()
+    ready = spawn.Queue()
+    with running(spawn, peers.write_and_hang, channel.writer(), ["a", "b", "c", "d"], ready):
+        time.sleep(0.3)   # the writer fills both slots and waits for credit
+        assert [reader.read(timeout=5) for _ in range(4)] == ["a", "b", "c", "d"]
+        assert ready.get(timeout=20) == "written"
+
+
 @pytest.mark.timeout(30)
 def test_the_writers_close_drains_then_raises_closed(spawn) -> None:
     channel = TcpChannel(num_readers=1, num_slots=4)
