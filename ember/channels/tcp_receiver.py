@@ -26,12 +26,14 @@ and on a busy machine a reply often lands while the reader is between two reads)
 
 - while nobody holds the receive lock, the socket's SO_RCVLOWAT is _AWAY_LOW_WATER: poll()
   reports it readable only once that much is waiting (a large value, or many), or at EOF or an
-  error, which the kernel reports whatever the low-water mark. Only a blocking recv honours it
-  otherwise, and every blocking recv asks for exactly the rest of a record (``Inbox``), so it
-  never waits for more; recvs that do not wait return whatever is there;
+  error, which the kernel reports whatever the low-water mark. A recv that does not wait
+  returns whatever is there; a blocking one would wait for the mark, and can wait for ever
+  (the window may close before it is reached), so the holder lowers it to 1 before any
+  blocking recv or poll() and puts it back before it releases the lock. The mark is small
+  enough (32 KiB) that setting it never shrinks the window (tcp_set_rcvlowat clamps the window
+  to a mark whose buffer space exceeds the socket's);
 - the thread's epoll registration of the socket is EPOLLONESHOT. A read that is about to wait in
-  poll() disarms it and lowers SO_RCVLOWAT to 1, raises it again when done, and arms it after
-  releasing the lock. A wake-up of the thread that finds the lock held sets ``_missed`` and
+  poll() disarms it, and arms it again after releasing the lock. A wake-up of the thread that finds the lock held sets ``_missed`` and
   tries the lock once more: either that succeeds, or the holder, which looks at ``_missed``
   after its release, arms it again. So no arrival is left unwatched, and a read that finds its
   value already there costs no epoll or setsockopt call at all.
@@ -61,7 +63,7 @@ OPEN, CLOSING, CLOSED_STATE, BROKEN = range(4)
 _QUIET_S = 0.05      # a close from elsewhere still takes in what arrives until this long a lull
 _CLOSING_WAIT_S = 1.0   # how long a read that tries once waits for a close to take that in
 _LARGE = 64 * 1024   # values this large are received into numpy memory (no zero-fill)
-_AWAY_LOW_WATER = 64 * 1024   # SO_RCVLOWAT while nobody reads (Note [tcp receiving])
+_AWAY_LOW_WATER = 32 * 1024   # SO_RCVLOWAT while nobody reads (Note [tcp receiving])
 _ARMED = select.EPOLLIN | select.EPOLLONESHOT
 _DISARMED = select.EPOLLONESHOT
 
@@ -200,13 +202,13 @@ class ReceiverEnd:
                 if self._ring:
                     return
         finally:
-            if self._state == OPEN:
-                self._inbox.low_water(_AWAY_LOW_WATER)
             self._hot = time.monotonic() - start < spin.HOT_SPIN_S
 
     def _let_go(self, arm: bool) -> None:
         """Release the receive lock, arm the background thread if it may be disarmed (Note
         [tcp receiving]), and wake the threads that wait for the lock."""
+        if self._state == OPEN:
+            self._inbox.low_water(_AWAY_LOW_WATER)   # the holder's to change
         self._rx_lock.release()
         if self._missed:
             self._missed = False
@@ -365,10 +367,7 @@ class ReceiverEnd:
             if not self._rx_lock.acquire(blocking=False):
                 return            # ...unless it released before that: then this thread does
         try:
-            self._inbox.low_water(1)
             self._pump()
-            if self._state == OPEN:
-                self._inbox.low_water(_AWAY_LOW_WATER)
         finally:
             self._let_go(True)
 

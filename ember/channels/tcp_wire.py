@@ -179,16 +179,16 @@ def linger(sock: socket.socket) -> None:
 class Inbox:
     """Records from one connection: one recv that does not wait takes in whatever has arrived
     (several small records at once) into a staging buffer; the rest of a record that has begun
-    is received, blocking, straight into its destination and never beyond it, so that a high
-    SO_RCVLOWAT (Note [tcp receiving] in tcp_receiver.py) never makes it wait for more."""
+    is received, blocking and with SO_RCVLOWAT lowered to 1, straight into its destination."""
 
-    __slots__ = ("sock", "_staging", "_view", "_start", "_end")
+    __slots__ = ("sock", "_staging", "_view", "_start", "_end", "_low")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self._staging = bytearray(_STAGING)
         self._view = memoryview(self._staging)
         self._start = self._end = 0
+        self._low = 1
 
     def fill(self) -> bool:
         """Whether bytes are buffered, after one recv that does not wait if none were."""
@@ -224,12 +224,16 @@ class Inbox:
                 dest[done:done + n] = self._view[self._start:self._start + n]
                 self._start += n
                 done += n
-            else:   # exactly the rest, straight into place: a high SO_RCVLOWAT cannot stall it
+            else:   # the rest, straight into place
+                self.low_water(1)   # a blocking recv under a high mark can wait for ever
                 recv_into_exact(self.sock, dest[done:])
                 return
 
     def low_water(self, nbytes: int) -> None:
         """Set SO_RCVLOWAT: poll() reports the socket readable from this many bytes (or EOF)."""
+        if nbytes == self._low:
+            return
+        self._low = nbytes
         try:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, nbytes)
         except OSError:

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from ember.channels import TcpChannel, TcpType
+from ember.channels import TcpChannel, TcpType, tcp_receiver, tcp_wire
 from ember.channels.tcp_wire import HELLO, WRITER, connect
 from ember.dynamic import cluster_auth
 from ember.exceptions import (ActorDiedError, AuthenticationError, ChannelBrokenError,
@@ -137,6 +137,47 @@ def test_two_processes_that_write_64_mib_to_each_other_before_reading_do_not_dea
         assert results.get(timeout=60) == fingerprint(mine)
     forth.destroy()
     back.destroy()
+
+
+@pytest.mark.timeout(40)
+def test_1_mib_arrays_after_many_small_values_round_trip(spawn) -> None:
+    # the reader is hot (it spins) and its socket's buffer still small: a blocking recv of the
+    # rest of a value must not wait for the high low-water mark (Note [tcp receiving])
+    values = [b"x" * 100] * 3000 + [np.zeros(2**20, dtype=np.uint8)] * 10
+    forth, back = TcpChannel(), TcpChannel()
+    into = back.reader(0)
+    into.attach()
+    with remote_reader(spawn, forth, 0, peers.echo, back.writer(), len(values)):
+        out = forth.writer()
+        for value in values:
+            out.write(value, timeout=20)
+            assert fingerprint(into.read(timeout=20)) == fingerprint(value)
+    forth.destroy()
+    back.destroy()
+
+
+@pytest.mark.timeout(30)
+def test_the_rest_of_a_record_is_received_under_the_high_low_water_mark() -> None:
+    # a fresh socket (small buffer) at the mark of nobody reading: the blocking recv of the
+    # rest of a 1 MiB record must not wait for the mark (Note [tcp receiving])
+    server = socket.create_server(("127.0.0.1", 0))
+    sender = socket.create_connection(server.getsockname())
+    receiver, _ = server.accept()
+    inbox = tcp_wire.Inbox(receiver)
+    inbox.low_water(tcp_receiver._AWAY_LOW_WATER)
+    payload = np.arange(2**20, dtype=np.uint8)
+    threading.Thread(target=sender.sendall,
+                     args=(tcp_wire.RECORD.pack(tcp_wire.VALUE, payload.nbytes) + payload.tobytes(),),
+                     daemon=True).start()
+    receiver.settimeout(10)   # a stall fails the test instead of hanging it
+    while not inbox.fill():
+        time.sleep(0.001)
+    assert inbox.record() == (tcp_wire.VALUE, payload.nbytes)
+    got = np.empty(payload.nbytes, np.uint8)
+    inbox.read_into(memoryview(got))
+    np.testing.assert_array_equal(got, payload)
+    for sock in (sender, receiver, server):
+        sock.close()
 
 
 @pytest.mark.timeout(30)
