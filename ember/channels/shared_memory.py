@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import numpy
 
-from ember.channels import futex
+from ember.channels import futex, spin
 from ember.channels.interface import (DEFAULT_NUM_SLOTS, Channel, ChannelReader, ChannelType,
                                       ChannelWriter)
 from ember.channels.shm_layout import (PAGE, Control, Line, Mapping, SlotRecord, buffer_path,
@@ -51,8 +51,7 @@ DEFAULT_SLOT_CAPACITY = 64 * 1024
 # Memory order: payload and slot record are stored before the sequence counter that publishes
 # them, and read after it; x86-64 keeps stores in order and loads in order (TSO), which is what
 # this relies on. A weakly ordered CPU (aarch64) would need fences between them as well.
-_SPIN_S = 50e-6
-_HOT_SPIN_S = 1e-3
+_SPIN_S, _HOT_SPIN_S = spin.SPIN_S, spin.HOT_SPIN_S
 _SLICE_S = 0.1
 
 # Note [zero-copy lifetime]
@@ -221,14 +220,7 @@ class SharedMemoryChannel(Channel):
     def _spin(control: Control, poll: Callable[[], int], end: float) -> bool:
         """Poll, yielding the core between polls, until ``end`` (time.monotonic); True if the
         condition came true (Note [channel waiting])."""
-        yield_core, now = os.sched_yield, time.monotonic
-        while not control.closed:
-            if poll() < 0:
-                return True
-            if now() > end:
-                return False
-            yield_core()
-        return False
+        return spin.spin(lambda: control.closed or poll() < 0, end) and not control.closed
 
     def _check_alive(self, party: int, what: str) -> None:
         line = self._mapping.lines[party]

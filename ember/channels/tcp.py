@@ -1,5 +1,5 @@
 """A channel between processes on different nodes: the writer pushes each value over TCP to
-every reader, whose receiving thread keeps a ring of them.
+every reader, whose end keeps a ring of them.
 
 The wire (handshake, records, sends) is ``tcp_wire``; a reader's end in its process is
 ``tcp_receiver``; this module is the channel object, the rendezvous and the writer.
@@ -11,7 +11,7 @@ its node. So readers listen and the writer connects, in two steps:
 
 1. the compiler asks the process of each reader in ``rendezvous_readers()`` to run
    ``prepare_reader(i)`` on its copy of the channel: that binds a listening socket on the
-   node's address (EMBER_NODE_IP, port 0), starts the end's receiving thread, keeps the end in
+   node's address (EMBER_NODE_IP, port 0), starts the end's background thread, keeps the end in
    the process (found again by the channel's id) and returns (host, port);
 2. the compiler records each address in its object (``set_reader_address``) and only then
    ships the channel to the loops: the copies carry the addresses, and the writer's ``attach``
@@ -28,8 +28,13 @@ Note [tcp credits]
 The writer holds ``num_slots`` credits per reader and spends one per value; a reader gives one
 back (an ACK byte) whenever ``read`` takes a value from its ring. So a reader's ring never
 holds more than ``num_slots`` values, the writer never sends to a reader without room (its
-receiving thread takes everything in at once), and a write that finds a reader without credit
-waits in poll() on that reader's connection: back-pressure without polling. A write first
+end takes in what arrives even while nobody reads: Note [tcp receiving] in tcp_receiver.py),
+and a write that finds a reader without credit waits in poll() on that reader's connection:
+back-pressure without polling. Acks are not batched: a read that is followed by no other must
+still make room at once (a reader may take one value and then wait on something else), and a
+deferred ack would need a thread woken to send it, which costs more than the send. A write
+takes in the acks that have come with one recv that does not wait (a short one was all of
+them). A write first
 waits for credit on every reader (the part a timeout may cut short, leaving everything as it
 was) and then sends the whole value, which then takes what the network takes: a peer that dies
 meanwhile ends the send with an error (Note [tcp liveness] in tcp_wire.py).
@@ -62,6 +67,7 @@ from ember.dynamic.serialization import deserialize, serialize
 from ember.exceptions import ChannelBrokenError, ChannelClosedError, ChannelTimeoutError
 
 _CLOSE_TIMEOUT_S = 2.0
+_ACKS_AT_ONCE = 4096
 _OPEN, _CLOSED, _BROKEN = range(3)
 _CLOSED_HERE: set[bytes] = set()      # channels that close() ran on in this process
 _WRITERS: dict[bytes, "weakref.WeakSet[TcpWriter]"] = {}
@@ -300,7 +306,7 @@ class TcpWriter(ChannelWriter):
         sock = self._socks[index]
         while self._state == _OPEN:
             try:
-                data = sock.recv(4096, socket.MSG_DONTWAIT)
+                data = sock.recv(_ACKS_AT_ONCE, socket.MSG_DONTWAIT)
             except BlockingIOError:
                 return
             except OSError as exc:
@@ -308,6 +314,8 @@ class TcpWriter(ChannelWriter):
             else:
                 if data and CLOSED not in data:
                     self._credits[index] += data.count(ACK)
+                    if len(data) < _ACKS_AT_ONCE:
+                        return   # that was all (one recv per write, not two)
                     continue
                 if data:   # a reader closed: so is the channel, for every reader
                     self._close_local()

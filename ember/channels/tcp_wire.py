@@ -30,8 +30,7 @@ CONNECT_TIMEOUT_S = cluster_auth.HANDSHAKE_TIMEOUT_S
 LINGER_S = 30.0
 _ZEROS = memoryview(bytes(64))
 _IOV_MAX = 512                       # iovecs per sendmsg (Linux allows 1024)
-_STAGING = 256 * 1024                # the receive buffer that small records go through
-_DIRECT = 64 * 1024                  # a rest of a value this large is received in place
+_STAGING = 256 * 1024                # the receive buffer that what has arrived goes into
 
 # Note [tcp liveness]
 # ~~~~~~~~~~~~~~~~~~~
@@ -39,9 +38,11 @@ _DIRECT = 64 * 1024                  # a rest of a value this large is received 
 # a reset) at once, without a CLOSE record before it, which is ChannelBrokenError. A node that
 # vanishes sends nothing; keepalive probes (idle 2 s, then every 1 s, 3 unanswered) find an
 # idle connection dead within ~5 s, and TCP_USER_TIMEOUT bounds how long sent data may stay
-# unacknowledged (5 s). Waits never poll with sleeps: a blocked reader waits on its ring's
-# condition, which the receiving thread signals; a blocked writer waits in poll() on the
-# sockets of the readers it needs credit from, which an ACK, a CLOSED, an EOF or an error wakes.
+# unacknowledged (5 s). Waits never poll with sleeps: a blocked reader polls its socket for a
+# moment, then waits in poll() on it (Note [tcp receiving] in tcp_receiver.py); a blocked
+# writer waits in poll() on the sockets of the readers it needs credit from, which an ACK, a
+# CLOSED, an EOF or an error wakes. TCP_NODELAY is on at both ends: a value or an ACK leaves at
+# once instead of waiting for Nagle.
 _KEEPALIVE = ((socket.SO_KEEPALIVE, 1),)
 _TCP_OPTIONS = (("TCP_NODELAY", 1), ("TCP_KEEPIDLE", 2), ("TCP_KEEPINTVL", 1),
                 ("TCP_KEEPCNT", 3), ("TCP_USER_TIMEOUT", 5000))
@@ -102,6 +103,7 @@ def admit(conn: socket.socket) -> bytes | None:
             conn.settimeout(CONNECT_TIMEOUT_S)
             hello = recv_exact(conn, HELLO.size)
             conn.settimeout(None)
+            tune(conn)   # this side too: its ACKs must not wait for Nagle
             return hello
     except Exception:  # noqa: BLE001 - any failure drops the peer
         pass
@@ -175,28 +177,35 @@ def linger(sock: socket.socket) -> None:
 
 
 class Inbox:
-    """Records from one connection, through a staging buffer so that small records cost one
-    recv each, while the bulk of a large value goes straight into its own buffer."""
+    """Records from one connection: one recv that does not wait takes in whatever has arrived
+    (several small records at once) into a staging buffer; the rest of a record that has begun
+    is received, blocking and with SO_RCVLOWAT lowered to 1, straight into its destination."""
 
-    __slots__ = ("sock", "_staging", "_view", "_start", "_end")
+    __slots__ = ("sock", "_staging", "_view", "_start", "_end", "_low")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self._staging = bytearray(_STAGING)
         self._view = memoryview(self._staging)
         self._start = self._end = 0
+        self._low = 1
 
-    def record(self) -> tuple[int, int] | None:
-        """The next RECORD if any byte of it has arrived (then all of it), else None."""
-        if self._end == self._start:
-            self._start = self._end = 0
-            try:
-                n = self.sock.recv_into(self._view, _STAGING, socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                return None
-            if not n:
-                raise ConnectionError("the peer closed the connection")
-            self._end = n
+    def fill(self) -> bool:
+        """Whether bytes are buffered, after one recv that does not wait if none were."""
+        if self._end > self._start:
+            return True
+        self._start = self._end = 0
+        try:
+            n = self.sock.recv_into(self._view, _STAGING, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return False
+        if not n:
+            raise ConnectionError("the peer closed the connection")
+        self._end = n
+        return True
+
+    def record(self) -> tuple[int, int]:
+        """The next RECORD, of which a byte at least is buffered (waits for the rest)."""
         if self._end - self._start >= RECORD.size:
             record = RECORD.unpack_from(self._view, self._start)
             self._start += RECORD.size
@@ -215,16 +224,20 @@ class Inbox:
                 dest[done:done + n] = self._view[self._start:self._start + n]
                 self._start += n
                 done += n
-            elif size - done >= _DIRECT:
+            else:   # the rest, straight into place
+                self.low_water(1)   # a blocking recv under a high mark can wait for ever
                 recv_into_exact(self.sock, dest[done:])
                 return
-            else:
-                self._start = 0
-                n = self.sock.recv_into(self._view, _STAGING)
-                if not n:
-                    raise ConnectionError("the peer closed the connection in the middle of a "
-                                          "record")
-                self._end = n
+
+    def low_water(self, nbytes: int) -> None:
+        """Set SO_RCVLOWAT: poll() reports the socket readable from this many bytes (or EOF)."""
+        if nbytes == self._low:
+            return
+        self._low = nbytes
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, nbytes)
+        except OSError:
+            pass   # closed: whoever receives next sees that
 
     def buffered(self) -> bool:
         """Whether bytes that arrived are waiting in the staging buffer."""

@@ -114,3 +114,10 @@ def write_then_close(writer: ChannelWriter, values: list[Any]) -> None:
     """Write ``values`` in order, then close the channel."""
     write_all(writer, values)
     writer.close()
+
+
+def write_then_read(reader: ChannelReader, writer: ChannelWriter, value: Any,
+                    results: multiprocessing.Queue) -> None:
+    """Write ``value``, then read one value and put its fingerprint on ``results``."""
+    writer.write(value, timeout=20)
+    results.put(fingerprint(reader.read(timeout=60)))

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from ember.channels import TcpChannel, TcpType
+from ember.channels import TcpChannel, TcpType, tcp_receiver, tcp_wire
 from ember.channels.tcp_wire import HELLO, WRITER, connect
 from ember.dynamic import cluster_auth
 from ember.exceptions import (ActorDiedError, AuthenticationError, ChannelBrokenError,
@@ -118,6 +118,79 @@ def test_1_mib_and_64_mib_arrays_round_trip_intact(spawn) -> None:
                 assert got == value
     forth.destroy()
     back.destroy()
+
+
+@pytest.mark.timeout(120)
+def test_two_processes_that_write_64_mib_to_each_other_before_reading_do_not_deadlock(
+        spawn) -> None:
+    # more than the sockets buffer: only an end that takes in what arrives while nobody reads
+    # lets both writes finish (Note [tcp receiving])
+    forth, back = TcpChannel(num_slots=2), TcpChannel(num_slots=2)
+    into = back.reader(0)
+    into.attach()
+    mine = np.full(64 * 2**20, 1, dtype=np.uint8)
+    theirs = np.full(64 * 2**20, 2, dtype=np.uint8)
+    results = spawn.Queue()
+    with remote_reader(spawn, forth, 0, peers.write_then_read, back.writer(), theirs, results):
+        forth.writer().write(mine, timeout=20)
+        assert fingerprint(into.read(timeout=60)) == fingerprint(theirs)
+        assert results.get(timeout=60) == fingerprint(mine)
+    forth.destroy()
+    back.destroy()
+
+
+@pytest.mark.timeout(40)
+def test_1_mib_arrays_after_many_small_values_round_trip(spawn) -> None:
+    # the reader is hot (it spins) and its socket's buffer still small: a blocking recv of the
+    # rest of a value must not wait for the high low-water mark (Note [tcp receiving])
+    values = [b"x" * 100] * 3000 + [np.zeros(2**20, dtype=np.uint8)] * 10
+    forth, back = TcpChannel(), TcpChannel()
+    into = back.reader(0)
+    into.attach()
+    with remote_reader(spawn, forth, 0, peers.echo, back.writer(), len(values)):
+        out = forth.writer()
+        for value in values:
+            out.write(value, timeout=20)
+            assert fingerprint(into.read(timeout=20)) == fingerprint(value)
+    forth.destroy()
+    back.destroy()
+
+
+@pytest.mark.timeout(30)
+def test_the_rest_of_a_record_is_received_under_the_high_low_water_mark() -> None:
+    # a fresh socket (small buffer) at the mark of nobody reading: the blocking recv of the
+    # rest of a 1 MiB record must not wait for the mark (Note [tcp receiving])
+    server = socket.create_server(("127.0.0.1", 0))
+    sender = socket.create_connection(server.getsockname())
+    receiver, _ = server.accept()
+    inbox = tcp_wire.Inbox(receiver)
+    inbox.low_water(tcp_receiver._AWAY_LOW_WATER)
+    payload = np.arange(2**20, dtype=np.uint8)
+    threading.Thread(target=sender.sendall,
+                     args=(tcp_wire.RECORD.pack(tcp_wire.VALUE, payload.nbytes) + payload.tobytes(),),
+                     daemon=True).start()
+    receiver.settimeout(10)   # a stall fails the test instead of hanging it
+    while not inbox.fill():
+        time.sleep(0.001)
+    assert inbox.record() == (tcp_wire.VALUE, payload.nbytes)
+    got = np.empty(payload.nbytes, np.uint8)
+    inbox.read_into(memoryview(got))
+    np.testing.assert_array_equal(got, payload)
+    for sock in (sender, receiver, server):
+        sock.close()
+
+
+@pytest.mark.timeout(30)
+def test_a_value_that_arrives_between_reads_is_read_and_acked(spawn) -> None:
+    # nobody reads when these arrive: small values wait in the socket for the next read
+    channel = TcpChannel(num_slots=2)
+    reader = channel.reader(0)
+    reader.attach()
+    ready = spawn.Queue()
+    with running(spawn, peers.write_and_hang, channel.writer(), ["a", "b", "c", "d"], ready):
+        time.sleep(0.3)   # the writer fills both slots and waits for credit
+        assert [reader.read(timeout=5) for _ in range(4)] == ["a", "b", "c", "d"]
+        assert ready.get(timeout=20) == "written"
 
 
 @pytest.mark.timeout(30)
