@@ -6,7 +6,6 @@ same run, between two processes over the same loopback link."""
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
 import os
 import shutil
 import socket
@@ -22,7 +21,7 @@ import numpy as np
 from benchmarks.harness import (GB, Config, Row, dag_module, latency_row, rate_row,
                                 sample_latencies, workload)
 from benchmarks.workloads_compiled import SMALL
-from benchmarks.workloads_xnode import raw_tcp_pingpong
+from benchmarks.workloads_xnode import peer_process, raw_tcp_pingpong
 
 SIZE = 100_000_000
 NODES = ({"A": 1}, {"B": 1}, {"C": 1})
@@ -88,23 +87,16 @@ def _maker(rt: ModuleType):
     return Maker
 
 
-def _copy_server(port_out: multiprocessing.Queue) -> None:
+def _send_on_request(conn: socket.socket) -> None:
+    """Send 100 MB each time a byte arrives (the socket copy's other process)."""
     data = memoryview(np.ones(SIZE, dtype=np.uint8))
-    server = socket.create_server(("127.0.0.1", 0))
-    port_out.put(server.getsockname()[1])
-    conn, _ = server.accept()
     while conn.recv(1):
         conn.sendall(data)
 
 
 def socket_copy_gbps(cfg: Config) -> float:
     """100 MB from one process to another over loopback TCP into a reused buffer; GB/s."""
-    ctx = multiprocessing.get_context("spawn")
-    ports = ctx.Queue()
-    server = ctx.Process(target=_copy_server, args=(ports,), daemon=True)
-    server.start()
-    try:
-        sock = socket.create_connection(("127.0.0.1", ports.get(timeout=30)))
+    with peer_process(_send_on_request) as sock:
         view = memoryview(np.empty(SIZE, dtype=np.uint8))
         speeds = []
         for _ in range(cfg.n(6, 2)):
@@ -114,11 +106,7 @@ def socket_copy_gbps(cfg: Config) -> float:
             while got < SIZE:
                 got += sock.recv_into(view[got:], SIZE - got)
             speeds.append(SIZE / GB / (time.perf_counter() - start))
-        sock.close()
         return round(float(np.median(speeds[1:] or speeds)), 3)
-    finally:
-        server.kill()
-        server.join(10)
 
 
 @workload("xnode_put_get_100mb", "socket_copy_100mb", "cg_roundtrip_xnode",

@@ -3,21 +3,45 @@ beside a raw TCP ping-pong between two processes measured in the same run."""
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import socket
 from types import ModuleType
+from typing import Callable, Iterator
 
 from benchmarks.harness import (ACTOR_OPTIONS, Config, Echo, Row, latency_row, sample_latencies,
                                 spawned, workload)
 from benchmarks.workloads_compiled import SMALL, linear_pipeline
 
 
-def _echo_server(port_out: multiprocessing.Queue) -> None:
-    """Echo every 100-byte message of one connection (the raw reference's other process)."""
+@contextlib.contextmanager
+def peer_process(serve: Callable[[socket.socket], None]) -> Iterator[socket.socket]:
+    """A socket connected over loopback TCP to a fresh process running ``serve(conn)``
+    (a module-level function: the process is spawned), the other end of a raw reference."""
+    ctx = multiprocessing.get_context("spawn")
+    ports = ctx.Queue()
+    server = ctx.Process(target=_accept_one, args=(serve, ports), daemon=True)
+    server.start()
+    try:
+        sock = socket.create_connection(("127.0.0.1", ports.get(timeout=30)))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with sock:
+            yield sock
+    finally:
+        server.kill()
+        server.join(10)
+
+
+def _accept_one(serve: Callable[[socket.socket], None], port_out: multiprocessing.Queue) -> None:
     server = socket.create_server(("127.0.0.1", 0))
     port_out.put(server.getsockname()[1])
     conn, _ = server.accept()
     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    serve(conn)
+
+
+def _echo(conn: socket.socket) -> None:
+    """Echo every 100-byte message of one connection (the raw reference's other process)."""
     buf = bytearray(len(SMALL))
     while True:
         got = 0
@@ -31,13 +55,7 @@ def _echo_server(port_out: multiprocessing.Queue) -> None:
 
 def raw_tcp_pingpong(cfg: Config) -> list[float]:
     """Round trips of 100 bytes to an echo process over loopback TCP; seconds each."""
-    ctx = multiprocessing.get_context("spawn")
-    ports = ctx.Queue()
-    server = ctx.Process(target=_echo_server, args=(ports,), daemon=True)
-    server.start()
-    try:
-        sock = socket.create_connection(("127.0.0.1", ports.get(timeout=30)))
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    with peer_process(_echo) as sock:
         buf = memoryview(bytearray(len(SMALL)))
 
         def round_trip() -> None:
@@ -45,12 +63,7 @@ def raw_tcp_pingpong(cfg: Config) -> list[float]:
             got = 0
             while got < len(SMALL):
                 got += sock.recv_into(buf[got:])
-        samples = sample_latencies(round_trip, cfg.n(500, 50), cfg.n(5000, 500))
-        sock.close()
-        return samples
-    finally:
-        server.kill()
-        server.join(10)
+        return sample_latencies(round_trip, cfg.n(500, 50), cfg.n(5000, 500))
 
 
 @workload("cg_roundtrip_xnode", "tcp_pingpong_raw")

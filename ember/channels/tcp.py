@@ -337,12 +337,7 @@ class TcpWriter(ChannelWriter):
 
     def _state_error(self) -> Exception:
         if self._state == _BROKEN:
-            error = ChannelBrokenError(
-                f"a reader of {self.channel!r} is gone: its connection ended without a close "
-                f"({self._error}), so its process or node died; the graph cannot go on, tear it "
-                f"down (its actor may be restarted)")
-            error.__cause__ = self._error
-            return error
+            return tcp_wire.peer_gone(f"a reader of {self.channel!r}", self._error)
         return ChannelClosedError(f"{self.channel!r} was closed; write is not possible any more")
 
     def _timeout_error(self, timeout: float | None) -> ChannelTimeoutError:

@@ -57,7 +57,7 @@ import numpy
 
 from ember.channels import spin, tcp_wire
 from ember.channels.tcp_wire import ADMITTED, CLOSE, CLOSER, CLOSED, HELLO, VALUE, WRITER, Inbox
-from ember.exceptions import ChannelBrokenError, ChannelClosedError, ChannelTimeoutError
+from ember.exceptions import ChannelClosedError, ChannelTimeoutError
 
 OPEN, CLOSING, CLOSED_STATE, BROKEN = range(4)
 _QUIET_S = 0.05      # a close from elsewhere still takes in what arrives until this long a lull
@@ -253,12 +253,7 @@ class ReceiverEnd:
 
     def _empty_error(self, timeout: float | None) -> Exception:
         if self._state == BROKEN:
-            error = ChannelBrokenError(
-                f"the writer of {self.label} is gone: its connection ended without a close "
-                f"({self._error}), so its process or node died; the graph cannot go on, tear "
-                f"it down (its actor may be restarted)")
-            error.__cause__ = self._error
-            return error
+            return tcp_wire.peer_gone(f"the writer of {self.label}", self._error)
         if self._state != OPEN:
             return ChannelClosedError(f"{self.label} was closed; read is not possible any more")
         return ChannelTimeoutError(f"read on {self.label} timed out after {timeout} s: no new "

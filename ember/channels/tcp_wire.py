@@ -19,6 +19,7 @@ import threading
 
 from ember.dynamic import auth, cluster_auth
 from ember.dynamic.serialization import Serialized
+from ember.exceptions import ChannelBrokenError
 
 RECORD = struct.Struct("<BQ")        # kind, length of what follows
 VALUE, CLOSE = 1, 2
@@ -242,3 +243,12 @@ class Inbox:
     def buffered(self) -> bool:
         """Whether bytes that arrived are waiting in the staging buffer."""
         return self._end > self._start
+
+
+def peer_gone(who: str, cause: BaseException | None) -> ChannelBrokenError:
+    """The error of a channel end whose peer's connection ended without a close record."""
+    error = ChannelBrokenError(
+        f"{who} is gone: its connection ended without a close ({cause}), so its process or "
+        f"node died; the graph cannot go on, tear it down (its actor may be restarted)")
+    error.__cause__ = cause
+    return error
