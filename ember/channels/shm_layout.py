@@ -26,16 +26,14 @@ from __future__ import annotations
 import ctypes
 
 from ember.channels import futex
-from ember.dynamic.shm import Segment, unlink
+from ember.dynamic.shm import POPULATE_READ, POPULATE_WRITE, Segment, populate, unlink
 
 MAGIC = 0x52424D45  # b"EMBR"
 VERSION = 3
 PAGE = 4096
 NO_LIMIT = (1 << 64) - 1
 _U32 = 0xFFFFFFFF
-# Mapping a buffer that is not small sets up its page tables in one call (MADV_POPULATE_READ /
-# _WRITE, Linux 5.14) instead of taking one page fault per 4 KiB page on first touch.
-_POPULATE_READ, _POPULATE_WRITE = 22, 23
+# Mapping a buffer that is not small sets up its page tables in one call (shm.populate).
 _POPULATE_MIN = 1 << 20
 
 
@@ -87,10 +85,7 @@ def buffer_path(path: str, buffer: int) -> str:
 def _populate(segment: Segment, advice: int) -> None:
     """Set up the page tables of a large segment at once (best effort: older kernels refuse)."""
     if segment.size >= _POPULATE_MIN:
-        try:
-            segment.mmap.madvise(advice)
-        except OSError:
-            pass
+        populate(segment.mmap, advice)
 
 
 class Mapping:
@@ -127,7 +122,7 @@ class Mapping:
         if record.buffer <= self.num_slots:
             return None, self.segment.buf[record.offset:record.offset + record.capacity]
         segment = Segment.open(buffer_path(self.segment.path, record.buffer))
-        _populate(segment, _POPULATE_WRITE if writable else _POPULATE_READ)
+        _populate(segment, POPULATE_WRITE if writable else POPULATE_READ)
         return segment, segment.buf
 
     def create_buffer(self, capacity: int) -> tuple[int, Segment]:
@@ -135,7 +130,7 @@ class Mapping:
         buffer = self.control.next_buffer
         self.control.next_buffer = buffer + 1
         segment = Segment.create(buffer_path(self.segment.path, buffer), capacity)
-        _populate(segment, _POPULATE_WRITE)
+        _populate(segment, POPULATE_WRITE)
         return buffer, segment
 
     def live_buffers(self) -> set[int]:

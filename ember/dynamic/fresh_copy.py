@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import ctypes
 
+from ember.dynamic.shm import POPULATE_WRITE, madvise
+
 _LARGE = 4 << 20         # below this, fresh pages cost little next to the call overhead
 _HUGE = 2 << 20
 _MADV_HUGEPAGE = 14
-_MADV_POPULATE_WRITE = 23   # Linux 5.14: fault the whole range in at once
-_LIBC = ctypes.CDLL(None, use_errno=True)
-_madvise = _LIBC.madvise
-_madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 _new_bytes = ctypes.pythonapi.PyBytes_FromStringAndSize
 _new_bytes.argtypes = [ctypes.c_void_p, ctypes.c_ssize_t]
 _new_bytes.restype = ctypes.py_object
@@ -44,8 +42,8 @@ def _fill(dest: int, view: memoryview, nbytes: int) -> None:
     start = (dest + _HUGE - 1) & ~(_HUGE - 1)
     end = (dest + nbytes) & ~(_HUGE - 1)
     if end > start:   # best effort both: without THP or on an old kernel, the same result
-        _madvise(start, end - start, _MADV_HUGEPAGE)
-        _madvise(start, end - start, _MADV_POPULATE_WRITE)
+        madvise(start, end - start, _MADV_HUGEPAGE)
+        madvise(start, end - start, POPULATE_WRITE)
     ctypes.memmove(dest, _readonly_address(view), nbytes)
 
 

@@ -5,11 +5,10 @@ holds its segment: ``(node id, node manager address, transfer address)`` (``Node
 the object's payload beside its size. A reader on that node maps the segment as before; a reader
 on another node *pulls* it: it connects to the holder's transfer server (the raw TCP handshake
 of Note [connection handshake] first, so nothing is served to a peer without the token), asks
-for the object by id, and receives its bytes with ``recv_into`` straight into a fresh segment of
-its own node (a pre-faulted spare when one fits, Note [spare segments]), which it maps and
-unlinks at once (the mapping keeps it valid, so no file is left
-behind whatever happens to the reader later). The server answers from the segment file with
-``sendfile``, restoring a spilled object first; TCP streams the chunks, so sending and receiving
+for the object by id, and receives its bytes with one ``recv_into(MSG_WAITALL)`` straight into
+a buffer of its own whose pages are already populated, the memory of the last pulled value that
+is gone when there is one (Note [recycled pulls]); no file names that buffer, so a reader that
+dies leaves nothing of it behind. The server answers from the segment file with ``sendfile``, restoring a spilled object first; TCP streams the chunks, so sending and receiving
 overlap. One connection per pair of processes is kept and reused; a node that does not answer
 within ``PULL_TIMEOUT_S`` makes the object ``ObjectLostError``. The owner frees a remote object
 by telling its holder's node manager (``obj_delete``), which unlinks the segment.
@@ -20,7 +19,6 @@ is eight bytes of size (``_MISSING`` for an unknown object) and the bytes. Nothi
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import re
@@ -113,11 +111,10 @@ class Puller:
         self._segments = segments
         self._lock = threading.Lock()
         self._conns: dict[str, tuple[socket.socket, threading.Lock]] = {}
-        self._names = itertools.count()
 
     def pull(self, oid: str, node: Node) -> memoryview:
-        """Copy object ``oid`` from ``node`` into a fresh segment here (already unlinked);
-        return a read-only view of it."""
+        """Copy object ``oid`` from ``node`` into a buffer of this process; return a read-only
+        view of it."""
         if node.transfer is None:
             raise ObjectLostError(f"object {oid} lives on node {node.node_id}, which serves no "
                                   f"objects to other nodes")
@@ -137,16 +134,12 @@ class Puller:
         if size == _MISSING:
             raise ObjectLostError(f"object {oid} is gone from node {node.node_id} (freed or "
                                   f"lost)")
-        path = shm.segment_path("pull", f"{oid}.{os.getpid()}.{next(self._names)}")
-        try:
-            view, got = self._segments.new_mapping(path, size), 0
-            while got < size:
-                n = conn.recv_into(view[got:])
-                if not n:
-                    raise ConnectionError("the node closed the connection mid-object")
-                got += n
-        finally:
-            shm.unlink(path)
+        view, got = self._segments.receive_buffer(size), 0
+        while got < size:   # MSG_WAITALL: one call takes the whole object, short only on a fault
+            n = conn.recv_into(view[got:], size - got, socket.MSG_WAITALL)
+            if not n:
+                raise ConnectionError("the node closed the connection mid-object")
+            got += n
         return view.toreadonly()
 
     def _connection(self, address: str) -> tuple[socket.socket, threading.Lock]:
@@ -155,7 +148,11 @@ class Puller:
         if entry is not None:
             return entry
         conn = cluster_auth.connect(_split(address), process_key(), cluster_auth.read_token()[1])
-        conn.settimeout(PULL_TIMEOUT_S)
+        # The timeout in the kernel (a blocking socket), so that MSG_WAITALL works.
+        conn.settimeout(None)
+        limit = struct.pack("ll", int(PULL_TIMEOUT_S), 0)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, limit)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, limit)
         entry = (conn, threading.Lock())
         with self._lock:
             self._conns.setdefault(address, entry)

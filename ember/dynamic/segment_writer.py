@@ -8,17 +8,33 @@ the spare to the object's name and copies into the mapping at full memcpy speed.
 stays open until the object is freed (``release``, where unmapping costs the freeing thread a
 few ms instead of the put, and cannot stall a concurrent mmap of a reader of this process), or
 until more than ``_MAX_MAPPED`` are open (a worker's task results are freed by their owner), then
-the oldest is closed by the background thread. Without a fitting spare the writer pwrites. A spare was never named as an object, so nobody can see
-its reuse. Spares live under the session prefix, so the node manager's cleanup removes them too.
+the oldest is closed by the background thread. Without a fitting spare the writer pwrites. A
+spare was never named as an object, so nobody can see its reuse. Spares live under the session
+prefix, so the node manager's cleanup removes them too. The background thread runs at the
+lowest CPU priority and makes spares without holding the GIL (``shm.populate``): it must not
+slow down the transfer or the copy it prepares for.
+
+Note [recycled pulls]: fresh memory is the dearest part of pulling a large object from another
+node (zeroing plus, in a VM, the host backing each page: ~1 GB/s here, slower than the socket),
+so a pull's buffer comes back. ``receive_buffer`` hands out a mapping of an unlinked segment
+(the put spare when it fits, else a new one) through a numpy array whose finalizer returns the
+mapping once the last view of the pulled value is gone; the next pull adopts it, its pages
+still populated. Nothing else maps it, and no file names it, so a reader that dies leaves
+nothing behind.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import itertools
 import mmap
-from collections import OrderedDict
 import os
 import threading
+import weakref
+from collections import OrderedDict
+
+import numpy
 
 from ember.dynamic import shm
 from ember.dynamic.serialization import Serialized
@@ -26,7 +42,6 @@ from ember.dynamic.serialization import Serialized
 SPARE_MIN = 8 * 1024 * 1024
 _ROUND = 1024 * 1024
 _MAX_MAPPED = 2
-_POPULATE = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
 
 
 class _Spare:
@@ -47,6 +62,8 @@ class SegmentWriter:
         self._lock = threading.Lock()
         self._wanted = threading.Condition(self._lock)
         self._spare: _Spare | None = None
+        self._recycled: mmap.mmap | None = None    # Note [recycled pulls]
+        self._returned: collections.deque[mmap.mmap] = collections.deque()  # by finalizers
         self._want_size = 0
         self._to_close: list[mmap.mmap] = []
         self._mapped: OrderedDict[str, mmap.mmap] = OrderedDict()
@@ -76,19 +93,31 @@ class SegmentWriter:
         if size >= SPARE_MIN:
             self._prepare(size)
 
-    def new_mapping(self, path: str, size: int) -> memoryview:
-        """A writable view of ``size`` bytes of a new segment ``path``, its pages populated: a
-        spare when one fits (Note [spare segments]), else a new one. The mapping lives as long
-        as views of it do; a pull fills it straight from a socket (object_transfer.py)."""
-        spare = self._take(size)
-        if spare is not None:
-            os.rename(spare.path, path)
-            mapping = spare.mapping
-        else:
-            mapping = _populated(path, max(size, 1))
-        if size >= SPARE_MIN:
-            self._prepare(size)
-        return memoryview(mapping)[:size]
+    def receive_buffer(self, size: int) -> memoryview:
+        """A writable buffer of ``size`` bytes, its pages populated, private to this process, for
+        a pull to fill straight from a socket (object_transfer.py); its memory comes back once
+        the value read from it is gone (Note [recycled pulls])."""
+        with self._lock:
+            self._adopt_returned()
+            mapping, self._recycled = self._recycled, None
+            if mapping is not None and not _fits(size, len(mapping)):
+                self._to_close.append(mapping)
+                self._wanted.notify()
+                mapping = None
+        if mapping is None:
+            spare = self._take(size)
+            if spare is not None:
+                shm.unlink(spare.path)
+                mapping = spare.mapping
+            else:
+                path = self._spare_path()
+                try:
+                    mapping = _populated(path, -(-max(size, 1) // _ROUND) * _ROUND)
+                finally:
+                    shm.unlink(path)
+        holder = numpy.frombuffer(mapping, numpy.uint8, count=size)
+        weakref.finalize(holder, self._returned.append, mapping).atexit = False
+        return memoryview(holder)
 
     def release(self, path: str) -> None:
         """The object at ``path`` is freed: unmap it here if this writer still maps it."""
@@ -101,8 +130,11 @@ class SegmentWriter:
         """Stop the background thread, unmap what it wrote and remove the spare."""
         with self._lock:
             self._closed = True
+            self._adopt_returned()
             spare, self._spare = self._spare, None
             mapped, self._mapped = list(self._mapped.values()), OrderedDict()
+            mapped += self._to_close + ([self._recycled] if self._recycled else [])
+            self._recycled = None
             self._wanted.notify()
         for mapping in mapped:
             mapping.close()
@@ -113,10 +145,21 @@ class SegmentWriter:
     def _take(self, size: int) -> _Spare | None:
         with self._lock:
             spare = self._spare
-            if spare is None or not size <= spare.size <= size + size // 4 + _ROUND:
+            if spare is None or not _fits(size, spare.size):
                 return None
             self._spare = None
             return spare
+
+    def _adopt_returned(self) -> None:
+        """Keep the largest pull buffer that came back for the next pull, close the others
+        (lock held)."""
+        while self._returned:
+            back = self._returned.popleft()
+            if self._recycled is None or len(back) > len(self._recycled):
+                back, self._recycled = self._recycled, back
+            if back is not None:
+                self._to_close.append(back)
+                self._wanted.notify()
 
     def _prepare(self, size: int) -> None:
         with self._lock:
@@ -142,6 +185,10 @@ class SegmentWriter:
             self._spare is not None and self._spare.size == self._want_size))
 
     def _run(self) -> None:
+        # Background work: the spare thread yields the CPU to the process's other threads and
+        # to other processes (a thread is a task of its own to setpriority on Linux).
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
         while True:
             with self._lock:
                 while not self._closed and self._idle():
@@ -171,21 +218,33 @@ class SegmentWriter:
                 else:
                     self._spare = spare
 
+    def _spare_path(self) -> str:
+        return shm.segment_path("spare", f"{os.getpid():x}_{next(self._names)}")
+
     def _allocate(self, size: int) -> _Spare | None:
-        path = shm.segment_path("spare", f"{os.getpid():x}_{next(self._names)}")
+        path = self._spare_path()
         try:
             return _Spare(path, size, _populated(path, size))
         except OSError:
             return None
 
 
+def _fits(size: int, capacity: int) -> bool:
+    """Whether ``size`` bytes should go into a buffer of ``capacity`` (not too large either)."""
+    return size <= capacity <= size + size // 4 + _ROUND
+
+
 def _populated(path: str, size: int) -> mmap.mmap:
     """Create segment ``path`` of ``size`` bytes, allocated and mapped with its pages populated
-    (Note [spare segments]); nothing is left behind if that fails."""
+    (Note [spare segments]), neither step holding the GIL (a spare made in the background must
+    not stall the process's other threads: ``MAP_POPULATE`` would hold it for ~10 ms per
+    100 MB); nothing is left behind if that fails."""
     fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
     try:
         os.posix_fallocate(fd, 0, size)
-        return mmap.mmap(fd, size, flags=_POPULATE)
+        mapping = mmap.mmap(fd, size)
+        shm.populate(mapping)
+        return mapping
     except BaseException:
         shm.unlink(path)
         raise
