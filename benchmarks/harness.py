@@ -94,6 +94,19 @@ def sample_latencies(fn: Callable[[], Any], warmup: int, iters: int) -> list[flo
     return samples
 
 
+def interleaved_latencies(fns: dict[str, Callable[[], Any]], warmup: int, iters: int,
+                          blocks: int = 10) -> dict[str, list[float]]:
+    """sample_latencies of several functions in alternating blocks, so that a row and its
+    reference see the same machine (a noisy VM drifts between blocks); seconds per call."""
+    for fn in fns.values():
+        sample_latencies(fn, warmup, 0)
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(blocks):
+        for name, fn in fns.items():
+            samples[name] += sample_latencies(fn, 0, max(1, iters // blocks))
+    return samples
+
+
 def percentile_us(samples: Sequence[float], q: float) -> float:
     """The q-th percentile (0-100) of samples given in seconds, in microseconds."""
     return float(np.percentile(np.asarray(samples), q) * 1e6)

@@ -1,7 +1,8 @@
 """Workloads across real nodes: a 3-node cluster started on this machine with the runtime's own
 command line (``ember start`` / ``ray start``), nodes A (head), B and C, one CPU each, and a
 driver on the head. Each reference (a raw socket copy, a raw TCP ping-pong) is measured in the
-same run, between two processes over the same loopback link."""
+same run, between two processes over the same loopback link, its samples taken in turn with
+the row's."""
 
 from __future__ import annotations
 
@@ -14,14 +15,14 @@ import sys
 import tempfile
 import time
 from types import ModuleType
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
-from benchmarks.harness import (GB, Config, Row, dag_module, latency_row, rate_row,
-                                sample_latencies, workload)
+from benchmarks.harness import (GB, Config, Row, dag_module, interleaved_latencies, latency_row,
+                                rate_row, workload)
 from benchmarks.workloads_compiled import SMALL
-from benchmarks.workloads_xnode import peer_process, raw_tcp_pingpong
+from benchmarks.workloads_xnode import peer_process, raw_pingpong
 
 SIZE = 100_000_000
 NODES = ({"A": 1}, {"B": 1}, {"C": 1})
@@ -94,19 +95,26 @@ def _send_on_request(conn: socket.socket) -> None:
         conn.sendall(data)
 
 
-def socket_copy_gbps(cfg: Config) -> float:
-    """100 MB from one process to another over loopback TCP into a reused buffer; GB/s."""
+@contextlib.contextmanager
+def socket_copy() -> Iterator[Callable[[], float]]:
+    """A copy of 100 MB from another process over loopback TCP into a reused buffer (the raw
+    reference of xnode_put_get_100mb); each call returns its GB/s."""
     with peer_process(_send_on_request) as sock:
         view = memoryview(np.empty(SIZE, dtype=np.uint8))
-        speeds = []
-        for _ in range(cfg.n(6, 2)):
+
+        def copy() -> float:
             start = time.perf_counter()
             sock.sendall(b"x")
             got = 0
             while got < SIZE:
                 got += sock.recv_into(view[got:], SIZE - got)
-            speeds.append(SIZE / GB / (time.perf_counter() - start))
-        return round(float(np.median(speeds[1:] or speeds)), 3)
+            return SIZE / GB / (time.perf_counter() - start)
+        copy()
+        yield copy
+
+
+def _median(values: list[float]) -> float:
+    return round(float(np.median(values)), 3)
 
 
 @workload("xnode_put_get_100mb", "socket_copy_100mb", "cg_roundtrip_xnode",
@@ -114,24 +122,26 @@ def socket_copy_gbps(cfg: Config) -> float:
 def across_nodes(rt: ModuleType, cfg: Config) -> list[Row]:
     """A 100 MB array made on node B and got by the driver on A (GB/s, beside a raw socket
     copy); a compiled graph whose actor is on node B (p50, beside a raw TCP ping-pong); 10k
-    no-op tasks over the 3 nodes (tasks/s)."""
-    copy = Row("socket_copy_100mb", "GB/s", socket_copy_gbps(cfg),
-               note="reference: 100 MB over loopback TCP into a reused buffer")
-    raw = latency_row("tcp_pingpong_raw_xnode", raw_tcp_pingpong(cfg))
-    rows = [copy, raw]
-    with three_nodes(rt):
+    no-op tasks over the 3 nodes (tasks/s). Each reference is sampled in turn with its row."""
+    rows = []
+    with socket_copy() as copy, raw_pingpong() as round_trip, three_nodes(rt):
         maker = _maker(rt).remote()
-        speeds = []
-        for seed in range(cfg.n(6, 2)):
+        speeds, copies = [], []
+        for seed in range(cfg.n(8, 3)):
             [ref] = rt.get(maker.make.remote(seed))
+            copies.append(copy())
             start = time.perf_counter()
             value = rt.get(ref)
             speeds.append(SIZE / GB / (time.perf_counter() - start))
             assert value[0] == seed
             del value, ref
-        rows.append(Row("xnode_put_get_100mb", "GB/s", round(float(np.median(speeds[1:])), 3),
+        reference = _median(copies[1:])
+        rows.append(Row("socket_copy_100mb", "GB/s", reference,
+                        note="reference: 100 MB over loopback TCP into a reused buffer, one "
+                             "before each get"))
+        rows.append(Row("xnode_put_get_100mb", "GB/s", _median(speeds[1:]),
                         note=f"driver on the head gets an array put on node B; raw socket "
-                             f"copy {copy.value} GB/s in the same run"))
+                             f"copy {reference} GB/s in the same run"))
 
         @rt.remote(resources={"B": 0.5}, num_cpus=0)
         class Echo:
@@ -143,13 +153,16 @@ def across_nodes(rt: ModuleType, cfg: Config) -> list[Row]:
             dag = echo.echo.bind(inp)
         cdag = dag.experimental_compile()
         try:
-            samples = sample_latencies(lambda: rt.get(cdag.execute(SMALL)), cfg.n(300, 30),
-                                       cfg.n(3000, 300))
+            samples = interleaved_latencies(
+                {"raw": round_trip, "cg": lambda: rt.get(cdag.execute(SMALL))},
+                cfg.n(300, 30), cfg.n(3000, 300))
         finally:
             cdag.teardown()
-        row = latency_row("cg_roundtrip_xnode", samples)
+        raw = latency_row("tcp_pingpong_raw_xnode", samples["raw"])
+        raw.note = "reference: 100 bytes echoed by another process over loopback, interleaved"
+        row = latency_row("cg_roundtrip_xnode", samples["cg"])
         row.note = f"driver on A, actor on B; raw TCP ping-pong p50 {raw.p50_us} us"
-        rows.append(row)
+        rows += [row, raw]
 
         @rt.remote(num_cpus=1)
         def noop():

@@ -9,8 +9,8 @@ import socket
 from types import ModuleType
 from typing import Callable, Iterator
 
-from benchmarks.harness import (ACTOR_OPTIONS, Config, Echo, Row, latency_row, sample_latencies,
-                                spawned, workload)
+from benchmarks.harness import (ACTOR_OPTIONS, Config, Echo, Row, interleaved_latencies,
+                                latency_row, sample_latencies, spawned, workload)
 from benchmarks.workloads_compiled import SMALL, linear_pipeline
 
 
@@ -53,8 +53,9 @@ def _echo(conn: socket.socket) -> None:
         conn.sendall(buf)
 
 
-def raw_tcp_pingpong(cfg: Config) -> list[float]:
-    """Round trips of 100 bytes to an echo process over loopback TCP; seconds each."""
+@contextlib.contextmanager
+def raw_pingpong() -> Iterator[Callable[[], None]]:
+    """One round trip of 100 bytes to an echo process over loopback TCP (the raw reference)."""
     with peer_process(_echo) as sock:
         buf = memoryview(bytearray(len(SMALL)))
 
@@ -63,28 +64,32 @@ def raw_tcp_pingpong(cfg: Config) -> list[float]:
             got = 0
             while got < len(SMALL):
                 got += sock.recv_into(buf[got:])
-        return sample_latencies(round_trip, cfg.n(500, 50), cfg.n(5000, 500))
+        yield round_trip
 
 
 @workload("cg_roundtrip_xnode", "tcp_pingpong_raw")
 def cg_roundtrip_xnode(rt: ModuleType, cfg: Config) -> list[Row]:
     """cg_roundtrip_small over TCP channels (``_channel_type=TcpType()``) on loopback; p50/p99
     µs, beside a raw 100-byte TCP ping-pong between two processes."""
-    raw = latency_row("tcp_pingpong_raw", raw_tcp_pingpong(cfg))
-    raw.note = "reference: 100 bytes echoed by another process over loopback TCP"
     if rt.__name__ == "ray":
+        with raw_pingpong() as round_trip:
+            raw = latency_row("tcp_pingpong_raw", sample_latencies(
+                round_trip, cfg.n(500, 50), cfg.n(5000, 500)))
         return [Row("cg_roundtrip_xnode", "us", None,
                     note="skipped: Ray's channels cannot be forced onto TCP on one node"), raw]
     from ember.channels import TcpType
-    with spawned(rt, Echo, 1, **ACTOR_OPTIONS) as actors:
+    with raw_pingpong() as round_trip, spawned(rt, Echo, 1, **ACTOR_OPTIONS) as actors:
         cdag = linear_pipeline(rt, actors).experimental_compile(_channel_type=TcpType())
         try:
             assert rt.get(cdag.execute(SMALL)) == SMALL
-            samples = sample_latencies(lambda: rt.get(cdag.execute(SMALL)),
-                                       cfg.n(500, 50), cfg.n(5000, 500))
+            samples = interleaved_latencies(
+                {"raw": round_trip, "cg": lambda: rt.get(cdag.execute(SMALL))},
+                cfg.n(500, 50), cfg.n(5000, 500))
         finally:
             cdag.teardown()
-    row = latency_row("cg_roundtrip_xnode", samples)
+    raw = latency_row("tcp_pingpong_raw", samples["raw"])
+    raw.note = "reference: 100 bytes echoed by another process over loopback TCP, interleaved"
+    row = latency_row("cg_roundtrip_xnode", samples["cg"])
     row.note = (f"1 actor echoing 100 bytes over TCP channels on loopback; raw TCP ping-pong "
                 f"p50 {raw.p50_us} us in the same run")
     return [row, raw]
