@@ -328,9 +328,11 @@ class CoreWorker:
         self.resolve(oid, state, payload)
         return ref
 
-    def store_serialized(self, oid: str, ser: Serialized) -> tuple[int, Any]:
+    def store_serialized(self, oid: str, ser: Serialized,
+                         owner: str | None = None) -> tuple[int, Any]:
         """Place a serialized value: inline bytes when small, else its own shm segment (the
-        payload is then its size and this node, Note [objects across nodes])."""
+        payload is then its size and this node, Note [objects across nodes]) that the node
+        removes when its owner (this process unless given) ends (Note [owner ends])."""
         if ser.frame_size <= INLINE_MAX:
             return INLINE, ser.to_bytes()
         path = shm.segment_path("obj", oid)
@@ -339,7 +341,8 @@ class CoreWorker:
         except FileExistsError:
             shm.unlink(path)  # left by an attempt of a retried task that died before reporting
             self.segments.write(path, ser)
-        self.endpoint.send(self.nm_address, "obj_sealed", oid, ser.frame_size)
+        self.endpoint.send(self.nm_address, "obj_sealed", oid, ser.frame_size,
+                           owner or self.address)
         return IN_SHM, (ser.frame_size, self.node)
 
     def resolve(self, oid: str, state: int, payload: Any) -> None:

@@ -42,6 +42,7 @@ from ember.dynamic.object_transfer import TRANSFER_ENV, TransferServer
 from ember.dynamic.process import (bind_to_parent, pidfd, remove_session_dir, session_dir,
                                    spawn, wait_until_done)
 from ember.dynamic.resources import NodeResources, cpu_part
+from ember.dynamic.segment_writer import remove_spares
 from ember.exceptions import SchedulingError
 
 
@@ -164,9 +165,13 @@ class NodeManager:
         self.endpoint.send(self.gcs_address, "client_gone", address)
 
     def client_gone(self, address: str) -> None:
-        """A driver (or a whole node's processes) ended: end the actors it owned here and
-        take back its task leases (Ray ends a job's actors with its driver)."""
-        self.clients.pop(address, None)
+        """A driver (or a whole node's processes) ended: end the actors it owned here, take
+        back its task leases (Ray ends a job's actors with its driver) and remove its objects
+        and spare segments (Note [owner ends] in object_store.py)."""
+        pid = self.clients.pop(address, None)
+        if pid:
+            remove_spares(pid)
+        self.delete_objects(self.store.owned_by(address))
         for worker in list(self.workers.values()):
             lease = worker.lease
             if lease is None or address not in (lease.reply_to, lease.owner):
@@ -235,7 +240,8 @@ class NodeManager:
                 self.endpoint.send(client, "worker_died", None, address, reason, True)
 
     def delete_objects(self, oids: list[str]) -> None:
-        """An owner on another node freed objects held here (Note [objects across nodes])."""
+        """An owner on another node freed objects held here (Note [objects across nodes]), or
+        their owner ended (Note [owner ends] in object_store.py)."""
         for oid in oids:
             shm.unlink(shm.segment_path("obj", oid))
             self.store.free(oid)
@@ -371,11 +377,13 @@ class NodeManager:
         os.close(fd)
         worker.proc.wait()
         self.workers.pop(worker.worker_id, None)
+        remove_spares(worker.proc.pid)
         if worker.address is None:
             self.starting -= 1
         else:
             self.clients.pop(worker.address, None)
             self.endpoint.forget_peer(worker.address)
+            self.delete_objects(self.store.owned_by(worker.address))
         if worker in self.idle:
             self.idle.remove(worker)
         if worker.lease is not None:

@@ -6,6 +6,12 @@ waits on this store. When the total passes the cap, the oldest objects are copie
 folder and their segments unlinked; processes that already map them keep valid views. A reader
 that finds no segment asks for ``restore``. A freed object's owner has already unlinked its
 segment (Note [who unlinks] in core_worker.py): ``free`` settles the accounts and the spill folder.
+
+Note [owner ends]: each object is accounted under its owner's address. When the owner ends (a
+worker exits, a driver leaves a cluster, a node dies), nobody will free its objects any more,
+and Ray's semantics make them lost (``OwnerDiedError``) anyway: the node manager removes them
+(``owned_by``), so a long-lived node does not keep a killed driver's objects in /dev/shm until
+it stops. Processes that still map one keep a valid view.
 """
 
 from __future__ import annotations
@@ -26,15 +32,32 @@ class ObjectStore:
         self.in_memory: OrderedDict[str, int] = OrderedDict()
         self.spilled: dict[str, int] = {}
         self.used = 0
+        self._owner: dict[str, str] = {}
+        self._owned: dict[str, set[str]] = {}
 
-    def sealed(self, object_id: str, size: int) -> None:
-        """Account a new segment and spill older objects if the cap is passed."""
+    def sealed(self, object_id: str, size: int, owner: str) -> None:
+        """Account a new segment of ``owner`` and spill older objects if the cap is passed."""
+        self._owner[object_id] = owner
+        self._owned.setdefault(owner, set()).add(object_id)
+        self._account(object_id, size)
+
+    def _account(self, object_id: str, size: int) -> None:
         self.in_memory[object_id] = size
         self.used += size
         self._spill_over_cap(keep=object_id)
 
+    def owned_by(self, owner: str) -> list[str]:
+        """The objects of ``owner`` still here (Note [owner ends])."""
+        return list(self._owned.get(owner, ()))
+
     def free(self, object_id: str) -> None:
         """Forget a freed object; delete its spilled copy if it has one."""
+        owner = self._owner.pop(object_id, None)
+        if owner is not None:
+            owned = self._owned[owner]
+            owned.discard(object_id)
+            if not owned:
+                del self._owned[owner]
         size = self.in_memory.pop(object_id, None)
         if size is not None:
             self.used -= size
@@ -53,7 +76,7 @@ class ObjectStore:
         shutil.copyfile(self._spill_path(object_id), tmp)
         os.rename(tmp, path)
         _remove(self._spill_path(object_id))
-        self.sealed(object_id, size)
+        self._account(object_id, size)
         return True
 
     def stats(self) -> dict[str, int]:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import glob
 import itertools
 import mmap
 import os
@@ -221,12 +222,19 @@ class SegmentWriter:
     def _spare_path(self) -> str:
         return shm.segment_path("spare", f"{os.getpid():x}_{next(self._names)}")
 
+
     def _allocate(self, size: int) -> _Spare | None:
         path = self._spare_path()
         try:
             return _Spare(path, size, _populated(path, size))
         except OSError:
             return None
+
+
+def remove_spares(pid: int) -> None:
+    """Unlink the spares that process ``pid`` of this session left when it died."""
+    for path in glob.glob(shm.segment_path("spare", f"{pid:x}_*")):
+        shm.unlink(path)
 
 
 def _fits(size: int, capacity: int) -> bool:

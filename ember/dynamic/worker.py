@@ -116,7 +116,7 @@ class WorkerProcess:
         captured = placement_group.enter_capture(extras.get("capture"))
         try:
             results = self.execute(task_id, lambda: self.load(function_id), body, resolved,
-                                   return_ids, f"task {task_id}",
+                                   return_ids, owner, f"task {task_id}",
                                    extras.get("resources", DEFAULT_TASK_RESOURCES))
         finally:
             placement_group.leave_capture(captured)
@@ -129,7 +129,7 @@ class WorkerProcess:
             context.facts().runtime_env = {"env_vars": dict(env_vars)}
 
     def execute(self, task_id: str, target, body: tuple, resolved: list,
-                return_ids: list[str], where: str, resources: dict | None = None,
+                return_ids: list[str], owner: str, where: str, resources: dict | None = None,
                 export: tuple | None = None) -> list:
         """Call ``target()(*args)``; return the result entries, or the error for each return.
 
@@ -154,7 +154,7 @@ class WorkerProcess:
             context.leave_call(token)
             self.running_task = None
             self.core.executing_task.active = False
-        return self.pack(value, return_ids, where, export)
+        return self.pack(value, return_ids, owner, where, export)
 
     def wrap_error(self, exc: BaseException, where: str) -> BaseException:
         """The error the caller sees for ``exc`` raised in ``where``."""
@@ -163,7 +163,7 @@ class WorkerProcess:
         name = f"{where} ({self.actor_name})" if self.actor_name else where
         return TaskError.wrap(exc, name, traceback.format_exc())
 
-    def pack(self, value: Any, return_ids: list[str], where: str,
+    def pack(self, value: Any, return_ids: list[str], owner: str, where: str,
              export: tuple | None = None) -> list:
         """Serialize return values into result entries (inline bytes or shm segments)."""
         n = len(return_ids)
@@ -186,7 +186,7 @@ class WorkerProcess:
                 return _failed(exc, return_ids)
             except Exception as exc:  # noqa: BLE001 - a transport's refusal goes to the caller
                 return _failed(self.wrap_error(exc, where), return_ids)
-            results.append(self.core.store_serialized(oid, ser))
+            results.append(self.core.store_serialized(oid, ser, owner))
         return results
 
     def load(self, function_id: str) -> Any:
@@ -222,7 +222,7 @@ class WorkerProcess:
 
         self.describe_actor(actor_id, options)
         placement_group.capture_for_actor(options.get("capture"))
-        results = self.execute(task_id, construct, args_body, resolved, ["init"],
+        results = self.execute(task_id, construct, args_body, resolved, ["init"], owner,
                                f"the constructor of actor {actor_id}",
                                options.get("resources"))
         failed = results and results[0][0] == FAILED
@@ -313,7 +313,7 @@ class WorkerProcess:
         futures.wait(running)
         task_id, _, _, _, return_ids, owner, _ = fields
         self.core.endpoint.send(owner, "task_done", task_id,
-                                self.pack(None, return_ids, self.actor_name))
+                                self.pack(None, return_ids, owner, self.actor_name))
 
     def _method(self, name: str):
         if name in (EMBER_RUN, "__ray_call__"):
@@ -331,7 +331,7 @@ class WorkerProcess:
         task_id, target, (actor_id, body), resolved, return_ids, owner, _ = fields
         method = _method_and_group(target)[0]
         results = self.execute(task_id, lambda: self._method(method), body, resolved,
-                               return_ids, f"{self.actor_name}.{method}",
+                               return_ids, owner, f"{self.actor_name}.{method}",
                                context.facts().actor_resources, self._export(method, owner))
         self.core.endpoint.send(owner, "task_done", task_id, results)
 
@@ -349,7 +349,8 @@ class WorkerProcess:
             except BaseException as exc:  # noqa: BLE001
                 results = _failed(self.wrap_error(exc, where), return_ids)
             else:
-                results = self.pack(value, return_ids, where, self._export(method, owner))
+                results = self.pack(value, return_ids, owner, where,
+                                    self._export(method, owner))
             finally:
                 context.leave_call(token)
         self.core.endpoint.send(owner, "task_done", task_id, results)

@@ -391,3 +391,52 @@ def test_tensors_between_nodes_over_gloo(cluster):
     assert len(set(out["nodes"])) == 2
     assert out["rdt"] == 499500.0
     assert out["graph"] == [0.0, 256.0, 512.0]
+
+
+KILLED_DRIVER = """
+import json, os, signal, ember, numpy as np
+ember.init(address="{address}")
+@ember.remote(resources={{"B": 0.5}})
+def big_on_b():
+    return np.ones(2_500_000)        # 20 MB, owned by this driver, held on node B
+@ember.remote(resources={{"B": 0.5}})
+class Keeper:
+    def keep(self):
+        self.ref = ember.put(np.ones(2_500_000))   # owned by the actor, which dies with us
+        return self.ref.hex()
+mine = ember.put(np.ones(2_500_000))             # owned by this driver, on the head
+on_b = big_on_b.remote()
+ember.wait([on_b], timeout=60)
+keeper = Keeper.remote()
+print(json.dumps({{"head": [mine.hex()], "b": [on_b.hex(), ember.get(keeper.keep.remote(),
+                                                                    timeout=60)]}}), flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+SEGMENTS_GONE = """
+import glob, json, time
+ids = {ids!r}
+def left():
+    return [i for i in ids if glob.glob(f"/dev/shm/ember_*_obj_{{i}}")]
+before = left()
+deadline = time.monotonic() + 20
+while left() and time.monotonic() < deadline:
+    time.sleep(0.1)
+print(json.dumps({{"left": left(), "spares": glob.glob("/dev/shm/ember_*_spare_*")}}))
+"""
+
+
+def test_a_killed_drivers_objects_leave_every_node(cluster):
+    """Objects a SIGKILLed driver owned (its puts on the head, a task result on node B) and
+    those of the actor that dies with it are removed from each node's /dev/shm within a
+    bounded time, while the nodes keep running (Note [owner ends])."""
+    cluster.start_node("--num-cpus", "1", head=True)
+    cluster.start_node("--num-cpus", "1", "--resources", '{"B": 1}')
+    out = cluster.driver(KILLED_DRIVER.format(address=cluster.address), check=False)
+    assert set(out) == {"head", "b"}, out
+    for node, ids in ((0, out["head"]), (1, out["b"])):
+        seen = cluster.driver(SEGMENTS_GONE.format(ids=ids), node=node)
+        assert seen["left"] == [], (node, seen)
+        if node == 0:      # the head ran only the driver: its spare segment went with it
+            assert seen["spares"] == [], seen
+    assert "2 node(s) alive" in cluster.ember("status").stdout

@@ -132,3 +132,33 @@ def test_borrowed_ref_keeps_the_value_alive(small_store):
     while _segments() and time.monotonic() < deadline:
         time.sleep(0.02)
     assert _segments() == []
+
+
+@pytest.mark.timeout(60)
+def test_a_killed_actors_objects_and_spare_are_removed(small_store):
+    """Objects an actor owned (and the spare segment its large put left) leave /dev/shm when
+    the actor is killed, while a task result it made for the driver stays (Note [owner ends])."""
+
+    @ember.remote
+    class Maker:
+        def make(self):
+            self.mine = ember.put(np.ones(2_500_000))   # 20 MB, the actor's own
+            return np.full(2_500_000, 2.0)              # a result the driver owns
+
+        def pid(self):
+            return os.getpid()
+
+    maker = Maker.remote()
+    pid = ember.get(maker.pid.remote())
+    result = maker.make.remote()
+    assert ember.get(result)[0] == 2.0
+    assert len([p for p in _segments() if "_obj_" in p]) == 2
+    assert [p for p in _segments() if f"_spare_{pid:x}_" in p]
+    ember.kill(maker)
+    deadline = time.monotonic() + 10
+    while len([p for p in _segments() if "_obj_" in p]) > 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    left = _segments()
+    assert [p for p in left if "_obj_" in p] == [shm.segment_path("obj", result.hex())], left
+    assert not [p for p in left if f"_spare_{pid:x}_" in p], left
+    assert ember.get(result)[-1] == 2.0
