@@ -102,8 +102,7 @@ class SegmentWriter:
             self._adopt_returned()
             mapping, self._recycled = self._recycled, None
             if mapping is not None and not _fits(size, len(mapping)):
-                self._to_close.append(mapping)
-                self._wanted.notify()
+                self._close_later(mapping)
                 mapping = None
         if mapping is None:
             spare = self._take(size)
@@ -135,7 +134,7 @@ class SegmentWriter:
             spare, self._spare = self._spare, None
             mapped, self._mapped = list(self._mapped.values()), OrderedDict()
             mapped += self._to_close + ([self._recycled] if self._recycled else [])
-            self._recycled = None
+            self._to_close, self._recycled = [], None
             self._wanted.notify()
         for mapping in mapped:
             mapping.close()
@@ -159,8 +158,13 @@ class SegmentWriter:
             if self._recycled is None or len(back) > len(self._recycled):
                 back, self._recycled = self._recycled, back
             if back is not None:
-                self._to_close.append(back)
-                self._wanted.notify()
+                self._close_later(back)
+
+    def _close_later(self, mapping: mmap.mmap) -> None:
+        """Have the background thread unmap ``mapping`` (lock held)."""
+        self._to_close.append(mapping)
+        self._start()
+        self._wanted.notify()
 
     def _prepare(self, size: int) -> None:
         with self._lock:
@@ -172,8 +176,7 @@ class SegmentWriter:
         with self._lock:
             self._mapped[path] = mapping
             while len(self._mapped) > _MAX_MAPPED:
-                self._to_close.append(self._mapped.popitem(last=False)[1])
-                self._wanted.notify()
+                self._close_later(self._mapped.popitem(last=False)[1])
 
     def _start(self) -> None:
         if self._thread is None:
