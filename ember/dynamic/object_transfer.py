@@ -8,7 +8,8 @@ of Note [connection handshake] first, so nothing is served to a peer without the
 for the object by id, and receives its bytes with one ``recv_into(MSG_WAITALL)`` straight into
 a buffer of its own whose pages are already populated, the memory of the last pulled value that
 is gone when there is one (Note [recycled pulls]); no file names that buffer, so a reader that
-dies leaves nothing of it behind. The server answers from the segment file with ``sendfile``, restoring a spilled object first; TCP streams the chunks, so sending and receiving
+dies leaves nothing of it behind. The server answers from the segment file with ``sendfile``,
+restoring a spilled object first; TCP streams the chunks, so sending and receiving
 overlap. One connection per pair of processes is kept and reused; a node that does not answer
 within ``PULL_TIMEOUT_S`` makes the object ``ObjectLostError``. The owner frees a remote object
 by telling its holder's node manager (``obj_delete``), which unlinks the segment.
