@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 import cloudpickle
 
+from ember.dynamic import fresh_copy
 from ember.dynamic.fresh_copy import bytearray_from, bytes_from
 from ember.exceptions import SerializationError
 
@@ -55,15 +56,20 @@ class Serialized:
     """A value in framed form: the frame's head (header and pickle stream, padded) and the
     out-of-band buffers that follow it."""
 
-    __slots__ = ("head", "buffers", "frame_size")
+    __slots__ = ("head", "buffers", "frame_size", "_largest")
 
     def __init__(self, head: bytes, buffers: list[memoryview]) -> None:
         self.head = head
         self.buffers = buffers
         size = len(head)
-        for buf in buffers:
+        largest = -1   # the index of a buffer worth a skewed copy (Note [copy skew]), if any
+        for index, buf in enumerate(buffers):
             size = _align(size + buf.nbytes)
-        self.frame_size = size
+            if buf.nbytes >= fresh_copy.SKEW_MIN and (
+                    largest < 0 or buf.nbytes > buffers[largest].nbytes):
+                largest = index
+        self._largest = largest
+        self.frame_size = size if largest < 0 else size + fresh_copy.SKEW_SLACK
 
     @classmethod
     def of(cls, meta: bytes, buffers: list[memoryview], kind: int = PICKLED) -> "Serialized":
@@ -88,11 +94,22 @@ class Serialized:
     def write_into(self, dest: memoryview) -> None:
         """Write the frame into ``dest`` (at least ``frame_size`` bytes)."""
         head = self.head   # pieces() spelled out: this runs for every channel write
+        if self._largest >= 0:
+            head = self._skewed_head(dest)
         dest[:len(head)] = head
         offset = len(head)
         for buf in self.buffers:
             dest[offset:offset + buf.nbytes] = buf
             offset = _align(offset + buf.nbytes)
+
+    def _skewed_head(self, dest: memoryview) -> bytes:
+        """The head, padded so that the largest buffer lands well in ``dest`` (Note [copy
+        skew]): the padding lengthens the pickle stream, whose reader ignores the excess."""
+        offset, buf = self.pieces()[self._largest + 1]
+        shift = fresh_copy.skew(fresh_copy.address(dest) + offset, fresh_copy.address(buf), ALIGN)
+        nbuf, kind, _ = _HEAD.unpack_from(self.head)
+        meta_len = len(self.head) + shift - _HEAD.size - 8 * nbuf
+        return _HEAD.pack(nbuf, kind, meta_len) + self.head[_HEAD.size:] + bytes(shift)
 
     def write_to_fd(self, fd: int) -> None:
         """Write the frame into a file with pwrite (no page faults in this process)."""

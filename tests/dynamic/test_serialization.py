@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import struct
 import threading
 
 import numpy as np
 import pytest
 
+from ember.dynamic.fresh_copy import SKEW_MIN, address
 from ember.dynamic.serialization import ARRAY, PICKLED, deserialize, serialize
 from ember.exceptions import SerializationError
 
@@ -89,3 +91,27 @@ def test_autograd_and_parameters_keep_their_flags():
     assert type(param) is torch.nn.Parameter and param.requires_grad
     _, leaf = roundtrip(torch.ones(2, requires_grad=True))
     assert leaf.requires_grad and torch.equal(leaf.detach(), torch.ones(2))
+
+
+@pytest.mark.parametrize("kind", ["bytes", "array", "pickled"])
+def test_large_buffers_land_half_a_page_from_their_source_at_any_offset(kind):
+    """Note [copy skew]: wherever the frame starts, its large buffer lies (dst - src) mod 4096
+    in (2048 - 64, 2048] bytes from its source, and the value reads back equal."""
+    array = np.arange(SKEW_MIN, dtype=np.uint8)
+    value = {"bytes": array.tobytes(), "array": array, "pickled": {"a": array, "n": 3}}[kind]
+    source = address(memoryview(array if kind != "bytes" else value))
+    frame = serialize(value)
+    slab = np.zeros(frame.frame_size + 4096, dtype=np.uint8)
+    for start in range(0, 4096, 64 * 7):
+        dest = memoryview(slab)[start:start + frame.frame_size]
+        frame.write_into(dest)
+        out = deserialize(dest.toreadonly())
+        if kind == "bytes":
+            assert out == value
+            nbuf, _, meta_len = struct.unpack_from("<IIQ", dest)
+            landed = address(dest) + ((16 + 8 * nbuf + meta_len + 63) & ~63)
+        else:
+            got = out if kind == "array" else out["a"]
+            assert np.array_equal(got, array) and (kind == "array" or out["n"] == 3)
+            landed = got.ctypes.data
+        assert 2048 - 64 < (landed - source) % 4096 <= 2048
