@@ -130,8 +130,9 @@ def recv_into_exact(sock: socket.socket, view: memoryview) -> None:
 
 
 def value_parts(frame: Serialized) -> list[memoryview]:
-    """The record of a VALUE as memoryviews: its RECORD, then the frame's parts and padding."""
-    parts = [memoryview(RECORD.pack(VALUE, frame.frame_size))]
+    """The record of a VALUE as memoryviews: its RECORD, then the frame's parts and the padding
+    between them, up to the end of the last part (the frame's room after it stays behind)."""
+    parts = [memoryview(b"")]
     end = 0
     for offset, part in frame.pieces():
         if offset > end:
@@ -139,8 +140,7 @@ def value_parts(frame: Serialized) -> list[memoryview]:
         view = memoryview(part).cast("B")
         parts.append(view)
         end = offset + view.nbytes
-    if frame.frame_size > end:
-        parts.append(_ZEROS[:frame.frame_size - end])
+    parts[0] = memoryview(RECORD.pack(VALUE, end))
     return parts
 
 
