@@ -67,15 +67,15 @@ def raw_pingpong() -> Iterator[Callable[[], None]]:
         yield round_trip
 
 
-@workload("cg_roundtrip_xnode", "tcp_pingpong_raw")
-def cg_roundtrip_xnode(rt: ModuleType, cfg: Config) -> list[Row]:
+@workload("cg_roundtrip_tcp", "tcp_pingpong_raw")
+def cg_roundtrip_tcp(rt: ModuleType, cfg: Config) -> list[Row]:
     """cg_roundtrip_small over TCP channels (``_channel_type=TcpType()``) on loopback; p50/p99
     µs, beside a raw 100-byte TCP ping-pong between two processes."""
     if rt.__name__ == "ray":
         with raw_pingpong() as round_trip:
             raw = latency_row("tcp_pingpong_raw", sample_latencies(
                 round_trip, cfg.n(500, 50), cfg.n(5000, 500)))
-        return [Row("cg_roundtrip_xnode", "us", None,
+        return [Row("cg_roundtrip_tcp", "us", None,
                     note="skipped: Ray's channels cannot be forced onto TCP on one node"), raw]
     from ember.channels import TcpType
     with raw_pingpong() as round_trip, spawned(rt, Echo, 1, **ACTOR_OPTIONS) as actors:
@@ -89,7 +89,7 @@ def cg_roundtrip_xnode(rt: ModuleType, cfg: Config) -> list[Row]:
             cdag.teardown()
     raw = latency_row("tcp_pingpong_raw", samples["raw"])
     raw.note = "reference: 100 bytes echoed by another process over loopback TCP, interleaved"
-    row = latency_row("cg_roundtrip_xnode", samples["cg"])
+    row = latency_row("cg_roundtrip_tcp", samples["cg"])
     row.note = (f"1 actor echoing 100 bytes over TCP channels on loopback; raw TCP ping-pong "
                 f"p50 {raw.p50_us} us in the same run")
     return [row, raw]
