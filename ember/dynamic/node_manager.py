@@ -127,6 +127,7 @@ class NodeManager:
             ep.on("obj_delete", self.delete_objects)
             ep.on("pub", self.node_changed)
             ep.on("client_gone", self.client_gone)
+            ep.on("owner_gone", self.owner_gone)
         self.bundles = BundleTable(self)  # placement group bundles (Note [bundle resources])
 
     def start_worker(self) -> None:
@@ -171,7 +172,7 @@ class NodeManager:
         pid = self.clients.pop(address, None)
         if pid:
             remove_spares(pid)
-        self.delete_objects(self.store.owned_by(address))
+        self.owner_gone(address)
         for worker in list(self.workers.values()):
             lease = worker.lease
             if lease is None or address not in (lease.reply_to, lease.owner):
@@ -238,6 +239,11 @@ class NodeManager:
             self.endpoint.forget_peer(address)
             for client in local:
                 self.endpoint.send(client, "worker_died", None, address, reason, True)
+
+    def owner_gone(self, address: str) -> None:
+        """The process at ``address`` ended: remove the objects it owned that are held here
+        (Note [owner ends] in object_store.py)."""
+        self.delete_objects(self.store.owned_by(address))
 
     def delete_objects(self, oids: list[str]) -> None:
         """An owner on another node freed objects held here (Note [objects across nodes]), or
@@ -383,7 +389,9 @@ class NodeManager:
         else:
             self.clients.pop(worker.address, None)
             self.endpoint.forget_peer(worker.address)
-            self.delete_objects(self.store.owned_by(worker.address))
+            self.owner_gone(worker.address)
+            if self.cluster:   # what it owned on other nodes goes too (Note [owner ends])
+                self.endpoint.send(self.gcs_address, "owner_gone", worker.address)
         if worker in self.idle:
             self.idle.remove(worker)
         if worker.lease is not None:

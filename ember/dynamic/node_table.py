@@ -61,6 +61,7 @@ class NodeTable:
         ep.on("pick_node", self.pick)
         ep.on("node_stopped", lambda node_id: self.mark_dead(node_id, "it was stopped"))
         ep.on("client_gone", self.client_gone)
+        ep.on("owner_gone", lambda address: self._tell_nodes("owner_gone", address))
         now = time.monotonic()
         for node_id, record in self.storage.items("nodes"):
             if record.get("alive", True):
@@ -122,9 +123,14 @@ class NodeTable:
         for graph_id, info in self.storage.items("compiled_graphs"):
             if info.get("driver") == address:
                 self.storage.delete("compiled_graphs", graph_id)
+        self._tell_nodes("client_gone", address)
+
+    def _tell_nodes(self, kind: str, *args: object) -> None:
+        """Send a message to every live node manager (a process that ended: Note [owner ends]
+        in object_store.py)."""
         for _, record in self.storage.items("nodes"):
             if record.get("alive", True):
-                self.server.endpoint.send(record["address"], "client_gone", address)
+                self.server.endpoint.send(record["address"], kind, *args)
 
     def check(self) -> None:
         """Mark nodes that have been silent too long dead; run again in a while."""

@@ -440,3 +440,41 @@ def test_a_killed_drivers_objects_leave_every_node(cluster):
         if node == 0:      # the head ran only the driver: its spare segment went with it
             assert seen["spares"] == [], seen
     assert "2 node(s) alive" in cluster.ember("status").stdout
+
+
+KILLED_ACTOR = """
+import glob, json, time, ember, numpy as np
+ember.init(address="{address}")
+@ember.remote(resources={{"B": 0.5}})
+def big_on_b():
+    return np.ones(2_500_000)        # 20 MB, held on node B, owned by the actor that asked
+@ember.remote(resources={{"B": 0.25}})
+def left_on_b(ids, wait_s):
+    def left():
+        return [i for i in ids if glob.glob(f"/dev/shm/ember_*_obj_{{i}}")]
+    deadline = time.monotonic() + wait_s
+    while left() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return left()
+@ember.remote(num_cpus=0, resources={{"H": 1}})
+class Maker:
+    def make(self):
+        self.ref = big_on_b.remote()
+        ember.wait([self.ref], timeout=60)
+        return self.ref.hex()
+maker = Maker.remote()
+oid = ember.get(maker.make.remote(), timeout=60)
+before = ember.get(left_on_b.remote([oid], 0), timeout=60)
+ember.kill(maker)
+after = ember.get(left_on_b.remote([oid], 20), timeout=60)
+print(json.dumps({{"before": before, "after": after}}), flush=True)
+"""
+
+
+def test_a_killed_actors_objects_on_another_node_are_removed(cluster):
+    """A task result held on node B and owned by an actor on the head leaves B's /dev/shm
+    once the actor is killed, while its driver runs on (Note [owner ends])."""
+    cluster.start_node("--num-cpus", "1", "--resources", '{"H": 1}', head=True)
+    cluster.start_node("--num-cpus", "1", "--resources", '{"B": 1}')
+    out = cluster.driver(KILLED_ACTOR.format(address=cluster.address))
+    assert out["before"] and out["after"] == [], out
