@@ -165,7 +165,8 @@ class ActorClass:
         info = {"actor_id": actor_id, "name": opts["name"], "namespace": namespace,
                 "class_name": cls.__name__, "methods": self._methods,
                 "signatures": self._signatures, "state": "PENDING", "owner": core.address,
-                "restartable": int(opts["max_restarts"]) != 0}
+                "restartable": int(opts["max_restarts"]) != 0,
+                "detached": opts["lifetime"] == "detached"}
         if opts["name"]:
             existing = core.gcs_call("register_actor", actor_id, info, opts["get_if_exists"])
             if existing is not None:
@@ -176,7 +177,8 @@ class ActorClass:
         else:
             core.endpoint.request(core.gcs_address, "register_actor", actor_id, info, False)
         state = ActorState(actor_id, restarts_left=int(opts["max_restarts"]),
-                           max_task_retries=int(opts["max_task_retries"]))
+                           max_task_retries=int(opts["max_task_retries"]),
+                           detached=opts["lifetime"] == "detached")
         strategy = placement_group.inherited(opts["scheduling_strategy"])
         if strategy is not opts["scheduling_strategy"]:  # Note [captured child tasks]
             placement_group.check_strategy(strategy, resource_request(opts),

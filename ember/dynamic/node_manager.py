@@ -175,11 +175,12 @@ class NodeManager:
         self.owner_gone(address)
         for worker in list(self.workers.values()):
             lease = worker.lease
-            if lease is None or address not in (lease.reply_to, lease.owner):
+            if lease is None:
                 continue
             if worker.actor_id is not None:
-                self.kill_worker(worker.worker_id)
-            else:
+                if lease.owner == address:   # a detached actor's is "": nobody's
+                    self.kill_worker(worker.worker_id)
+            elif address in (lease.reply_to, lease.owner):
                 self.return_lease(worker.worker_id)
 
     # ---- the cluster: Note [node heartbeats] and Note [node death] --------------------------

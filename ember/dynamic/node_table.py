@@ -118,8 +118,12 @@ class NodeTable:
             self.storage.put("nodes", node_id, {**record, "available": available})
 
     def client_gone(self, address: str) -> None:
-        """A driver ended: every node ends the actors and leases it held there; its compiled
-        graphs are gone."""
+        """A driver ended: every node ends the actors and leases it held there, its actors but
+        the detached ones are DEAD (their names free again), its compiled graphs are gone."""
+        for actor_id, info in self.storage.items("actors"):
+            if (info.get("owner") == address and not info.get("detached")
+                    and info.get("state") != "DEAD"):
+                self.server.update_actor(actor_id, {"state": "DEAD"})
         for graph_id, info in self.storage.items("compiled_graphs"):
             if info.get("driver") == address:
                 self.storage.delete("compiled_graphs", graph_id)

@@ -40,6 +40,7 @@ class ActorState:
     restarts_left: int = 0
     max_task_retries: int = 0
     restartable: bool = False
+    detached: bool = False          # lifetime="detached": no process owns it (Ray: the GCS)
 
     def __post_init__(self) -> None:
         self.restartable = self.restartable or self.restarts_left != 0
@@ -111,7 +112,7 @@ class Submitter:
 
     def _lease_actor(self, actor: ActorState, resources: dict[str, float]) -> None:
         core = self.core
-        fut = self.request_lease(resources, actor.actor_id)
+        fut = self.request_lease(resources, actor.actor_id, owned=not actor.detached)
 
         def granted(fut) -> None:
             with self.lock:
@@ -350,8 +351,10 @@ class Submitter:
 
     # ---- node manager death (Note [node manager death] in supervisor.py) ----------------------
 
-    def request_lease(self, resources: dict[str, float], actor_id: str | None) -> Future:
-        """Ask the node manager for a worker; NodeDiedError if it dies before it answers."""
+    def request_lease(self, resources: dict[str, float], actor_id: str | None,
+                      owned: bool = True) -> Future:
+        """Ask the node manager for a worker; NodeDiedError if it dies before it answers.
+        ``owned``: the worker ends with this process (not so for a detached actor)."""
         core = self.core
         fut: Future = Future()
         with self.lock:
@@ -360,7 +363,7 @@ class Submitter:
                 return fut
             self.lease_requests.add(fut)
         asked = core.endpoint.request(core.nm_address, "request_lease", resources, actor_id,
-                                      core.address)
+                                      core.address if owned else "")
 
         def answered(asked: Future) -> None:
             with self.lock:

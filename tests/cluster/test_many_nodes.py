@@ -478,3 +478,46 @@ def test_a_killed_actors_objects_on_another_node_are_removed(cluster):
     cluster.start_node("--num-cpus", "1", "--resources", '{"B": 1}')
     out = cluster.driver(KILLED_ACTOR.format(address=cluster.address))
     assert out["before"] and out["after"] == [], out
+
+
+DETACHED_MADE = """
+import json, ember
+ember.init(address="{address}", namespace="app")
+@ember.remote(resources={{"B": 0.5}})
+class Counter:
+    def __init__(self):
+        self.n = 0
+    def add(self):
+        self.n += 1
+        return self.n
+kept = Counter.options(name="kept", lifetime="detached").remote()
+gone = Counter.options(name="gone").remote()
+print(json.dumps({{"kept": ember.get(kept.add.remote(), timeout=60),
+                   "gone": ember.get(gone.add.remote(), timeout=60)}}), flush=True)
+"""
+
+DETACHED_FOUND = """
+import json, time, ember
+ember.init(address="{address}", namespace="app")
+kept = ember.get_actor("kept")
+n = ember.get(kept.add.remote(), timeout=60)
+gone, deadline = "found", time.monotonic() + 15   # its end reaches the GCS in a while
+while gone == "found" and time.monotonic() < deadline:
+    try:
+        ember.get_actor("gone")
+        time.sleep(0.2)
+    except ValueError:
+        gone = "missing"
+ember.kill(kept)
+print(json.dumps({{"kept": n, "gone": gone}}), flush=True)
+"""
+
+
+def test_a_detached_actor_outlives_the_driver_that_made_it(cluster):
+    """Ray's lifetimes in a cluster: when its driver exits, a detached actor lives on (a
+    later driver of the same namespace finds it by name, state kept), a named one ends."""
+    cluster.start_node("--num-cpus", "1", head=True)
+    cluster.start_node("--num-cpus", "1", "--resources", '{"B": 1}')
+    assert cluster.driver(DETACHED_MADE.format(address=cluster.address)) == {"kept": 1, "gone": 1}
+    assert cluster.driver(DETACHED_FOUND.format(address=cluster.address)) == {
+        "kept": 2, "gone": "missing"}
