@@ -64,3 +64,18 @@ def idle_cpu_percent(seconds: float) -> tuple[float, int]:
     wall = time.perf_counter() - start
     used = sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
     return 100.0 * used / wall, len(after)
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(steal, total) clock ticks of all CPUs since boot, from /proc/stat; steal is the time
+    the hypervisor ran something else while a vCPU of this VM had work."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:9]]
+    return (fields[7] if len(fields) > 7 else 0), sum(fields)
+
+
+def steal_note(since: tuple[int, int]) -> str:
+    """How much CPU time the hypervisor took since ``since`` (machine_ticks), for a row's note:
+    a busy host slows memory-bound and CPU-bound rows alike."""
+    steal, total = machine_ticks()
+    return f"{100 * (steal - since[0]) / max(1, total - since[1]):.1f}% steal"

@@ -26,7 +26,7 @@ from benchmarks.harness import (
     spawned,
     workload,
 )
-from benchmarks.procstat import idle_cpu_percent
+from benchmarks.procstat import idle_cpu_percent, machine_ticks, steal_note
 
 SMALL = b"x" * 100
 
@@ -175,6 +175,7 @@ def _round_trip_s(rt: ModuleType, cdag: Any, value: Any, reps: int) -> list[floa
 def cg_large_values(rt: ModuleType, cfg: Config) -> list[Row]:
     """256 MiB of bytes, then a 256 MiB uint8 array, through one actor and back (GB/s), beside
     np.copy of the array; then 1 GiB of bytes, whose time should be ~4x that of 256 MiB."""
+    since = machine_ticks()
     array = np.random.default_rng(0).integers(0, 255, LARGE, dtype=np.uint8)
     data = array.tobytes()
     reps = cfg.n(5, 2)
@@ -210,12 +211,13 @@ def cg_large_values(rt: ModuleType, cfg: Config) -> list[Row]:
     ratio = statistics.median(big_s) / statistics.median(bytes_s)
     best_ratio = min(big_s) / min(bytes_s)     # the least disturbed samples of each
     copy_gbps = gbps(LARGE, copies[1:])
+    steal = steal_note(since)
     return [
         Row("cg_bytes_256mb", "GB/s", gbps(LARGE, bytes_s),
             note=f"{gbps(LARGE, bytes_s) / copy_gbps:.2f} of np.copy; round trip, 1 actor"),
         Row("cg_array_256mb", "GB/s", gbps(LARGE, array_s),
             note=f"{gbps(LARGE, array_s) / copy_gbps:.2f} of np.copy; uint8 array"),
-        Row("numpy_copy_256mb", "GB/s", copy_gbps, note="reference: np.copy, same run"),
+        Row("numpy_copy_256mb", "GB/s", copy_gbps, note=f"reference: np.copy, same run; {steal}"),
         Row("cg_bytes_1gb", "GB/s", gbps(len(big), big_s),
             note=f"1 GiB takes {ratio:.2f}x the time of 256 MiB, best of each "
                  f"{best_ratio:.2f}x (4x is linear)"),
@@ -255,6 +257,8 @@ def cg_pipeline_compute(rt: ModuleType, cfg: Config) -> list[Row]:
             dag = actors[1].work.bind(actors[0].work.bind(inp))
         with compiled(dag) as cdag:
             run(cdag, 10)
+            since = machine_ticks()
             efficiency = [run(cdag, n) for _ in range(cfg.n(3, 1))]
+            steal = steal_note(since)
     return [Row("cg_pipeline_compute", "efficiency", round(statistics.median(efficiency), 3),
-                note="ideal / wall; 2 stages x 5 ms CPU, 4 in flight")]
+                note=f"ideal / wall; 2 stages x 5 ms CPU, 4 in flight; {steal}")]
