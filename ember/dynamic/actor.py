@@ -22,7 +22,7 @@ from ember.dynamic.core_worker import INLINE
 from ember.dynamic.object_ref import ObjectRef
 from ember.dynamic.remote_function import (argument_check, check_arguments, check_options,
                                            export, publish, resource_request, unpack_refs)
-from ember.dynamic.runtime_context import current_namespace, runtime_env_vars
+from ember.dynamic.runtime_context import call_env_vars, current_namespace, runtime_env_vars
 from ember.dynamic.submitter import ActorState
 from ember.exceptions import (ActorClassInheritanceException, ActorDiedError, ActorNotFoundError,
                               GetTimeoutError)
@@ -188,7 +188,8 @@ class ActorClass:
         resources = {**resources, **(pin or {})}
         options = {"max_concurrency": opts["max_concurrency"],
                    "concurrency_groups": opts["concurrency_groups"] or {},
-                   "env_vars": runtime_env_vars(opts["runtime_env"]), "resources": resources,
+                   "env_vars": call_env_vars(runtime_env_vars(opts["runtime_env"])),
+                   "resources": resources,
                    "name": opts["name"] or "", "restartable": info["restartable"],
                    "capture": placement_group.capture_spec(strategy)}
         if pin is not None:

@@ -66,7 +66,8 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
     joins the cluster of the node running on this machine (``ember start``), and "HOST:PORT"
     the cluster whose head is there (which must have a node on this machine too). The job's
     ``runtime_env={"env_vars": {...}}`` is set in every worker of a local cluster (the node
-    manager starts them with it); Ray options this runtime has no use for
+    manager starts them with it); in a cluster, every task and actor of the job (and theirs)
+    runs with it, on workers of its own (Note [private leases]). Ray options this runtime has no use for
     (``include_dashboard``...) are ignored.
     """
     global _driver
@@ -84,7 +85,7 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
                               "or pass ignore_reinit_error=True")
         if address is not None:
             facts().namespace = namespace or f"anonymous-{uuid.uuid4()}"
-            return _connect(address, facts().namespace)
+            return _connect(address, facts().namespace, job_env)
         sid = uuid.uuid4().hex[:12]
         shm.set_session_id(sid)
         folder = session_dir(sid)
@@ -138,8 +139,9 @@ def check_address(address: str | None) -> str | None:
     return address
 
 
-def _connect(address: str, namespace: str) -> dict:
-    """Join a running cluster through the node on this machine (Note [node records])."""
+def _connect(address: str, namespace: str, job_env: dict[str, str]) -> dict:
+    """Join a running cluster through the node on this machine (Note [node records]); the
+    job's env vars go with each of its tasks and actors (call_env_vars)."""
     global _driver
     from ember.dynamic.submitter import Submitter
     if address == "auto":
@@ -155,6 +157,7 @@ def _connect(address: str, namespace: str) -> dict:
                 f"the cluster at {address} has no node on this machine (sharing this "
                 f"process's /dev/shm); run `ember start --address {address}` here first")
     os.environ[CLUSTER_ENV] = "1"
+    facts().runtime_env = {"env_vars": dict(job_env)} if job_env else {}
     os.environ[NODE_IP_ENV] = record["node_ip"]
     sid = record["node_id"]
     shm.set_session_id(sid)
@@ -190,6 +193,7 @@ def shutdown() -> None:
         _runtime = None
         set_current_core(None)
         facts().namespace = facts().node_labels = None
+        facts().runtime_env = {}
         core = driver.core
         if isinstance(driver, ClusterDriver):   # the cluster stays; this job's share ends
             core.endpoint.send(core.gcs_address, "client_gone", core.address)

@@ -109,7 +109,8 @@ class LeasePool:
             lease.dispatched += 1
         if self.queue and not self.requesting and len(self.leases) < MAX_LEASES:
             self.requesting = True
-            self.submitter.request_lease(self.resources, None).add_done_callback(self._granted)
+            self.submitter.request_lease(self.resources, None, private=self.private
+                                         ).add_done_callback(self._granted)
 
     def _lease_for(self, call: PendingCall) -> Lease | None:
         """The lease ``call`` should go to now, or None if it should wait here."""

@@ -78,6 +78,7 @@ class LeaseRequest:
     gpu_ids: list[int] = field(default_factory=list)
     told_busy: bool = False
     spilled: bool = False      # forwarded here by another node (Note [spillback])
+    private: bool = False      # its worker serves no one after it (Note [private leases])
     asked_spill: bool = False  # this node asked the GCS for another node already
 
 
@@ -263,10 +264,11 @@ class NodeManager:
             return False
 
     def request_lease(self, reply_to: str, rid: int, resources: dict, actor_id: str | None,
-                      owner: str, spilled: bool = False) -> None:
+                      owner: str, spilled: bool = False, private: bool = False) -> None:
         """Queue a lease request, send it to another node (Note [spillback]), or refuse one
         that no node could ever hold."""
-        req = LeaseRequest(reply_to, rid, resources, actor_id, owner, spilled=spilled)
+        req = LeaseRequest(reply_to, rid, resources, actor_id, owner, spilled=spilled,
+                           private=private)
         if not self.resources.feasible(resources):
             if self.cluster and not spilled:
                 self._spill(req, now=False)
@@ -300,7 +302,7 @@ class NodeManager:
                     return   # granted here meanwhile
                 self.pending.remove(req)
             self.endpoint.send(target, "request_lease", req.reply_to, req.rid, req.resources,
-                               req.actor_id, req.owner, True)
+                               req.actor_id, req.owner, True, req.private)
 
         asked.add_done_callback(answered)
 
@@ -349,8 +351,11 @@ class NodeManager:
         worker = self.workers.get(worker_id)
         if worker is None or worker.lease is None:
             return
+        private = worker.lease.private
         self._release(worker)
-        if worker.actor_id is None:
+        if private:   # it carries another job's env vars, say: it must not serve anyone else
+            self.kill_worker(worker_id, force=False, reason="its private lease ended")
+        elif worker.actor_id is None:
             self.idle.append(worker)
         self.schedule()
 

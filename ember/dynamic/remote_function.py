@@ -13,7 +13,7 @@ import cloudpickle
 
 from ember.dynamic import api, code_origin, labels, placement_group
 from ember.dynamic.object_ref import ObjectRef
-from ember.dynamic.runtime_context import runtime_env_vars
+from ember.dynamic.runtime_context import call_env_vars, runtime_env_vars
 from ember.exceptions import SerializationError
 
 TASK_DEFAULTS = {"num_cpus": 1, "num_gpus": 0, "resources": None, "memory": None,
@@ -181,6 +181,7 @@ class SubmitPlan:
     retry_exceptions: Any
     feasible: bool  # whether some node's labels satisfy the label_selector / fallbacks
     placement: str | None  # the placement group it runs in (Note [placement gate])
+    env_vars: dict[str, str]  # its runtime env's, inherited ones included (call_env_vars)
 
 
 class RemoteFunction:
@@ -236,11 +237,11 @@ class RemoteFunction:
     def _plan_for(self, strategy: Any) -> "SubmitPlan":
         """The plan of these options, or of them in the group the caller captures."""
         if strategy is self._options["scheduling_strategy"]:
-            if self._plan is None:
+            if self._plan is None or self._plan.env_vars != call_env_vars(self._env_vars):
                 self._plan = self._make_plan(strategy)
             return self._plan
         plan = self._captured_plans.get(strategy.placement_group._id)
-        if plan is None:
+        if plan is None or plan.env_vars != call_env_vars(self._env_vars):
             placement_group.check_strategy(strategy, resource_request(self._options),
                                            f"remote function {self._function.__name__}")
             plan = self._captured_plans[strategy.placement_group._id] = \
@@ -260,20 +261,22 @@ class RemoteFunction:
         # A plain task sends only its function id; one with options the worker must know
         # (resources other than one CPU, env vars) sends ``(function_id, extras)``.
         extras: dict[str, Any] = {}
+        env_vars = call_env_vars(self._env_vars)
         if resources != DEFAULT_TASK_RESOURCES:
             extras["resources"] = resources
-        if self._env_vars:
-            extras["env_vars"] = self._env_vars
+        if env_vars:
+            extras["env_vars"] = env_vars
         if placement_group.capture_spec(strategy):
             extras["capture"] = placement_group.capture_spec(strategy)
         max_calls = int(opts["max_calls"] or 0)
         lease = None
-        if max_calls or self._env_vars:
-            lease = (("env_vars", tuple(sorted(self._env_vars.items()))),
+        if max_calls or env_vars:
+            lease = (("env_vars", tuple(sorted(env_vars.items()))),
                      ("function", function_id if max_calls else None), ("max_calls", max_calls))
         return SubmitPlan(
             what=f"task {qualname}", caller=f"remote function {qualname}",
             target=(function_id, extras) if extras else function_id, lease=lease,
+            env_vars=env_vars,
             resources=resources, num_returns=int(opts["num_returns"]),
             max_retries=int(opts["max_retries"]), retry_exceptions=opts["retry_exceptions"],
             feasible=pin is not None,

@@ -103,6 +103,13 @@ def runtime_env_vars(runtime_env: Any) -> dict[str, str]:
     return dict(env)
 
 
+def call_env_vars(own: dict[str, str]) -> dict[str, str]:
+    """The env vars of a task or actor made here: those of the runtime env this process runs
+    in (a cluster driver's job env, or a worker's: Ray's children inherit it), then its own."""
+    inherited = _facts.runtime_env.get("env_vars")
+    return {**inherited, **own} if inherited else own
+
+
 def _core() -> Any:
     from ember.dynamic import api
     core, _ = api.runtime()

@@ -352,9 +352,10 @@ class Submitter:
     # ---- node manager death (Note [node manager death] in supervisor.py) ----------------------
 
     def request_lease(self, resources: dict[str, float], actor_id: str | None,
-                      owned: bool = True) -> Future:
+                      owned: bool = True, private: bool = False) -> Future:
         """Ask the node manager for a worker; NodeDiedError if it dies before it answers.
-        ``owned``: the worker ends with this process (not so for a detached actor)."""
+        ``owned``: the worker ends with this process (not so for a detached actor);
+        ``private``: it serves nobody after this lease (Note [private leases])."""
         core = self.core
         fut: Future = Future()
         with self.lock:
@@ -363,7 +364,7 @@ class Submitter:
                 return fut
             self.lease_requests.add(fut)
         asked = core.endpoint.request(core.nm_address, "request_lease", resources, actor_id,
-                                      core.address if owned else "")
+                                      core.address if owned else "", False, private)
 
         def answered(asked: Future) -> None:
             with self.lock:

@@ -521,3 +521,48 @@ def test_a_detached_actor_outlives_the_driver_that_made_it(cluster):
     assert cluster.driver(DETACHED_MADE.format(address=cluster.address)) == {"kept": 1, "gone": 1}
     assert cluster.driver(DETACHED_FOUND.format(address=cluster.address)) == {
         "kept": 2, "gone": "missing"}
+
+
+JOB_ENV = """
+import json, os, ember
+ember.init(address="{address}", runtime_env={{"env_vars": {{"JOB_VAR": "job"}}}})
+@ember.remote(resources={{"B": 0.25}})
+def read():
+    return os.environ.get("JOB_VAR")
+@ember.remote(resources={{"B": 0.25}})
+def parent():
+    return ember.get(read.remote(), timeout=60)
+@ember.remote(resources={{"B": 0.25}})
+class Reader:
+    def read(self):
+        return os.environ.get("JOB_VAR"), ember.get_runtime_context().runtime_env
+reader = Reader.remote()
+print(json.dumps({{
+    "task": ember.get([read.remote() for _ in range(8)], timeout=60),
+    "nested": ember.get(parent.remote(), timeout=60),
+    "own": ember.get(read.options(runtime_env={{"env_vars": {{"JOB_VAR": "own"}}}}).remote(),
+                     timeout=60),
+    "actor": ember.get(reader.read.remote(), timeout=60),
+    "driver": os.environ.get("JOB_VAR")}}), flush=True)
+"""
+
+NO_JOB_ENV = """
+import json, os, ember
+ember.init(address="{address}")
+@ember.remote(resources={{"B": 0.25}})
+def read():
+    return os.environ.get("JOB_VAR")
+print(json.dumps({{"task": ember.get([read.remote() for _ in range(8)], timeout=60)}}))
+"""
+
+
+def test_a_jobs_runtime_env_reaches_its_tasks_and_actors_on_other_nodes(cluster):
+    """ember.init(address=..., runtime_env={"env_vars": ...}): every task and actor of the job
+    on node B sees the variables, nested tasks inherit them, a task's own win; the driver and
+    the next job's tasks do not see them."""
+    cluster.start_node("--num-cpus", "1", head=True)
+    cluster.start_node("--num-cpus", "2", "--resources", '{"B": 1}')
+    out = cluster.driver(JOB_ENV.format(address=cluster.address))
+    assert out == {"task": ["job"] * 8, "nested": "job", "own": "own",
+                   "actor": ["job", {"env_vars": {"JOB_VAR": "job"}}], "driver": None}, out
+    assert cluster.driver(NO_JOB_ENV.format(address=cluster.address)) == {"task": [None] * 8}
