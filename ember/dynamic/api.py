@@ -67,8 +67,8 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
     the cluster whose head is there (which must have a node on this machine too). The job's
     ``runtime_env={"env_vars": {...}}`` is set in every worker of a local cluster (the node
     manager starts them with it); in a cluster, every task and actor of the job (and theirs)
-    runs with it, on workers of its own (Note [private leases]). Ray options this runtime has no use for
-    (``include_dashboard``...) are ignored.
+    runs with it, on workers of its own (Note [private leases]). Ray options this runtime has
+    no use for (``include_dashboard``...) are ignored.
     """
     global _driver
     from ember.dynamic.submitter import Submitter
