@@ -11,9 +11,9 @@ Note [owner ends]: each object is accounted under its owner's address. When the 
 worker exits, a driver leaves a cluster, a node dies), nobody will free its objects any more,
 and Ray's semantics make them lost (``OwnerDiedError``) anyway: the node manager removes them
 (``owned_by``), so a long-lived node does not keep a killed driver's objects in /dev/shm until
-it stops. In a cluster the GCS passes the end on to every node (``client_gone``), since a
-task result lives on the node that ran the task, not on its owner's. Processes that still map
-one keep a valid view.
+it stops. In a cluster the GCS passes the end on to every node (``client_gone`` for a driver,
+``owner_gone`` for a worker), since a task result lives on the node that ran the task, not on
+its owner's. Processes that still map one keep a valid view.
 """
 
 from __future__ import annotations
