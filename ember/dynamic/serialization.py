@@ -24,7 +24,7 @@ from typing import Any, Callable
 import cloudpickle
 
 from ember.dynamic import fresh_copy
-from ember.dynamic.fresh_copy import bytearray_from, bytes_from
+from ember.dynamic.fresh_copy import SKEW_MIN, SKEW_SLACK, bytearray_from, bytes_from
 from ember.exceptions import SerializationError
 
 ALIGN = 64
@@ -65,11 +65,11 @@ class Serialized:
         largest = -1   # the index of a buffer worth a skewed copy (Note [copy skew]), if any
         for index, buf in enumerate(buffers):
             size = _align(size + buf.nbytes)
-            if buf.nbytes >= fresh_copy.SKEW_MIN and (
+            if buf.nbytes >= SKEW_MIN and (
                     largest < 0 or buf.nbytes > buffers[largest].nbytes):
                 largest = index
         self._largest = largest
-        self.frame_size = size if largest < 0 else size + fresh_copy.SKEW_SLACK
+        self.frame_size = size if largest < 0 else size + SKEW_SLACK
 
     @classmethod
     def of(cls, meta: bytes, buffers: list[memoryview], kind: int = PICKLED) -> "Serialized":
