@@ -5,34 +5,21 @@ process, ``SharedMemoryType`` when they share a node, ``TcpType`` across nodes) 
 the common interface:
 ``type.create_channel(num_readers, num_slots=...)``, ``channel.writer()`` / ``channel.reader(i)``,
 ``write(value, timeout)``, ``read(timeout)``, ``release()``, ``close()``, ``destroy()``.
+
+Its names load their module on first use (Note [lazy exports] in ember/lazy_exports.py).
 """
 
-from ember.channels.interface import (DEFAULT_NUM_SLOTS, Channel, ChannelReader, ChannelType,
-                                      ChannelWriter)
-from ember.channels.intra_process import (IntraProcessChannel, IntraProcessReader,
-                                          IntraProcessType, IntraProcessWriter)
-from ember.channels.shared_memory import (DEFAULT_SLOT_CAPACITY, SharedMemoryChannel,
-                                          SharedMemoryReader, SharedMemoryType,
-                                          SharedMemoryWriter)
-from ember.channels.tcp import TcpChannel, TcpReader, TcpType, TcpWriter
+from __future__ import annotations
 
-__all__ = [
-    "DEFAULT_NUM_SLOTS",
-    "DEFAULT_SLOT_CAPACITY",
-    "Channel",
-    "ChannelReader",
-    "ChannelType",
-    "ChannelWriter",
-    "IntraProcessChannel",
-    "IntraProcessReader",
-    "IntraProcessType",
-    "IntraProcessWriter",
-    "SharedMemoryChannel",
-    "SharedMemoryReader",
-    "SharedMemoryType",
-    "SharedMemoryWriter",
-    "TcpChannel",
-    "TcpReader",
-    "TcpType",
-    "TcpWriter",
-]
+from ember.lazy_exports import lazy_exports
+
+_EXPORTS = {name: f"ember.channels.{module}" for module, names in {
+    "interface": ["DEFAULT_NUM_SLOTS", "Channel", "ChannelReader", "ChannelType", "ChannelWriter"],
+    "intra_process": ["IntraProcessChannel", "IntraProcessReader", "IntraProcessType",
+                      "IntraProcessWriter"],
+    "shared_memory": ["DEFAULT_SLOT_CAPACITY", "SharedMemoryChannel", "SharedMemoryReader",
+                      "SharedMemoryType", "SharedMemoryWriter"],
+    "tcp": ["TcpChannel", "TcpReader", "TcpType", "TcpWriter"],
+}.items() for name in names}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -17,27 +17,21 @@ GPU tensors: ``node.with_tensor_transport("auto" | "ipc" | "nccl" | "cpu")`` or
 
 Remote-function nodes (``f.bind(...)``) may sit anywhere in a compiled graph: the actor part
 runs over channels, the function nodes run as dynamic tasks submitted by the driver.
+
+Its names load their module on first use (Note [lazy exports] in ember/lazy_exports.py).
 """
 
-from ember.dag.collective import CollectiveOutputNode
-from ember.dag.context import DAGContext
-from ember.dag.nodes import (PARENT_CLASS_NODE_KEY, PREV_CLASS_METHOD_CALL_KEY, ClassMethodNode,
-                             ClassMethodOutputNode, ClassNode, DAGNode, FunctionNode,
-                             InputAttributeNode, InputNode, MultiOutputNode)
-from ember.gpu.tensors import TorchTensorType
+from __future__ import annotations
 
-__all__ = [
-    "PARENT_CLASS_NODE_KEY",
-    "PREV_CLASS_METHOD_CALL_KEY",
-    "ClassMethodNode",
-    "ClassMethodOutputNode",
-    "ClassNode",
-    "CollectiveOutputNode",
-    "DAGContext",
-    "DAGNode",
-    "FunctionNode",
-    "InputAttributeNode",
-    "InputNode",
-    "MultiOutputNode",
-    "TorchTensorType",
-]
+from ember.lazy_exports import lazy_exports
+
+_EXPORTS = {name: module for module, names in {
+    "ember.dag.collective": ["CollectiveOutputNode"],
+    "ember.dag.context": ["DAGContext"],
+    "ember.dag.nodes": ["PARENT_CLASS_NODE_KEY", "PREV_CLASS_METHOD_CALL_KEY", "ClassMethodNode",
+                        "ClassMethodOutputNode", "ClassNode", "DAGNode", "FunctionNode",
+                        "InputAttributeNode", "InputNode", "MultiOutputNode"],
+    "ember.gpu.tensors": ["TorchTensorType"],
+}.items() for name in names}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

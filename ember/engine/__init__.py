@@ -2,15 +2,14 @@
 
 ``ember.dag`` is the user-facing API; ``DAGNode.compile`` lands here (``compile_dag``).
 
-The names below are loaded on first use, so that an actor process that only runs an executor
-loop (``ember.engine.executor``) does not import the driver's side (asyncio, thread pools):
-that import is on the critical path of ``compile``.
+The names below are loaded on first use (Note [lazy exports] in ember/lazy_exports.py), so that
+an actor process that only runs an executor loop (``ember.engine.executor``) does not import the
+driver's side (asyncio, thread pools): that import is on the critical path of ``compile``.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ember.lazy_exports import lazy_exports
 
 _EXPORTS = {
     "CompileOptions": "ember.engine.options",
@@ -23,16 +22,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'ember.engine' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

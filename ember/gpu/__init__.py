@@ -1,47 +1,23 @@
 """Tensors on accelerators: communicators, CUDA IPC, streams, device discovery and schedule checks.
 
-Importing this package does not import torch; the names that need it (communicators, CUDA IPC,
-streams) load their module on first access.
+Importing this package imports none of its modules (so not torch either): each name loads its
+module on first use (Note [lazy exports] in ember/lazy_exports.py).
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ember.lazy_exports import lazy_exports
 
-from ember.gpu.devices import (GpuInfo, cuda_visible_devices, gpu_count, list_gpus, node_gpu_ids,
-                               process_gpu_memory, visible_devices_env)
-from ember.gpu.schedule_check import check_schedules, format_schedules, order_schedules
-from ember.gpu.tensors import (TensorMeta, TensorPlaceholder, TorchTensorType, check_tensors,
-                               merge_tensors, split_tensors)
-
-_NEEDS_TORCH = {
-    "Communicator": "ember.gpu.communicator",
-    "CommunicatorRegistry": "ember.gpu.communicator",
-    "TorchCommunicator": "ember.gpu.communicator",
-    "close_stores": "ember.gpu.communicator",
-    "communicator_registry": "ember.gpu.communicator",
-    "connect_store": "ember.gpu.communicator",
-    "host_store": "ember.gpu.communicator",
-    "CudaIpcReader": "ember.gpu.cuda_ipc",
-    "CudaIpcWriter": "ember.gpu.cuda_ipc",
-    "IpcMessage": "ember.gpu.cuda_ipc",
-    "CommStream": "ember.gpu.streams",
-}
-
-__all__ = [
-    "GpuInfo", "cuda_visible_devices", "gpu_count", "list_gpus", "node_gpu_ids",
-    "process_gpu_memory", "visible_devices_env",
-    "check_schedules", "format_schedules", "order_schedules",
-    "TensorMeta", "TensorPlaceholder", "TorchTensorType", "check_tensors", "merge_tensors",
-    "split_tensors",
-    *_NEEDS_TORCH,
-]
-
-
-def __getattr__(name: str) -> Any:
-    """Load the torch-backed names lazily."""
-    module = _NEEDS_TORCH.get(name)
-    if module is None:
-        raise AttributeError(f"module 'ember.gpu' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+_EXPORTS = {name: f"ember.gpu.{module}" for module, names in {
+    "devices": ["GpuInfo", "cuda_visible_devices", "gpu_count", "list_gpus", "node_gpu_ids",
+                "process_gpu_memory", "visible_devices_env"],
+    "schedule_check": ["check_schedules", "format_schedules", "order_schedules"],
+    "tensors": ["TensorMeta", "TensorPlaceholder", "TorchTensorType", "check_tensors",
+                "merge_tensors", "split_tensors"],
+    "communicator": ["Communicator", "CommunicatorRegistry", "TorchCommunicator",
+                     "close_stores", "communicator_registry", "connect_store", "host_store"],
+    "cuda_ipc": ["CudaIpcReader", "CudaIpcWriter", "IpcMessage"],
+    "streams": ["CommStream"],
+}.items() for name in names}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
