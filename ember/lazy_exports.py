@@ -9,10 +9,11 @@ imported directly (``from ember.channels.shared_memory import ...``) or that imp
 through the package, and two threads importing such a pair at once get a partially initialized
 module: Python's import locks break the deadlock by handing one thread the half-run module
 (``ImportError: cannot import name ... from partially initialized module``). A worker does that
-when one call unpickles a graph's loop while another unpickles a ``TcpChannel``; a stress test of
-two threads importing ``ember.channels.tcp`` and ``ember.engine.channel_setup`` failed 4 times
-in 30. Lazy names also keep torch out of processes that never touch a tensor, and the driver's side of
-the engine (asyncio, thread pools) out of an actor that only runs an executor loop.
+when one call unpickles a graph's loop while another unpickles a ``TcpChannel``; a stress test
+of two threads importing ``ember.channels.tcp`` and ``ember.engine.channel_setup`` failed 4
+times in 30. Lazy names also keep torch out of processes that never touch a tensor, and the
+driver's side of the engine (asyncio, thread pools) out of an actor that only runs an executor
+loop.
 """
 
 from __future__ import annotations
