@@ -153,6 +153,9 @@ def test_a_killed_actors_objects_and_spare_are_removed(small_store):
     result = maker.make.remote()
     assert ember.get(result)[0] == 2.0
     assert len([p for p in _segments() if "_obj_" in p]) == 2
+    deadline = time.monotonic() + 10     # the spare is made in the background, at low priority
+    while not [p for p in _segments() if f"_spare_{pid:x}_" in p] and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert [p for p in _segments() if f"_spare_{pid:x}_" in p]
     ember.kill(maker)
     deadline = time.monotonic() + 10
