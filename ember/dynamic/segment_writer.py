@@ -223,8 +223,7 @@ class SegmentWriter:
                     self._spare = spare
 
     def _spare_path(self) -> str:
-        return shm.segment_path("spare", f"{os.getpid():x}_{next(self._names)}")
-
+        return _spare_path(os.getpid(), str(next(self._names)))
 
     def _allocate(self, size: int) -> _Spare | None:
         path = self._spare_path()
@@ -236,8 +235,13 @@ class SegmentWriter:
 
 def remove_spares(pid: int) -> None:
     """Unlink the spares that process ``pid`` of this session left when it died."""
-    for path in glob.glob(shm.segment_path("spare", f"{pid:x}_*")):
+    for path in glob.glob(_spare_path(pid, "*")):
         shm.unlink(path)
+
+
+def _spare_path(pid: int, name: str) -> str:
+    """The path of spare ``name`` of process ``pid`` (a glob pattern for ``name="*"``)."""
+    return shm.segment_path("spare", f"{pid:x}_{name}")
 
 
 def _fits(size: int, capacity: int) -> bool:

@@ -23,8 +23,8 @@ from typing import Any, Callable
 
 import cloudpickle
 
-from ember.dynamic import fresh_copy
-from ember.dynamic.fresh_copy import SKEW_MIN, SKEW_SLACK, bytearray_from, bytes_from
+from ember.dynamic.fresh_copy import (SKEW_MIN, SKEW_SLACK, address, bytearray_from, bytes_from,
+                                      skew)
 from ember.exceptions import SerializationError
 
 ALIGN = 64
@@ -106,7 +106,7 @@ class Serialized:
         """The head, padded so that the largest buffer lands well in ``dest`` (Note [copy
         skew]): the padding lengthens the pickle stream, whose reader ignores the excess."""
         offset, buf = self.pieces()[self._largest + 1]
-        shift = fresh_copy.skew(fresh_copy.address(dest) + offset, fresh_copy.address(buf), ALIGN)
+        shift = skew(address(dest) + offset, address(buf), ALIGN)
         nbuf, kind, _ = _HEAD.unpack_from(self.head)
         meta_len = len(self.head) + shift - _HEAD.size - 8 * nbuf
         return _HEAD.pack(nbuf, kind, meta_len) + self.head[_HEAD.size:] + bytes(shift)
