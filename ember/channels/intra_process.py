@@ -13,6 +13,7 @@ import weakref
 from collections import deque
 from typing import Any, Callable
 
+from ember.channels import spin
 from ember.channels.interface import (DEFAULT_NUM_SLOTS, Channel, ChannelReader, ChannelType,
                                       ChannelWriter)
 from ember.exceptions import ChannelClosedError, ChannelTimeoutError
@@ -106,6 +107,7 @@ class IntraProcessChannel(Channel):
                 raise ChannelTimeoutError(
                     f"{what} on {self!r} timed out after {timeout} s; retry, or give a longer "
                     f"timeout")
+            spin.pay_debts()   # Note [deferred acks] in spin.py
             state.cond.wait(remaining)
 
 

@@ -26,15 +26,13 @@ An end whose writer never comes (its driver died between the steps) lives on wit
 Note [tcp credits]
 ~~~~~~~~~~~~~~~~~~
 The writer holds ``num_slots`` credits per reader and spends one per value; a reader gives one
-back (an ACK byte) whenever ``read`` takes a value from its ring. So a reader's ring never
+back (an ACK byte) for each value ``read`` takes from its ring, at once or owed until its
+process next waits on a channel (Note [deferred acks] in spin.py). So a reader's ring never
 holds more than ``num_slots`` values, the writer never sends to a reader without room (its
 end takes in what arrives even while nobody reads: Note [tcp receiving] in tcp_receiver.py),
 and a write that finds a reader without credit waits in poll() on that reader's connection:
-back-pressure without polling. Acks are not batched: a read that is followed by no other must
-still make room at once (a reader may take one value and then wait on something else), and a
-deferred ack would need a thread woken to send it, which costs more than the send. A write
-takes in the acks that have come with one recv that does not wait (a short one was all of
-them). A write first
+back-pressure without polling. A write takes in the acks that have come with one recv that
+does not wait (a short one was all of them). A write first
 waits for credit on every reader (the part a timeout may cut short, leaving everything as it
 was) and then sends the whole value, which then takes what the network takes: a peer that dies
 meanwhile ends the send with an error (Note [tcp liveness] in tcp_wire.py).
@@ -59,14 +57,15 @@ import uuid
 import weakref
 from typing import Any
 
-from ember.channels import tcp_receiver, tcp_wire
+from ember.channels import spin, tcp_receiver, tcp_wire
 from ember.channels.interface import (DEFAULT_NUM_SLOTS, Channel, ChannelReader, ChannelType,
                                       ChannelWriter)
-from ember.channels.tcp_wire import ACK, CLOSE, CLOSED, CLOSER, HELLO, RECORD, WRITER
+from ember.channels.tcp_wire import ACK, ASK, ASKER, CLOSE, CLOSED, CLOSER, HELLO, RECORD, WRITER
 from ember.dynamic.serialization import deserialize, serialize
 from ember.exceptions import ChannelBrokenError, ChannelClosedError, ChannelTimeoutError
 
 _CLOSE_TIMEOUT_S = 2.0
+_ASK_AFTER_S = 0.002   # a write that waits this long for credit asks for it (Note [deferred acks])
 _ACKS_AT_ONCE = 4096
 _OPEN, _CLOSED, _BROKEN = range(3)
 _CLOSED_HERE: set[bytes] = set()      # channels that close() ran on in this process
@@ -124,7 +123,7 @@ class TcpChannel(Channel):
     def prepare_reader(self, index: int) -> tuple[str, int]:
         """Listen for reader ``index`` in this process; return its (host, port)."""
         self.check_reader_index(index)
-        end = self._ends[index] = tcp_receiver.prepare(self.id, index, repr(self))
+        end = self._ends[index] = tcp_receiver.prepare(self.id, index, repr(self), self.num_slots)
         return end.address
 
     def set_reader_address(self, index: int, address: Any) -> None:
@@ -192,17 +191,20 @@ def _ask_to_close(channel_id: bytes, targets: list[tuple[int, tuple[str, int]]])
             pass
 
 
-def _release(socks: list[socket.socket]) -> None:
+def _release(socks: list[socket.socket], askers: list[socket.socket | None]) -> None:
     """Finalizer of a writer handle: let its connections go once the readers read them."""
     for sock in socks:
         tcp_wire.linger(sock)
+    for sock in askers:
+        if sock is not None:
+            sock.close()
 
 
 class TcpWriter(ChannelWriter):
     """The writing end of a TcpChannel; pickles as its channel."""
 
-    __slots__ = ("channel", "_socks", "_credits", "_state", "_error", "_send_lock", "_closing",
-                 "_close_sent", "_what", "__weakref__")
+    __slots__ = ("channel", "_socks", "_askers", "_credits", "_state", "_error", "_send_lock",
+                 "_closing", "_close_sent", "_what", "__weakref__")
 
     def __init__(self, channel: TcpChannel) -> None:
         self.channel = channel
@@ -243,8 +245,9 @@ class TcpWriter(ChannelWriter):
                 sock.close()
             raise
         self._credits = [channel.num_slots] * channel.num_readers
+        self._askers: list[socket.socket | None] = [None] * channel.num_readers   # made on need
         self._socks = socks
-        weakref.finalize(self, _release, socks)
+        weakref.finalize(self, _release, socks, self._askers)
         with _WRITERS_LOCK:
             _WRITERS.setdefault(channel.id, weakref.WeakSet()).add(self)
 
@@ -282,7 +285,10 @@ class TcpWriter(ChannelWriter):
             return
         if timeout == 0:
             raise self._timeout_error(timeout)
-        deadline = None if timeout is None else time.monotonic() + timeout
+        spin.pay_debts()   # Note [deferred acks] in spin.py
+        now = time.monotonic()
+        deadline = None if timeout is None else now + timeout
+        ask_at = now + _ASK_AFTER_S
         poller = select.poll()
         fds = {}
         for index, sock in enumerate(self._socks):
@@ -290,15 +296,39 @@ class TcpWriter(ChannelWriter):
                 fds[sock.fileno()] = index
                 poller.register(sock, select.POLLIN)
         while True:
-            wait_ms = None if deadline is None else max(0, math.ceil((deadline - time.monotonic()) * 1e3))
+            until = min((t for t in (ask_at, deadline) if t is not None), default=None)
+            wait_ms = None if until is None else max(0, math.ceil((until - time.monotonic()) * 1e3))
             for fd, _ in poller.poll(wait_ms):
                 self._drain(fds[fd])
                 if credits[fds[fd]] > 0:
                     poller.unregister(fd)
             if min(credits) > 0:
                 return
-            if deadline is not None and time.monotonic() >= deadline:
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
                 raise self._timeout_error(timeout)
+            if ask_at is not None and now >= ask_at:
+                ask_at = None
+                for index, credit in enumerate(credits):
+                    if credit <= 0:
+                        self._ask_for_credit(index, deadline)
+
+    def _ask_for_credit(self, index: int, deadline: float | None) -> None:
+        """Ask reader ``index`` to pay the acks its process owes (Note [deferred acks] in
+        spin.py), over a connection of its own, made on the first ask; best effort: the data
+        connection tells what became of a reader that cannot be asked."""
+        sock = self._askers[index]
+        try:
+            if sock is None:
+                timeout = tcp_wire.CONNECT_TIMEOUT_S
+                if deadline is not None:
+                    timeout = max(0.01, min(timeout, deadline - time.monotonic()))
+                sock = self._askers[index] = tcp_wire.connect(
+                    self.channel._address(index), HELLO.pack(ASKER, self.channel.id, index),
+                    timeout)
+            sock.send(ASK, socket.MSG_DONTWAIT)
+        except (OSError, ConnectionError):
+            pass
 
     def _drain(self, index: int, quiet: bool = False) -> None:
         """Take in reader ``index``'s acks and closes without waiting; raise if it closed or

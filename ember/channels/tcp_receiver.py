@@ -56,7 +56,8 @@ from collections import deque
 import numpy
 
 from ember.channels import spin, tcp_wire
-from ember.channels.tcp_wire import ADMITTED, CLOSE, CLOSER, CLOSED, HELLO, VALUE, WRITER, Inbox
+from ember.channels.tcp_wire import (ADMITTED, ASKER, CLOSE, CLOSED, CLOSER, HELLO, VALUE, WRITER,
+                                     Inbox)
 from ember.exceptions import ChannelClosedError, ChannelTimeoutError
 
 OPEN, CLOSING, CLOSED_STATE, BROKEN = range(4)
@@ -73,12 +74,12 @@ _ENDS_LOCK = threading.Lock()
 _FINISHED: set[bytes] = set()   # ids of channels whose end here saw a close (or broke)
 
 
-def prepare(channel_id: bytes, index: int, label: str) -> "ReceiverEnd":
+def prepare(channel_id: bytes, index: int, label: str, num_slots: int) -> "ReceiverEnd":
     """Reader ``index`` of the channel in this process, made and listening on first call."""
     with _ENDS_LOCK:
         end = _ENDS.get((channel_id, index))
         if end is None:
-            end = _ENDS[(channel_id, index)] = ReceiverEnd(channel_id, index, label)
+            end = _ENDS[(channel_id, index)] = ReceiverEnd(channel_id, index, label, num_slots)
         return end
 
 
@@ -102,7 +103,7 @@ def _remaining_ms(deadline: float | None) -> int | None:
 class ReceiverEnd:
     """The state of one reader in its process; every TcpReader handle of it shares this."""
 
-    def __init__(self, channel_id: bytes, index: int, label: str) -> None:
+    def __init__(self, channel_id: bytes, index: int, label: str, num_slots: int) -> None:
         self.channel_id = channel_id
         self.index = index
         self.label = label
@@ -116,7 +117,9 @@ class ReceiverEnd:
         self._writer_claimed = False
         self._inbox: Inbox | None = None
         self._rx_lock = threading.Lock()      # one thread receives at a time
-        self._send_lock = threading.Lock()    # acks against the socket's close
+        self._send_lock = threading.Lock()    # acks against the socket's close, and _owed
+        self._defer_acks = num_slots > 1      # Note [deferred acks] in spin.py
+        self._owed = 0                        # acks owed to the writer (under _send_lock)
         self._fd_lock = threading.Lock()      # epoll and eventfd uses against their close
         self._data_open = False
         self._own_poll: select.poll | None = None   # a reading thread's (under _rx_lock)
@@ -124,6 +127,7 @@ class ReceiverEnd:
         self._epoll_open = True
         self._state_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)   # Note [tcp receiving]
         self._wake_r, self._wake_w = socket.socketpair()
+        self._askers: dict[int, socket.socket] = {}   # fd -> the writer's ASKER connection
         self._close_asked = False
         self._missed = False   # the background thread found the receive lock held
         self._hot = False      # the last wait ended within spin.HOT_SPIN_S
@@ -134,21 +138,39 @@ class ReceiverEnd:
     # -- the reading side (any thread of the reader) ---------------------------------------------
 
     def take(self, timeout: float | None) -> memoryview:
-        """The next frame received, waiting per Note [channel timeouts]; acks it."""
+        """The next frame received, waiting per Note [channel timeouts]; acks it now or owes
+        the ack (Note [deferred acks] in spin.py)."""
         try:
             frame = self._ring.popleft()
         except IndexError:
             frame = self._wait(timeout)
         with self._send_lock:
-            if self._data_open:
-                try:
-                    self._inbox.sock.send(tcp_wire.ACK)
-                except OSError:
-                    pass   # whoever receives next sees the connection end and reports it
+            if self._defer_acks and not self._owed:
+                self._owed = 1
+                spin.owe(self, self._pay)
+                return frame
+            self._send_acks(self._owed + 1)
+        spin.forgive(self)
         return frame
+
+    def _pay(self) -> None:
+        """Send the ack this end owes (Note [deferred acks] in spin.py)."""
+        with self._send_lock:
+            self._send_acks(self._owed)
+
+    def _send_acks(self, count: int) -> None:
+        """Give the writer ``count`` credits back (under _send_lock)."""
+        self._owed = 0
+        if count and self._data_open:
+            try:
+                self._inbox.sock.send(tcp_wire.ACK * count)
+            except OSError:
+                pass   # whoever receives next sees the connection end and reports it
 
     def _wait(self, timeout: float | None) -> memoryview:
         """Receive or wait until a frame is in the ring (Note [tcp receiving]), then take it."""
+        if timeout != 0:
+            spin.pay_debts()   # before the recv below: the value may come meanwhile
         deadline = None if timeout is None else time.monotonic() + timeout
         ring = self._ring
         while True:
@@ -221,6 +243,7 @@ class ReceiverEnd:
 
     def _wait_on_ring(self, deadline: float | None) -> None:
         """Wait until a frame or a state change comes, or the receive lock is free to take."""
+        spin.pay_debts()
         with self._cond:
             self._waiting += 1
             try:
@@ -238,6 +261,7 @@ class ReceiverEnd:
         with self._cond:
             if not self._ring:
                 if self._state == CLOSING:   # what the close still takes in comes first
+                    spin.pay_debts()
                     self._waiting += 1
                     try:
                         self._cond.wait_for(self._ready, _CLOSING_WAIT_S if timeout == 0
@@ -348,6 +372,8 @@ class ReceiverEnd:
                         self._wake_r.recv(4096)
                         if self._close_asked:
                             self._drain_then_close()
+                    elif fd in self._askers:
+                        self._asked(fd)
                     else:
                         self._receive_unread()
         except Exception as exc:  # noqa: BLE001 - a broken end must say so, never hang readers
@@ -366,6 +392,19 @@ class ReceiverEnd:
         finally:
             self._let_go(True)
 
+    def _asked(self, fd: int) -> None:
+        """The writer waits for credit: pay what this end owes (Note [deferred acks])."""
+        try:
+            asks = self._askers[fd].recv(4096)
+        except OSError:
+            asks = b""
+        if not asks:   # the writer let go of it
+            with self._fd_lock:
+                self._epoll.unregister(fd)
+                self._askers.pop(fd).close()
+            return
+        self._pay()
+
     def _accept(self) -> None:
         try:
             conn, _ = self._listener.accept()
@@ -381,8 +420,8 @@ class ReceiverEnd:
             return
         role, channel_id, index = HELLO.unpack(hello)
         with self._cond:
-            ok = (channel_id == self.channel_id and index == self.index
-                  and self._state == OPEN and (role == CLOSER or not self._writer_claimed))
+            ok = (channel_id == self.channel_id and index == self.index and self._state == OPEN
+                  and (role != WRITER or not self._writer_claimed))
             if ok and role == WRITER:
                 # in place before the peer hears ADMITTED: what it does next comes after it
                 self._writer_claimed = True
@@ -393,14 +432,20 @@ class ReceiverEnd:
                     self._data_open = True
                 self._epoll.register(conn, _ARMED)
                 self._cond.notify_all()   # a read that waits for a writer receives now
+            if ok and role == ASKER:
+                with self._fd_lock:
+                    ok = self._epoll_open
+                    if ok:
+                        self._askers[conn.fileno()] = conn
+                        self._epoll.register(conn, select.EPOLLIN)
         if ok and role == CLOSER:
             self.request_close()
-        if ok and role in (WRITER, CLOSER):
+        if ok and role in (WRITER, CLOSER, ASKER):
             try:
                 conn.sendall(ADMITTED)
             except OSError:
                 pass
-            if role == WRITER:
+            if role != CLOSER:
                 return
         conn.close()
 
@@ -422,9 +467,12 @@ class ReceiverEnd:
         with self._fd_lock:
             self._epoll_open = False
             self._epoll.close()
+            for sock in self._askers.values():
+                sock.close()
         self._listener.close()
         with self._send_lock:
             self._data_open = False
+        spin.forgive(self)
         with self._rx_lock:   # no read polls these any more: it saw the state change
             if self._inbox is not None:
                 sock = self._inbox.sock

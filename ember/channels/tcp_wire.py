@@ -8,6 +8,8 @@ writer's ``attach`` returns only when the reader will see what it sends next.
 Records, writer -> reader: ``RECORD`` (kind, length) then, for VALUE, ``length`` bytes of a
 serialized frame laid out as ``Serialized.write_into`` lays it out; CLOSE ends the stream.
 Reader -> writer: one byte per record, ACK (a value was read: one credit back) or CLOSED.
+A writer that waits long for credit may open a second connection, ASKER, and send an ASK byte
+on it: the reader's end then pays the acks its process owes (Note [deferred acks] in spin.py).
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ RECORD = struct.Struct("<BQ")        # kind, length of what follows
 VALUE, CLOSE = 1, 2
 HELLO = struct.Struct("<c16sI")      # role, channel id, reader index
 WRITER, CLOSER = b"W", b"C"          # roles: the writer's data connection, a close request
+ASKER = b"N"                         # role: the writer's credit requests (Note [deferred acks])
 ADMITTED = b"K"
 ACK, CLOSED = b"A", b"C"             # reader -> writer
+ASK = b"N"                           # writer -> reader, on an ASKER connection
 CONNECT_TIMEOUT_S = cluster_auth.HANDSHAKE_TIMEOUT_S
 LINGER_S = 30.0
 _ZEROS = memoryview(bytes(64))

@@ -110,6 +110,13 @@ def read_on_demand(reader: ChannelReader, commands: multiprocessing.Queue,
         results.put(fingerprint(reader.read(timeout=20)))
 
 
+def read_one_then_wait(reader: ChannelReader, other: ChannelReader,
+                       results: multiprocessing.Queue) -> None:
+    """Read one value, put it on ``results``, then wait to read ``other`` and put that too."""
+    results.put(fingerprint(reader.read(timeout=20)))
+    results.put(fingerprint(other.read(timeout=20)))
+
+
 def write_then_close(writer: ChannelWriter, values: list[Any]) -> None:
     """Write ``values`` in order, then close the channel."""
     write_all(writer, values)

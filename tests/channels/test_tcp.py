@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from ember.channels import TcpChannel, TcpType, tcp_receiver, tcp_wire
+from ember.channels import SharedMemoryChannel, TcpChannel, TcpType, tcp, tcp_receiver, tcp_wire
 from ember.channels.tcp_wire import HELLO, WRITER, connect
 from ember.dynamic import cluster_auth
 from ember.exceptions import (ActorDiedError, AuthenticationError, ChannelBrokenError,
@@ -91,6 +91,45 @@ def test_a_full_reader_ring_times_the_writer_out_and_a_read_makes_room(spawn) ->
         for _ in range(3):
             commands.put("read one")
         assert [results.get(timeout=20) for _ in range(3)] == [1, 2, 3]
+        commands.put(None)
+    channel.destroy()
+
+
+@pytest.mark.timeout(60)
+def test_a_reader_that_waits_on_another_channel_pays_the_ack_it_owes(spawn, monkeypatch) -> None:
+    # Note [deferred acks]: a read owes its ack until its process waits on any channel; with
+    # the writer's ask put off for an hour here, only the reader's wait can free the slot
+    monkeypatch.setattr(tcp, "_ASK_AFTER_S", 3600.0)
+    channel, other = TcpChannel(num_readers=1, num_slots=2), SharedMemoryChannel()
+    results = spawn.Queue()
+    with remote_reader(spawn, channel, 0, peers.read_one_then_wait, other.reader(0), results):
+        writer = channel.writer()
+        writer.write(0, timeout=0)
+        writer.write(1, timeout=0)
+        assert results.get(timeout=20) == 0
+        writer.write(2, timeout=20)       # the slot of value 0, freed by the wait on `other`
+        assert writer._askers == [None]   # no ask was needed
+        other.writer().write("go", timeout=20)
+        assert results.get(timeout=20) == "go"
+    channel.destroy()
+    other.destroy()
+
+
+@pytest.mark.timeout(60)
+def test_a_writer_out_of_credit_asks_a_reader_busy_elsewhere_for_the_ack_it_owes(spawn) -> None:
+    channel = TcpChannel(num_readers=1, num_slots=2)
+    commands, results = spawn.Queue(), spawn.Queue()
+    with remote_reader(spawn, channel, 0, peers.read_on_demand, commands, results):
+        writer = channel.writer()
+        writer.write(0, timeout=0)
+        writer.write(1, timeout=0)
+        commands.put("read one")
+        assert results.get(timeout=20) == 0   # the reader now waits on a queue, not a channel
+        writer.write(2, timeout=20)           # the slot of value 0, freed when the writer asked
+        assert writer._askers[0] is not None
+        for expected in (1, 2):
+            commands.put("read one")
+            assert results.get(timeout=20) == expected
         commands.put(None)
     channel.destroy()
 
