@@ -31,11 +31,14 @@ process next waits on a channel (Note [deferred acks] in spin.py). So a reader's
 holds more than ``num_slots`` values, the writer never sends to a reader without room (its
 end takes in what arrives even while nobody reads: Note [tcp receiving] in tcp_receiver.py),
 and a write that finds a reader without credit waits in poll() on that reader's connection:
-back-pressure without polling. A write takes in the acks that have come with one recv that
-does not wait (a short one was all of them). A write first
-waits for credit on every reader (the part a timeout may cut short, leaving everything as it
-was) and then sends the whole value, which then takes what the network takes: a peer that dies
-meanwhile ends the send with an error (Note [tcp liveness] in tcp_wire.py).
+back-pressure without polling. A write first waits for credit on every reader its count
+says has none (the part a timeout may cut short, leaving everything as it was), then sends the
+whole value, which takes what the network takes: a peer that dies meanwhile ends the send with
+an error (Note [tcp liveness] in tcp_wire.py). Only then does it take in the acks that have
+come, with one recv per reader that does not wait (a short one was all of them), so that
+system call is off the value's way; the same recv finds a CLOSED or the end of a broken
+connection, and the write raises it. So the first write after a reader closed may send a value
+no one reads, and raises ChannelClosedError once sent; the writes after it raise before.
 
 Close (Note [channel close]): the writer's close sends a CLOSE record after its last value, so
 every reader gets every value and then ChannelClosedError. A close in any other process (a
@@ -258,9 +261,10 @@ class TcpWriter(ChannelWriter):
         if self._state != _OPEN:
             raise self._state_error()
         frame = serialize(value, self._what)
-        self.wait_writable(timeout)
-        parts = tcp_wire.value_parts(frame)
         socks, credits = self._socks, self._credits
+        if min(credits) <= 0:
+            self.wait_writable(timeout)
+        parts = tcp_wire.value_parts(frame)
         try:
             with self._send_lock:
                 for index, sock in enumerate(socks):
@@ -273,6 +277,8 @@ class TcpWriter(ChannelWriter):
         finally:
             if self._closing:   # a close while this write was sending (see _send_close)
                 self._send_close()
+        for index in range(len(socks)):   # after the send: off the value's way
+            self._drain(index)
 
     def wait_writable(self, timeout: float | None = None) -> None:
         """Wait until every reader has credit (Note [tcp credits])."""
