@@ -150,7 +150,7 @@ class ReceiverEnd:
                 spin.owe(self, self._pay)
                 return frame
             self._send_acks(self._owed + 1)
-        spin.forgive(self)
+            spin.forgive(self)
         return frame
 
     def _pay(self) -> None:
