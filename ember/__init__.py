@@ -14,6 +14,7 @@ from ember.dynamic.api import (available_resources, cancel, cluster_resources, g
 from ember.dynamic.object_ref import ObjectRef
 from ember.dynamic.remote_function import RemoteFunction
 from ember import experimental  # noqa: F401 - registers the tensor transports' provider
+from ember.dynamic import graph_binding
 from ember.dynamic.runtime_context import get_runtime_context
 
 __version__ = "0.1.0"
@@ -33,6 +34,15 @@ def remote(*args: Any, **options: Any) -> Any:
     if args:
         raise TypeError("use @ember.remote or @ember.remote(num_cpus=..., ...) with keywords")
     return lambda target: _make_remote(target, options)
+
+
+def _bind(kind: str, target: Any, args: tuple, kwargs: dict) -> Any:
+    """Build a graph node with ember.dag, loaded on first use (Note [bind hook])."""
+    from ember.dag.nodes import BINDERS
+    return BINDERS[kind](target, args, kwargs)
+
+
+graph_binding.register(_bind)
 
 
 def _make_remote(target: Any, options: dict) -> Any:

@@ -35,6 +35,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
+from ember.dynamic import graph_binding
 from ember.exceptions import InvalidArgumentsError
 from ember.gpu.tensors import AUTO, TorchTensorType
 
@@ -562,3 +563,7 @@ def bind_function(remote_function: Any, args: tuple, kwargs: dict) -> FunctionNo
 def bind_actor_class(actor_class: Any, args: tuple, kwargs: dict) -> ClassNode:
     """``ActorClass.bind(*args, **kwargs)``: a ClassNode (Note [class nodes])."""
     return ClassNode(actor_class, tuple(args), dict(kwargs))
+
+
+BINDERS = {graph_binding.FUNCTION: bind_function, graph_binding.ACTOR_CLASS: bind_actor_class,
+           graph_binding.ACTOR_METHOD: bind_actor_method}   # Note [bind hook]

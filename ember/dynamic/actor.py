@@ -17,7 +17,7 @@ import inspect
 import time
 from typing import Any, Callable
 
-from ember.dynamic import api, labels, placement_group, value_transport
+from ember.dynamic import api, graph_binding, labels, placement_group, value_transport
 from ember.dynamic.core_worker import INLINE
 from ember.dynamic.object_ref import ObjectRef
 from ember.dynamic.remote_function import (argument_check, check_arguments, check_options,
@@ -204,8 +204,7 @@ class ActorClass:
 
     def bind(self, *args: Any, **kwargs: Any) -> Any:
         """A graph node that creates the actor when the graph runs uncompiled (see ember.dag)."""
-        from ember.dag.nodes import bind_actor_class
-        return bind_actor_class(self, args, kwargs)
+        return graph_binding.bind(graph_binding.ACTOR_CLASS, self, args, kwargs)
 
 
 def _blank_actor_class() -> ActorClass:
@@ -309,8 +308,7 @@ class ActorMethod:
 
     def bind(self, *args: Any, **kwargs: Any) -> Any:
         """A graph node calling this method (see ember.dag)."""
-        from ember.dag.nodes import bind_actor_method
-        return bind_actor_method(self, args, kwargs)
+        return graph_binding.bind(graph_binding.ACTOR_METHOD, self, args, kwargs)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(f"actor methods cannot be called directly; use "

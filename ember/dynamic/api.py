@@ -18,7 +18,8 @@ from ember.dynamic.core_worker import CoreWorker, set_current_core
 from ember.dynamic.labels import NODE_ID_LABEL, validate_labels
 from ember.dynamic.object_ref import ObjectRef
 from ember.dynamic.process import remove_session_dir, session_dir
-from ember.dynamic.resources import default_object_store_memory, detect_gpus, detect_memory
+from ember.dynamic.gpu_env import gpu_count, visible_ids
+from ember.dynamic.resources import default_object_store_memory, detect_memory
 from ember.dynamic.runtime_context import facts, node_labels, runtime_env_vars
 from ember.dynamic.cluster_auth import CLUSTER_ENV, NODE_IP_ENV
 from ember.dynamic.messaging import listen_address
@@ -91,7 +92,7 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
         folder = session_dir(sid)
         create_session_secret(folder)
         total = {"CPU": float(num_cpus if num_cpus is not None else os.cpu_count() or 1),
-                 "GPU": float(num_gpus if num_gpus is not None else detect_gpus()),
+                 "GPU": float(num_gpus if num_gpus is not None else gpu_count()),
                  "memory": float(detect_memory() // 2), **(resources or {})}
         store_memory = object_store_memory or default_object_store_memory()
         config = {"resources": total, "object_store_memory": store_memory,
@@ -364,6 +365,5 @@ def nodes() -> list[dict]:
 
 def get_gpu_ids() -> list[int]:
     """GPU ids given to the current task or actor (empty in the driver)."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "") if os.environ.get(
-        "EMBER_WORKER") else ""
-    return [int(g) for g in visible.split(",") if g.strip().isdigit()]
+    visible = (visible_ids() or []) if os.environ.get("EMBER_WORKER") else []
+    return [int(g) for g in visible if g.isdigit()]

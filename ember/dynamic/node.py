@@ -31,7 +31,8 @@ from ember.dynamic.labels import NODE_ID_LABEL, NODE_RESOURCE, validate_labels
 from ember.dynamic.messaging import Endpoint, listen_address
 from ember.dynamic.process import (pidfd, remove_session_dir, session_dir, spawn, start_time,
                                    wait_until_done)
-from ember.dynamic.resources import default_object_store_memory, detect_gpus, detect_memory
+from ember.dynamic.gpu_env import gpu_count
+from ember.dynamic.resources import default_object_store_memory, detect_memory
 from ember.exceptions import EmberError
 
 START_TIMEOUT_S = 30.0
@@ -41,7 +42,7 @@ def node_config(options: dict, sid: str) -> dict:
     """The node manager's configuration from ``ember start``'s options."""
     total = {"CPU": float(options.get("num_cpus") or os.cpu_count() or 1),
              "GPU": float(options["num_gpus"] if options.get("num_gpus") is not None
-                          else detect_gpus()),
+                          else gpu_count()),
              "memory": float(detect_memory() // 2), **(options.get("resources") or {}),
              NODE_RESOURCE.format(sid): 1.0}
     labels = validate_labels(options.get("labels"))

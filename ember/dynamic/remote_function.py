@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import cloudpickle
 
-from ember.dynamic import api, code_origin, labels, placement_group
+from ember.dynamic import api, code_origin, graph_binding, labels, placement_group
 from ember.dynamic.object_ref import ObjectRef
 from ember.dynamic.runtime_context import call_env_vars, runtime_env_vars
 from ember.exceptions import SerializationError
@@ -291,5 +291,4 @@ class RemoteFunction:
 
     def bind(self, *args: Any, **kwargs: Any) -> Any:
         """A graph node calling this function (see ember.dag)."""
-        from ember.dag.nodes import bind_function
-        return bind_function(self, args, kwargs)
+        return graph_binding.bind(graph_binding.FUNCTION, self, args, kwargs)

@@ -7,19 +7,6 @@ import os
 EPS = 1e-9
 
 
-def detect_gpus() -> int:
-    """Count GPUs through NVML; 0 when there is no driver or no nvidia-ml-py."""
-    try:
-        import pynvml
-        pynvml.nvmlInit()
-        try:
-            return int(pynvml.nvmlDeviceGetCount())
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception:  # noqa: BLE001 - any NVML failure means "no GPUs here"
-        return 0
-
-
 def detect_memory() -> int:
     """Memory this machine (or container: its cgroup's limit) has, in bytes."""
     physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

@@ -25,7 +25,7 @@ from concurrent import futures
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from ember.dynamic import api, placement_group, remote_function, shm, value_transport
+from ember.dynamic import api, gpu_env, placement_group, remote_function, shm, value_transport
 from ember.dynamic import runtime_context as context
 from ember.dynamic.actor import (EXIT_METHOD, GROUP_ATTR, ActorHandle, handle_from_info,
                                  method_table)
@@ -202,7 +202,7 @@ class WorkerProcess:
         """Make ``gpu_ids`` this process's visible GPUs."""
         if gpu_ids != self.gpu_ids:
             self.gpu_ids = list(gpu_ids)
-            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpu_ids)
+            gpu_env.show_gpus(gpu_ids)
 
     # ---- actors ------------------------------------------------------------------------------
 
