@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import ast
-import pathlib
 import subprocess
 import sys
 
 import pytest
-
-import ember.dynamic
 
 RACE = """
 import importlib, threading
@@ -42,19 +38,3 @@ def test_packages_and_their_modules_import_from_many_threads_at_once():
     outputs = [run.communicate(timeout=100)[0].strip() for run in runs]
     assert outputs == ["ok"] * len(runs), [out for out in outputs if out != "ok"]
 
-
-LAYERS_ABOVE_DYNAMIC = ("ember.dag", "ember.engine", "ember.channels", "ember.gpu")
-
-
-def test_the_dynamic_runtime_imports_nothing_of_the_layers_above_it():
-    """ember.dynamic is the lowest layer: no module of it imports ember.dag, ember.engine,
-    ember.channels or ember.gpu, not even inside a function (Note [bind hook])."""
-    root = pathlib.Path(ember.dynamic.__file__).parent
-    found = []
-    for path in sorted(root.glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
-                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
-            found += [f"{path.name}:{node.lineno} {name}" for name in names
-                      if name.startswith(LAYERS_ABOVE_DYNAMIC)]
-    assert not found, found

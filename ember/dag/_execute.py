@@ -19,7 +19,7 @@ from ember.dag.nodes import (ClassMethodNode, ClassMethodOutputNode, ClassNode, 
 def input_value(args: tuple, kwargs: dict, node: DAGNode) -> Any:
     """The value of the InputNode itself: the single positional argument of ``execute``."""
     if len(args) != 1 or kwargs:
-        raise TypeError(f"the graph reads its InputNode directly ({node._describe()}), so "
+        raise TypeError(f"the graph reads its InputNode directly ({node.describe()}), so "
                         f"execute takes exactly one positional argument; it got {len(args)} "
                         f"positional and keyword arguments {sorted(kwargs)}. Use inp[i] or "
                         f"inp.key to read several arguments")
@@ -56,10 +56,10 @@ def execute_uncompiled(output: DAGNode, args: tuple, kwargs: dict) -> Any:
         elif isinstance(node, MultiOutputNode):
             value = list(call_args)
         elif isinstance(node, CollectiveOutputNode):
-            raise TypeError(f"{node._describe()} is a collective, which runs only in a compiled "
+            raise TypeError(f"{node.describe()} is a collective, which runs only in a compiled "
                             f"graph: call dag.compile() and execute that")
         else:
-            raise TypeError(f"cannot execute {node._describe()}: unknown node type")
+            raise TypeError(f"cannot execute {node.describe()}: unknown node type")
         results[id(node)] = value
     return results[id(output)]
 

@@ -82,7 +82,7 @@ class CollectiveOp:
                                 f"an actor method node (actor.method.bind(...))")
             if node.actor_id in seen:
                 raise ValueError(f"{self._kind}.bind got two nodes of actor {node.actor_id} "
-                                 f"({seen[node.actor_id]._describe()} and {node._describe()}); "
+                                 f"({seen[node.actor_id].describe()} and {node.describe()}); "
                                  f"a collective takes one node per actor")
             seen[node.actor_id] = node
         call = CollectiveCall(self._kind, op, transport)

@@ -25,6 +25,14 @@ Ray, each such method node also depends on the class node and on the method boun
 class node just before it (``get_other_args_to_resolve()``), so ``c.inc.bind(); c.get.bind()``
 runs both, in that order, though ``get`` takes no argument. A compiled graph needs live actors
 (``Actor.remote()``) and refuses class nodes.
+
+Note [node view]
+~~~~~~~~~~~~~~~~
+The compiler (``ember.engine``) sees a node only through its public, read-only view: Ray's
+``get_args()`` / ``get_kwargs()`` / ``get_method_name()``, and ``upstream``, ``downstream``,
+``type_hint``, ``label``, ``describe()``, ``actor``, ``num_returns``, ``parent``, ``index``,
+``remote_function``, ``key``; the graph's nodes in bind order come from ``collect_nodes``, the one
+walk. What a node keeps behind those is its own.
 """
 
 from __future__ import annotations
@@ -189,6 +197,32 @@ class DAGNode:
             return fn.cache[self._seq]
         return fn(self._apply_and_replace_all_child_nodes(lambda n: n.apply_recursive(fn)))
 
+    # -- the read-only view a compiler uses (Note [node view]) -----------------------------------
+
+    @property
+    def upstream(self) -> list["DAGNode"]:
+        """The nodes passed directly as arguments (in argument order, repeats kept)."""
+        return self._direct_upstream()
+
+    @property
+    def downstream(self) -> tuple["DAGNode", ...]:
+        """The nodes bound with this one as an argument, in bind order."""
+        return tuple(self._downstream)
+
+    @property
+    def type_hint(self) -> TorchTensorType | None:
+        """The tensor hint ``with_tensor_transport`` / ``with_type_hint`` gave, if any."""
+        return self._type_hint
+
+    @property
+    def label(self) -> str:
+        """A short name for messages: what the node runs."""
+        return self._label()
+
+    def describe(self) -> str:
+        """The node's name for error messages: what it runs and where it was bound."""
+        return f"{self._label()} (bound at {self._bind_site})"
+
     @property
     def remote(self) -> Any:
         raise AttributeError(f".remote() cannot be used on {type(self).__name__}s; run the "
@@ -198,12 +232,8 @@ class DAGNode:
         """A short name for messages: what the node runs."""
         return type(self).__name__
 
-    def _describe(self) -> str:
-        """The node's name for error messages: what it runs and where it was bound."""
-        return f"{self._label()} (bound at {self._bind_site})"
-
     def __repr__(self) -> str:
-        return f"<{self._describe()}>"
+        return f"<{self.describe()}>"
 
     # -- type hints ------------------------------------------------------------------------------
 
@@ -338,7 +368,7 @@ class InputAttributeNode(DAGNode):
         except (IndexError, KeyError):
             what = (f"positional argument {key}" if isinstance(key, int)
                     else f"keyword argument {key!r}")
-            raise TypeError(f"the graph reads {what} ({self._describe()}), but execute was "
+            raise TypeError(f"the graph reads {what} ({self.describe()}), but execute was "
                             f"called with {len(args)} positional and keyword arguments "
                             f"{sorted(kwargs)}") from None
 
@@ -365,6 +395,16 @@ class ClassMethodNode(DAGNode):
     def get_method_name(self) -> str:
         """The name of the method this node calls."""
         return self._method_name
+
+    @property
+    def actor(self) -> Any:
+        """The actor handle (or ClassNode) whose method this node calls."""
+        return self._actor
+
+    @property
+    def num_returns(self) -> int:
+        """How many values the method returns."""
+        return self._num_returns
 
     def get_options(self) -> dict:
         return dict(getattr(self._method, "_bind_options", {}))
@@ -398,6 +438,16 @@ class ClassMethodOutputNode(DAGNode):
     def actor_id(self) -> str:
         return self._parent.actor_id
 
+    @property
+    def parent(self) -> ClassMethodNode:
+        """The call whose output this node picks."""
+        return self._parent
+
+    @property
+    def index(self) -> int:
+        """Which of the call's outputs this node is."""
+        return self._index
+
     def _label(self) -> str:
         return f"{self._parent._label()}[{self._index}]"
 
@@ -409,8 +459,13 @@ class FunctionNode(DAGNode):
         self._remote_function = remote_function
         super().__init__(args, kwargs)
 
+    @property
+    def remote_function(self) -> Any:
+        """The remote function this node calls."""
+        return self._remote_function
+
     def _label(self) -> str:
-        fn = _python_function(self._remote_function)
+        fn = python_function(self._remote_function)
         name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or "function"
         return f"{name}()"
 
@@ -537,7 +592,7 @@ def actor_class(handle: Any) -> type | None:
     return None
 
 
-def _python_function(remote_function: Any) -> Any:
+def python_function(remote_function: Any) -> Any:
     """Return the plain Python function behind a remote function, where it says."""
     for attr in ("_function", "_func", "func", "__wrapped__"):
         fn = getattr(remote_function, attr, None)

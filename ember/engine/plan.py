@@ -98,7 +98,7 @@ def host_of(node: DAGNode) -> str | None:
         return DRIVER
     if isinstance(node, InputAttributeNode):
         return None
-    raise TypeError(f"cannot place {node._describe()}: unknown node type")
+    raise TypeError(f"cannot place {node.describe()}: unknown node type")
 
 
 def make_plan(graph: Graph) -> Plan:
@@ -123,7 +123,7 @@ def make_plan(graph: Graph) -> Plan:
     actors: dict[str, Any] = {}
     for node in nodes:
         if isinstance(node, ClassMethodNode) and node.actor_id not in actors:
-            actors[node.actor_id] = node._actor
+            actors[node.actor_id] = node.actor
     participants = list(actors)
     if DRIVER_TASKS in hosts:
         participants.append(DRIVER_TASKS)

@@ -101,7 +101,7 @@ class Schedule:
 def node_spec(plan: Plan, pos: int) -> NodeSpec:
     """Describe node ``pos`` of the plan's graph for its executor."""
     from ember.dag.collective import CollectiveOutputNode
-    from ember.dag.nodes import (ClassMethodNode, ClassMethodOutputNode, FunctionNode,
+    from ember.dag.nodes import (ClassMethodNode, ClassMethodOutputNode, DAGNode, FunctionNode,
                                  InputAttributeNode, InputNode)
     graph = plan.graph
     node = graph.nodes[pos]
@@ -109,23 +109,23 @@ def node_spec(plan: Plan, pos: int) -> NodeSpec:
     def ref(value: Any) -> Any:
         if isinstance(value, InputNode):
             return NodeRef(graph.position(value), input=True)
-        if hasattr(value, "_seq") and id(value) in graph.index:
+        if isinstance(value, DAGNode) and id(value) in graph.index:
             return NodeRef(graph.position(value))
         return value
 
-    args = tuple(ref(a) for a in node._bound_args)
-    kwargs = {k: ref(v) for k, v in node._bound_kwargs.items()}
-    label = node._describe()
+    args = tuple(ref(a) for a in node.get_args())
+    kwargs = {k: ref(v) for k, v in node.get_kwargs().items()}
+    label = node.describe()
     if isinstance(node, ClassMethodNode):
-        return NodeSpec("method", label, name=node._method_name, args=args, kwargs=kwargs,
-                        num_returns=node._num_returns)
+        return NodeSpec("method", label, name=node.get_method_name(), args=args,
+                        kwargs=kwargs, num_returns=node.num_returns)
     if isinstance(node, ClassMethodOutputNode):
-        return NodeSpec("output", label, args=args, index=node._index)
+        return NodeSpec("output", label, args=args, index=node.index)
     if isinstance(node, FunctionNode):
         return NodeSpec("function", label, args=args, kwargs=kwargs,
-                        function=node._remote_function)
+                        function=node.remote_function)
     if isinstance(node, InputAttributeNode):
-        return NodeSpec("attribute", label, args=args, key=node._key)
+        return NodeSpec("attribute", label, args=args, key=node.key)
     if isinstance(node, CollectiveOutputNode):
         return NodeSpec("collective", label, name=node.call.kind, args=args,
                         kwargs={"op": node.call.op}, group=plan.collectives[pos][1])

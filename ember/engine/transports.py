@@ -77,7 +77,7 @@ def choose_transport(requested: str, writer: Endpoint, reader: Endpoint, where: 
 def needs_transports(plan: Plan) -> bool:
     """Whether the graph has a tensor type hint or a collective (then compile asks the actors
     for their GPUs)."""
-    return any(node._type_hint is not None or isinstance(node, CollectiveOutputNode)
+    return any(node.type_hint is not None or isinstance(node, CollectiveOutputNode)
                for node in plan.graph.nodes)
 
 
@@ -122,10 +122,10 @@ def plan_transports(plan: Plan, endpoints: dict[str, Endpoint], graph_id: str,
     groups = _Groups(graph_id, endpoints)
     edges: dict[int, TensorEdge] = {}
     for cp in plan.channels:
-        hint = graph.nodes[cp.node]._type_hint
+        hint = graph.nodes[cp.node].type_hint
         if cp.transport != SHARED_MEMORY or hint is None:
             continue
-        where = graph.nodes[cp.node]._describe()
+        where = graph.nodes[cp.node].describe()
         requested = hint.transport if isinstance(hint.transport, str) else NCCL
         transports = tuple(choose_transport(requested, endpoints[cp.writer], endpoints[r], where)
                            for r in cp.readers)
@@ -137,7 +137,7 @@ def plan_transports(plan: Plan, endpoints: dict[str, Endpoint], graph_id: str,
     for pos, node in enumerate(graph.nodes):
         if isinstance(node, CollectiveOutputNode):
             call = node.call
-            group = groups.get(call.actor_ids, call.transport, node._describe())
+            group = groups.get(call.actor_ids, call.transport, node.describe())
             plan.collectives[pos] = (graph.position(call.outputs[0]), group.key)
     plan.groups = sorted(groups.groups.values(), key=lambda g: repr(g.key))
 

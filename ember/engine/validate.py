@@ -11,9 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ember.dag.nodes import (ClassMethodNode, ClassMethodOutputNode, ClassNode, DAGNode,
-                             FunctionNode,
-                             InputAttributeNode, InputNode, MultiOutputNode, _python_function,
-                             actor_class, collect_nodes, nested_nodes)
+                             FunctionNode, InputAttributeNode, InputNode, MultiOutputNode,
+                             actor_class, collect_nodes, nested_nodes, python_function)
 from ember.exceptions import CompileError, InvalidArgumentsError
 
 
@@ -36,31 +35,31 @@ def validate(root: DAGNode) -> Graph:
     """Check the graph ending at ``root``; return it as a ``Graph`` or raise ``CompileError``."""
     if not isinstance(root, DAGNode):
         raise CompileError(f"compile needs a graph node, got {root!r}")
-    outputs = list(root._bound_args) if isinstance(root, MultiOutputNode) else [root]
+    outputs = list(root.get_args()) if isinstance(root, MultiOutputNode) else [root]
     if not outputs:
-        raise CompileError(f"{root._describe()} has no outputs; give it at least one node")
+        raise CompileError(f"{root.describe()} has no outputs; give it at least one node")
     for out in outputs:
         if isinstance(out, (InputNode, InputAttributeNode)):
-            raise CompileError(f"the output {out._describe()} is the graph's input itself; a "
+            raise CompileError(f"the output {out.describe()} is the graph's input itself; a "
                                f"compiled graph must compute its outputs with actor methods")
     nodes = collect_nodes(root)
     _check_containers(nodes)
     inputs = [n for n in nodes if isinstance(n, InputNode)]
     if not inputs:
         raise CompileError(
-            f"the graph ending at {root._describe()} has no InputNode; build it inside "
+            f"the graph ending at {root.describe()} has no InputNode; build it inside "
             f"`with InputNode() as inp:` and pass inp (or inp[i], inp.key) to the first method")
     if len(inputs) > 1:
         raise CompileError(f"the graph has {len(inputs)} InputNodes "
-                           f"({', '.join(n._describe() for n in inputs)}); use one InputNode "
+                           f"({', '.join(n.describe() for n in inputs)}); use one InputNode "
                            f"and inp[i] / inp.key for several arguments")
     for node in nodes:
         if isinstance(node, ClassNode):
             raise CompileError(f"Compiled DAGs can only bind methods to an actor that is "
-                               f"already created with Actor.remote(); {node._describe()} "
+                               f"already created with Actor.remote(); {node.describe()} "
                                f"creates one only when the graph runs uncompiled")
         if isinstance(node, MultiOutputNode) and node is not root:
-            raise CompileError(f"{node._describe()} is used as an argument; a MultiOutputNode "
+            raise CompileError(f"{node.describe()} is used as an argument; a MultiOutputNode "
                                f"can only be the output of the graph")
         _check_signature(node)
     in_graph = {id(n) for n in nodes}
@@ -75,7 +74,7 @@ def validate(root: DAGNode) -> Graph:
     graph.outputs = [graph.index[id(o)] for o in outputs]
     for node in nodes:
         ups: list[int] = []
-        for up in node._direct_upstream():
+        for up in node.upstream:
             pos = graph.index[id(up)]
             if pos not in ups:
                 ups.append(pos)
@@ -88,12 +87,12 @@ def _check_containers(nodes: list[DAGNode]) -> None:
     for node in nodes:
         if isinstance(node, MultiOutputNode):
             continue
-        for arg in itertools.chain(node._bound_args, node._bound_kwargs.values()):
+        for arg in itertools.chain(node.get_args(), node.get_kwargs().values()):
             hidden = [] if isinstance(arg, DAGNode) else list(nested_nodes(arg, objects=True))
             if hidden:
                 raise CompileError(
                     f"Found {len(hidden)} DAGNodes from the arg {arg!r} in "
-                    f"{node._describe()}. Please ensure that the argument is a single DAGNode "
+                    f"{node.describe()}. Please ensure that the argument is a single DAGNode "
                     f"and that a DAGNode is not allowed to be placed inside any type of "
                     f"container. A compiled graph passes only top-level arguments over "
                     f"channels: pass each node as an argument of its own")
@@ -101,7 +100,7 @@ def _check_containers(nodes: list[DAGNode]) -> None:
 
 def _check_unused_input(input_node: DAGNode, in_graph: set[int]) -> None:
     """Refuse input attributes (``inp[i]``, ``inp.key``) that the output does not depend on."""
-    attrs = [d for d in input_node._downstream if isinstance(d, InputAttributeNode)]
+    attrs = [d for d in input_node.downstream if isinstance(d, InputAttributeNode)]
     unused = [a.key for a in attrs if id(a) not in in_graph]
     if unused:
         keys = ", ".join(str(k) for k in sorted({a.key for a in attrs}, key=_key_order))
@@ -122,7 +121,7 @@ def _check_leaves(nodes: list[DAGNode], in_graph: set[int]) -> None:
     lost), e.g. an unused output of a ``num_returns=2`` method; Ray's words and count."""
     leaves: dict[int, DAGNode] = {}
     for node in nodes:
-        for down in node._downstream:
+        for down in node.downstream:
             if (id(down) not in in_graph and not isinstance(down, (MultiOutputNode,
                                                                    InputAttributeNode))):
                 leaves.setdefault(id(down), down)
@@ -133,12 +132,12 @@ def _check_leaves(nodes: list[DAGNode], in_graph: set[int]) -> None:
             f"nodes and are not output nodes. There are {len(found)} leaf nodes in the DAG. "
             f"Please add the outputs of {[_method_name(n) for n in found]} to the "
             f"MultiOutputNode, or pass them to a later method. Leaf nodes: "
-            f"{'; '.join(n._describe() for n in found)}")
+            f"{'; '.join(n.describe() for n in found)}")
 
 
 def _method_name(node: DAGNode) -> str:
-    method = node._parent if isinstance(node, ClassMethodOutputNode) else node
-    return getattr(method, "_method_name", node._label())
+    method = node.parent if isinstance(node, ClassMethodOutputNode) else node
+    return method.get_method_name() if isinstance(method, ClassMethodNode) else node.label
 
 
 def _check_input_use(nodes: list[DAGNode]) -> None:
@@ -148,36 +147,36 @@ def _check_input_use(nodes: list[DAGNode]) -> None:
     if direct and indexed:
         raise CompileError(
             f"All tasks must either use InputNode() directly, or they must index to specific "
-            f"args or kwargs. {direct[0]._describe()} reads the InputNode itself while "
-            f"{indexed[0]._describe()} reads one argument: use inp[0] instead of inp")
+            f"args or kwargs. {direct[0].describe()} reads the InputNode itself while "
+            f"{indexed[0].describe()} reads one argument: use inp[0] instead of inp")
 
 
 def _direct_readers(nodes: list[DAGNode]) -> list[DAGNode]:
     """The nodes that take the InputNode itself as an argument (not ``inp[i]`` / ``inp.key``)."""
     return [n for n in nodes if not isinstance(n, InputAttributeNode)
-            and any(isinstance(u, InputNode) for u in n._direct_upstream())]
+            and any(isinstance(u, InputNode) for u in n.upstream)]
 
 
 def _check_signature(node: DAGNode) -> None:
     """Check the bound arguments against the method's or function's signature."""
     if isinstance(node, ClassMethodNode):
-        handle = node._actor
+        handle = node.actor
         if not hasattr(handle, "_ember_run"):
-            raise CompileError(f"{node._describe()} is bound on {handle!r}, which is not an "
+            raise CompileError(f"{node.describe()} is bound on {handle!r}, which is not an "
                                f"ember actor handle")
         cls = actor_class(handle)
         if cls is None:
             return
-        attr = inspect.getattr_static(cls, node._method_name, None)
+        attr = inspect.getattr_static(cls, node.get_method_name(), None)
         if attr is None:
-            raise CompileError(f"{node._describe()}: the actor class {cls.__name__} has no method "
-                               f"{node._method_name!r}")
-        method = getattr(cls, node._method_name)
+            raise CompileError(f"{node.describe()}: the actor class {cls.__name__} has no method "
+                               f"{node.get_method_name()!r}")
+        method = getattr(cls, node.get_method_name())
         needs_self = not isinstance(attr, (staticmethod, classmethod))
-        _bind_signature(node, method, node._bound_args, node._bound_kwargs, needs_self)
+        _bind_signature(node, method, node.get_args(), node.get_kwargs(), needs_self)
     elif isinstance(node, FunctionNode):
-        fn = _python_function(node._remote_function)
-        _bind_signature(node, fn, node._bound_args, node._bound_kwargs, False)
+        fn = python_function(node.remote_function)
+        _bind_signature(node, fn, node.get_args(), node.get_kwargs(), False)
 
 
 def _bind_signature(node: DAGNode, fn: Any, args: tuple, kwargs: dict, needs_self: bool) -> None:
@@ -188,7 +187,7 @@ def _bind_signature(node: DAGNode, fn: Any, args: tuple, kwargs: dict, needs_sel
     try:
         sig.bind(*((None,) if needs_self else ()), *args, **kwargs)
     except TypeError as exc:
-        raise CompileError(f"{node._describe()} is bound with {len(args)} positional "
+        raise CompileError(f"{node.describe()} is bound with {len(args)} positional "
                            f"arguments and keywords {sorted(kwargs)}, which do not match the "
                            f"signature {sig}: {exc}") from None
 

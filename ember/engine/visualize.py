@@ -25,7 +25,7 @@ def to_dot(dag: Any) -> str:
     clusters: dict[str, list[str]] = {p: [] for p in plan.participants}
     for pos, node in enumerate(graph.nodes):
         host = plan.hosts[pos] or DRIVER   # input attributes are drawn beside the input
-        clusters[host].append(f"    n{pos} [label={_quote(node._label())}];")
+        clusters[host].append(f"    n{pos} [label={_quote(node.label)}];")
     clusters[DRIVER].append('    output [label="output", shape=oval];')
     for i, participant in enumerate(plan.participants):
         proc = dag._actor_procs.get(participant)
