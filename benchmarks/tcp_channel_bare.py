@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from ember.channels import TcpChannel
+from ember.channels.tcp import TcpChannel
 
 
 def _echo(forth: TcpChannel, back: TcpChannel, addresses: multiprocessing.Queue,

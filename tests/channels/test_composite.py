@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from ember.channels import SharedMemoryChannel, SharedMemoryType, TcpChannel, TcpType
+from ember.channels import SharedMemoryType, TcpType
 from ember.channels.composite import ByNodeType, CompositeChannel
+from ember.channels.shared_memory import SharedMemoryChannel
+from ember.channels.tcp import TcpChannel
 from ember.exceptions import ChannelClosedError, ChannelTimeoutError
 
 

@@ -11,10 +11,8 @@ from ember.exceptions import ChannelClosedError
 
 def test_public_names_are_exactly_the_interface_and_transports() -> None:
     assert sorted(channels.__all__) == sorted([
-        "DEFAULT_NUM_SLOTS", "DEFAULT_SLOT_CAPACITY", "Channel", "ChannelReader", "ChannelType",
-        "ChannelWriter", "IntraProcessChannel", "IntraProcessReader", "IntraProcessType",
-        "IntraProcessWriter", "SharedMemoryChannel", "SharedMemoryReader", "SharedMemoryType",
-        "SharedMemoryWriter", "TcpChannel", "TcpReader", "TcpType", "TcpWriter"])
+        "Channel", "ChannelReader", "ChannelType", "ChannelWriter", "IntraProcessType",
+        "SharedMemoryType", "TcpType"])
     for name in channels.__all__:
         assert hasattr(channels, name), name
 

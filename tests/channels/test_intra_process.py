@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from ember.channels import IntraProcessChannel, IntraProcessType
+from ember.channels import IntraProcessType
+from ember.channels.intra_process import IntraProcessChannel
 from ember.exceptions import ChannelClosedError, ChannelTimeoutError
 
 

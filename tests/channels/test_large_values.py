@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from ember.channels import SharedMemoryChannel
+from ember.channels.shared_memory import SharedMemoryChannel
 from ember.dynamic import shm
 from ember.dynamic.serialization import BYTES, BYTEARRAY, PICKLED, deserialize, serialize
 

@@ -14,7 +14,8 @@ import time
 import numpy as np
 import pytest
 
-from ember.channels import SharedMemoryChannel, SharedMemoryType
+from ember.channels import SharedMemoryType
+from ember.channels.shared_memory import SharedMemoryChannel
 from ember.dynamic import shm
 from ember.exceptions import (ActorDiedError, ChannelClosedError, ChannelError,
                               ChannelTimeoutError, ChannelValueTooLargeError)

@@ -11,7 +11,9 @@ import time
 import numpy as np
 import pytest
 
-from ember.channels import SharedMemoryChannel, TcpChannel, TcpType, tcp, tcp_receiver, tcp_wire
+from ember.channels import TcpType, tcp, tcp_receiver, tcp_wire
+from ember.channels.shared_memory import SharedMemoryChannel
+from ember.channels.tcp import TcpChannel
 from ember.channels.tcp_wire import HELLO, WRITER, connect
 from ember.dynamic import cluster_auth
 from ember.exceptions import (ActorDiedError, AuthenticationError, ChannelBrokenError,

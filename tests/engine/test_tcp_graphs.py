@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 
 import ember
-from ember.channels import SharedMemoryChannel, TcpChannel, TcpType
+from ember.channels import TcpType
 from ember.channels.composite import CompositeChannel
+from ember.channels.shared_memory import SharedMemoryChannel
+from ember.channels.tcp import TcpChannel
 from ember.dag import InputNode, MultiOutputNode
 from ember.engine.compiled_dag import CompiledDAG
 from ember.exceptions import ActorDiedError
