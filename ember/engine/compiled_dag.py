@@ -59,7 +59,7 @@ from ember.dag.nodes import DAGNode
 from ember.dynamic.process import pid_alive
 from ember.engine import registry
 from ember.engine.channel_setup import create_channels
-from ember.engine.comm_schedule import check_communication, order_communication
+from ember.engine.comm_schedule import order_communication
 from ember.engine.executor import (ExecutorLoop, RaisedError, pack_inputs, start_actor_loop,
                                    stop_actor_loop)
 from ember.engine.groups import store_address
@@ -120,7 +120,6 @@ class CompiledDAG:
         if needs_transports(plan):
             plan_transports(plan, endpoints, self._graph_id, options.overlap_gpu_communication)
         schedules = order_communication(plan, make_schedules(plan))
-        check_communication(plan, schedules)
         dry_run(plan, schedules)
         self._plan: Plan = plan
         self._schedules: dict[str, Schedule] = schedules

@@ -177,40 +177,106 @@ def driver_schedule(plan: Plan) -> Schedule:
 
 def dry_run(plan: Plan, schedules: dict[str, Schedule], executions: int = 3,
             num_slots: int = 1) -> None:
-    """Play every schedule for a few executions over channels of ``num_slots`` slots, without
-    processes; raise CompileError naming the blocked operations if they could deadlock."""
-    all_schedules = dict(schedules)
-    all_schedules[DRIVER] = driver_schedule(plan)
-    written = {c.id: 0 for c in plan.channels}
-    released = {(c.id, r): 0 for c in plan.channels for r in range(len(c.readers))}
-    holding: dict[str, list[tuple[int, int]]] = {p: [] for p in all_schedules}
-    position = {p: 0 for p in all_schedules}
-    total = {p: len(s.ops) * executions for p, s in all_schedules.items()}
-    progress = True
-    while progress:
-        progress = False
-        for p, sched in all_schedules.items():
-            while position[p] < total[p]:
-                op = sched.ops[position[p] % len(sched.ops)]
-                execution = position[p] // len(sched.ops)
-                if op.kind == READ:
-                    if written[op.channel] <= execution:
-                        break
-                    holding[p].append((op.channel, op.reader))
-                elif op.kind == WRITE:
-                    readers = len(plan.channels[op.channel].readers)
-                    slowest = min(released[(op.channel, r)] for r in range(readers))
-                    if written[op.channel] - slowest >= num_slots:
-                        break
-                    written[op.channel] += 1
-                position[p] += 1
-                progress = True
-                if p == DRIVER or position[p] % len(sched.ops) == 0:
-                    for key in holding[p]:  # slots go back at the end of an execution
-                        released[key] += 1
-                    holding[p].clear()
-    blocked = [f"{p} at {all_schedules[p].ops[position[p] % len(all_schedules[p].ops)]!r}"
-               for p in all_schedules if position[p] < total[p]]
+    """Play every schedule for a few executions without processes; raise CompileError naming
+    the blocked operations if they could deadlock. Channels buffer ``num_slots`` values (Note
+    [schedule order]); an NCCL send completes with its receive, a collective when every member
+    is at it (Note [communication order] in comm_schedule.py)."""
+    play = _Replay(plan, {**schedules, DRIVER: driver_schedule(plan)}, executions, num_slots)
+    while play.sweep():
+        pass
+    blocked = [f"{p} at {play.op(p)[0]!r}" for p in play.schedules if not play.finished(p)]
     if blocked:
         raise CompileError(f"the schedules can deadlock; blocked: {'; '.join(blocked)}. "
-                           f"Schedules: {list(all_schedules.values())}")
+                           f"Schedules: {list(play.schedules.values())}")
+
+
+class _Replay:
+    """The state of a dry run: where each participant is, and what each channel holds."""
+
+    def __init__(self, plan: Plan, schedules: dict[str, Schedule], executions: int,
+                 num_slots: int) -> None:
+        from ember.gpu.tensors import NCCL
+        self.plan, self.schedules, self.num_slots = plan, schedules, num_slots
+        self.written = {c.id: 0 for c in plan.channels}
+        self.released = {(c.id, r): 0 for c in plan.channels for r in range(len(c.readers))}
+        self.holding: dict[str, list[tuple[int, int]]] = {p: [] for p in schedules}
+        self.position = {p: 0 for p in schedules}
+        self.total = {p: len(s.ops) * executions for p, s in schedules.items()}
+        self.buffered = {p: False for p in schedules}   # the current op's channel part is done
+        self.sent = {p: 0 for p in schedules}           # receivers the current WRITE has met
+        self.receivers = {cid: [(plan.channels[cid].readers[r], r) for r, transport
+                                in enumerate(edge.transports) if transport == NCCL]
+                          for cid, edge in plan.tensor_edges.items()}
+        actors = {group.key: set(group.actors) for group in plan.groups}
+        self.members = {cid: actors[key] for cid, key in plan.collectives.values()}
+
+    def finished(self, p: str) -> bool:
+        return self.position[p] >= self.total[p]
+
+    def op(self, p: str) -> tuple[Op, int]:
+        """The operation participant ``p`` is at, and its execution."""
+        ops = self.schedules[p].ops
+        return ops[self.position[p] % len(ops)], self.position[p] // len(ops)
+
+    def sweep(self) -> bool:
+        """Move every participant on as far as it can go; whether any moved."""
+        moved = False
+        for p in self.schedules:
+            while not self.finished(p) and self._step(p):
+                moved = True
+        return moved
+
+    def _step(self, p: str) -> bool:
+        """Do (part of) ``p``'s current operation; False if it must wait."""
+        op, execution = self.op(p)
+        if op.kind == READ:
+            if not self.buffered[p]:
+                if self.written[op.channel] <= execution:
+                    return False
+                self.holding[p].append((op.channel, op.reader))
+                self.buffered[p] = True
+                return True
+            if (p, op.reader) in self.receivers.get(op.channel, ()):
+                return False   # an NCCL receive: its sender completes it
+        elif op.kind == WRITE:
+            if not self.buffered[p]:
+                readers = len(self.plan.channels[op.channel].readers)
+                slowest = min(self.released[(op.channel, r)] for r in range(readers))
+                if self.written[op.channel] - slowest >= self.num_slots:
+                    return False
+                self.written[op.channel] += 1
+                self.buffered[p] = True
+                return True
+            receivers = self.receivers.get(op.channel, ())
+            if self.sent[p] < len(receivers):
+                q, index = receivers[self.sent[p]]
+                if self.finished(q) or self.op(q) != (Op(READ, op.node, op.channel, index),
+                                                      execution) or not self.buffered[q]:
+                    return False
+                self.sent[p] += 1
+                self._done(q)
+                return True
+        elif op.kind == COMPUTE and op.node in self.plan.collectives:
+            cid = self.plan.collectives[op.node][0]
+            group = self.members[cid]
+            if not all(not self.finished(m) and self.op(m)[1] == execution
+                       and self._collective(self.op(m)[0]) == cid for m in group):
+                return False
+            for member in group:
+                self._done(member)
+            return True
+        self._done(p)
+        return True
+
+    def _collective(self, op: Op) -> int | None:
+        entry = self.plan.collectives.get(op.node) if op.kind == COMPUTE else None
+        return entry[0] if entry else None
+
+    def _done(self, p: str) -> None:
+        """``p``'s current operation is complete; slots go back at the end of an execution."""
+        self.position[p] += 1
+        self.buffered[p], self.sent[p] = False, 0
+        if p == DRIVER or self.position[p] % len(self.schedules[p].ops) == 0:
+            for key in self.holding[p]:
+                self.released[key] += 1
+            self.holding[p].clear()

@@ -6,9 +6,9 @@ import pytest
 
 from ember.dag import InputNode, MultiOutputNode, TorchTensorType
 from ember.dag.collective import allgather, allreduce
-from ember.engine.comm_schedule import check_communication, order_communication
+from ember.engine.comm_schedule import order_communication
 from ember.engine.plan import DRIVER, DRIVER_TASKS, make_plan
-from ember.engine.schedule import COMPUTE, make_schedules
+from ember.engine.schedule import COMPUTE, dry_run, make_schedules
 from ember.engine.endpoints import Endpoint
 from ember.engine.transports import HANDOFF, choose_transport, plan_transports
 from ember.engine.validate import validate
@@ -29,6 +29,9 @@ def ep(pid: int, *gpus: str) -> Endpoint:
 class Worker:
     def fwd(self, x):
         return x
+
+    def add(self, x, y):
+        return x + y
 
 
 @pytest.mark.parametrize("requested, writer, reader, expected", [
@@ -126,9 +129,9 @@ def test_dry_run_catches_a_deadlocking_order_and_the_global_order_fixes_it():
     plan = _crossing_graph()
     unordered = make_schedules(plan)   # each actor sends before it receives
     with pytest.raises(CompileError, match="deadlock"):
-        check_communication(plan, unordered)
+        dry_run(plan, unordered)
     ordered = order_communication(plan, unordered)
-    check_communication(plan, ordered)
+    dry_run(plan, ordered)
     assert ordered != unordered
 
 
@@ -141,13 +144,13 @@ def test_dry_run_catches_collectives_in_different_orders():
         dag = MultiOutputNode(first + second)
     plan = _plan(dag, {a._actor_id: ep(10), b._actor_id: ep(11)})
     schedules = order_communication(plan, make_schedules(plan))
-    check_communication(plan, schedules)
+    dry_run(plan, schedules)
     ops = schedules[b._actor_id].ops
     collectives = [i for i, op in enumerate(ops) if op.kind == COMPUTE and op.node in plan.collectives]
     i, j = collectives[0], collectives[1]
     ops[i], ops[j] = ops[j], ops[i]   # b runs the second allreduce first
     with pytest.raises(CompileError, match="deadlock"):
-        check_communication(plan, schedules)
+        dry_run(plan, schedules)
 
 
 def test_an_nccl_collective_over_actors_sharing_a_gpu_is_a_compile_error():
@@ -156,3 +159,39 @@ def test_an_nccl_collective_over_actors_sharing_a_gpu_is_a_compile_error():
         dag = MultiOutputNode(allreduce.bind([a.fwd.bind(inp), b.fwd.bind(inp)]))
     with pytest.raises(CompileError, match="cannot put two ranks on one GPU"):
         _plan(dag, {a._actor_id: ep(10, GPU0), b._actor_id: ep(11, GPU0)})
+
+
+def test_dry_run_sees_an_nccl_send_stuck_behind_a_buffered_read():
+    """a sends x over NCCL, then writes y to shared memory; b reads y before it receives x.
+    Neither a replay of the channels alone nor of the communication alone hangs; together, a
+    waits in its send for b, b waits in its read for a. The global order fixes it."""
+    a, b = FakeActor(Worker()), FakeActor(Worker())
+    with InputNode() as inp:
+        x = a.fwd.bind(inp).with_tensor_transport("nccl")
+        y = a.fwd.bind(inp)
+        dag = b.add.bind(y, x)
+    plan = _plan(dag, {a._actor_id: ep(10), b._actor_id: ep(11)})
+    unordered = make_schedules(plan)
+    assert [op.kind for op in unordered[b._actor_id].ops][:2] == ["READ", "READ"]
+    with pytest.raises(CompileError, match=r"deadlock.*blocked: .*W\(n1"):
+        dry_run(plan, unordered)
+    dry_run(plan, order_communication(plan, unordered))
+
+
+def test_dry_run_finds_a_three_party_nccl_cycle():
+    a, b, c = (FakeActor(Worker()) for _ in range(3))
+    with InputNode() as inp:
+        f = a.fwd.bind(inp).with_tensor_transport("nccl")
+        g = b.fwd.bind(f).with_tensor_transport("nccl")
+        h = c.fwd.bind(g).with_tensor_transport("nccl")
+        dag = a.fwd.bind(h)
+    plan = _plan(dag, {a._actor_id: ep(10), b._actor_id: ep(11), c._actor_id: ep(12)})
+    schedules = make_schedules(plan)
+    dry_run(plan, schedules)
+    ops = schedules[a._actor_id].ops   # a now receives h before it sends f: a cycle of three
+    write_f = next(i for i, op in enumerate(ops) if op.kind == "WRITE")
+    read_h = next(i for i, op in enumerate(ops) if op.kind == "READ" and i > write_f)
+    ops.insert(write_f, ops.pop(read_h))
+    with pytest.raises(CompileError, match="deadlock") as err:
+        dry_run(plan, schedules)
+    assert all(actor._actor_id in str(err.value) for actor in (a, b, c))
