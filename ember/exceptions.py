@@ -151,10 +151,10 @@ class ChannelClosedError(ChannelError):
     """The channel was closed (the graph was torn down)."""
 
 
-class ChannelBrokenError(ChannelError, ActorDiedError):
+class ChannelBrokenError(ChannelError):
     """The process at the other end of a channel died, or its node or connection did (the cause,
-    if any, in ``__cause__``); unlike ChannelClosedError nobody closed it. An ActorDiedError
-    too: in a compiled graph that is what a broken channel means."""
+    if any, in ``__cause__``); unlike ChannelClosedError nobody closed it. A compiled graph
+    turns it into ActorDiedError (Note [dead actors] in ember/engine/compiled_dag.py)."""
 
 
 class ChannelTimeoutError(ChannelError, TimeoutError):

@@ -46,8 +46,8 @@ DEFAULT_SLOT_CAPACITY = 64 * 1024
 # side, futex_wait's own barrier on the other: either the waker sees the flag, or the sleeper's
 # kernel sees the new word. So a write or an ack costs a system call only when someone sleeps.
 # Between slices the waiter checks that the peer it waits on is still alive (pid and start time,
-# so a recycled pid does not count): a dead peer is ChannelBrokenError (an ActorDiedError)
-# within a slice or two.
+# so a recycled pid does not count): a dead peer is ChannelBrokenError within a slice or two
+# (which a compiled graph turns into ActorDiedError).
 # Memory order: payload and slot record are stored before the sequence counter that publishes
 # them, and read after it; x86-64 keeps stores in order and loads in order (TSO), which is what
 # this relies on. A weakly ordered CPU (aarch64) would need fences between them as well.

@@ -15,10 +15,11 @@ waits for a slot and ``execute`` blocks instead of failing.
 
 Note [dead actors]
 ~~~~~~~~~~~~~~~~~~
-A channel raises ``ActorDiedError`` when the process at its other end is gone; a loop that sees
-it closes every channel of the graph (Note [loop exit] in executor.py). The driver also checks
+A channel raises ``ChannelBrokenError`` when the process at its other end is gone (a channel
+knows processes, not actors); a loop that sees it closes every channel of the graph (Note [loop exit] in executor.py). The driver also checks
 the processes of all actors between the slices of its waits. Either way the graph is marked
-broken: every pending and later ``get`` and every ``execute`` raises ``ActorDiedError``, and
+broken: the driver turns what it saw into ``ActorDiedError`` (``_broken_channel``), and every
+pending and later ``get`` and every ``execute`` raises that, and
 ``teardown`` still frees everything. Surviving actors stay usable, also for a new graph.
 Results that were complete before the death are not lost: an output channel still yields the
 values written to it before it was closed (Note [channel close] in channels/interface.py), so
@@ -70,8 +71,9 @@ from ember.engine.schedule import Schedule, driver_schedule, dry_run, make_sched
 from ember.engine.endpoints import Endpoint, describe_process
 from ember.engine.transports import needs_transports, plan_transports
 from ember.engine.validate import input_check, validate
-from ember.exceptions import (ActorDiedError, CapacityExceededError, ChannelClosedError,
-                              ChannelTimeoutError, CompileError, DAGTeardownError, EmberError)
+from ember.exceptions import (ActorDiedError, CapacityExceededError, ChannelBrokenError,
+                              ChannelClosedError, ChannelTimeoutError, CompileError,
+                              DAGTeardownError, EmberError)
 
 logger = logging.getLogger(__name__)
 
@@ -228,6 +230,8 @@ class CompiledDAG:
             except ChannelClosedError:
                 self._check_usable()
                 raise
+            except ChannelBrokenError as exc:
+                raise self._broken_channel(exc) from None
             seq = self._next_submit
             self._next_submit = seq + 1
         if not self._returns_list:
@@ -386,7 +390,7 @@ class CompiledDAG:
                 value = reader.read_nowait()
             except ChannelTimeoutError:
                 continue
-            except (ChannelClosedError, ActorDiedError):
+            except (ChannelClosedError, ChannelBrokenError):
                 return False     # the read waited for sees it too, and reports it
             self._partial[node] = value
             if type(value) is RaisedError and self._fail_fast(self._next_read, value):
@@ -420,9 +424,8 @@ class CompiledDAG:
                     "died or failed (see the actors' logs); tear the graph down and compile it "
                     "again"))
                 raise _copy_error(self._broken) from None
-            except ActorDiedError as exc:
-                self._mark_broken(ActorDiedError(_DIED + str(exc)))
-                raise _copy_error(self._broken) from None
+            except ChannelBrokenError as exc:
+                raise self._broken_channel(exc) from None
             return value   # zero-copy arrays stay valid while they live (Note [zero-copy lifetime])
 
     # -- failure ---------------------------------------------------------------------------------
@@ -435,6 +438,11 @@ class CompiledDAG:
                     f"{_DIED}actor {actor_id} (pid {pid}) of the compiled graph died; the graph "
                     f"cannot run any more: tear it down and compile a new one over live actors"))
                 raise _copy_error(self._broken)
+
+    def _broken_channel(self, exc: ChannelBrokenError) -> ActorDiedError:
+        """The ActorDiedError of a channel whose peer process died; the graph is broken."""
+        self._mark_broken(ActorDiedError(_DIED + str(exc)))
+        return _copy_error(self._broken)
 
     def _mark_broken(self, exc: BaseException) -> None:
         if self._broken is None:

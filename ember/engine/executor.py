@@ -33,8 +33,9 @@ from typing import Any, Callable
 from ember.channels.interface import ChannelReader
 from ember.engine.groups import join_groups, release_groups
 from ember.engine.schedule import COMPUTE, READ, WRITE, NodeRef, NodeSpec, Schedule
-from ember.exceptions import (ActorDiedError, ChannelClosedError, EmberError, GetTimeoutError,
-                              SerializationError, TaskError, TensorTransportError)
+from ember.exceptions import (ActorDiedError, ChannelBrokenError, ChannelClosedError, EmberError,
+                              GetTimeoutError, SerializationError, TaskError,
+                              TensorTransportError)
 
 logger = logging.getLogger(__name__)
 
@@ -228,7 +229,7 @@ class ExecutorLoop:
             pass
         except BaseException as exc:  # noqa: BLE001 - a dead peer or a broken loop ends the graph
             self.error = exc
-            if not isinstance(exc, ActorDiedError):
+            if not isinstance(exc, (ActorDiedError, ChannelBrokenError)):
                 logger.error("executor loop of graph %s in %s failed:\n%s", self.graph_id,
                              self.where, traceback.format_exc())
             self.close_channels()

@@ -17,7 +17,7 @@ import pytest
 from ember.channels import SharedMemoryType
 from ember.channels.shared_memory import SharedMemoryChannel
 from ember.dynamic import shm
-from ember.exceptions import (ActorDiedError, ChannelClosedError, ChannelError,
+from ember.exceptions import (ChannelBrokenError, ChannelClosedError, ChannelError,
                               ChannelTimeoutError, ChannelValueTooLargeError)
 
 from . import peers
@@ -175,7 +175,7 @@ def test_reader_sees_actor_died_when_the_writer_is_killed(spawn) -> None:
             killer = threading.Timer(0.3, writer.kill)
             killer.start()
             start = time.monotonic()
-            with pytest.raises(ActorDiedError, match=f"writer process {writer.pid}"):
+            with pytest.raises(ChannelBrokenError, match=f"writer process {writer.pid}"):
                 reader.read(timeout=None)
             assert time.monotonic() - start < 3
             killer.join()
@@ -197,7 +197,7 @@ def test_writer_sees_actor_died_when_a_reader_is_killed(spawn) -> None:
             killer = threading.Timer(0.3, reader1.kill)
             killer.start()
             start = time.monotonic()
-            with pytest.raises(ActorDiedError, match=f"reader 1 process {reader1.pid}"):
+            with pytest.raises(ChannelBrokenError, match=f"reader 1 process {reader1.pid}"):
                 writer.write(2, timeout=None)
             assert time.monotonic() - start < 3
             killer.join()

@@ -312,7 +312,7 @@ def test_a_sigkilled_writer_breaks_the_reader_within_seconds(spawn) -> None:
         with pytest.raises(ChannelBrokenError, match="connection ended without a close") as info:
             reader.read(timeout=None)
         assert time.monotonic() - start < 3
-        assert isinstance(info.value, ActorDiedError)
+        assert not isinstance(info.value, ActorDiedError)   # the engine's word, not a channel's
         killer.join()
 
 
