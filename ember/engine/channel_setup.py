@@ -1,5 +1,5 @@
 """Create the channels of a compiled graph: a type per edge from where its ends run, the readers'
-rendezvous, and the tensor wrapper of hinted edges.
+rendezvous.
 
 Note [channel choice]
 ~~~~~~~~~~~~~~~~~~~~~
@@ -9,8 +9,9 @@ edges] in channels/composite.py). A node is a process's ``shm.session_id()`` (ev
 a node shares it; ``describe_process`` reports it), not its host name, which several nodes on
 one machine share. The private compile option ``_channel_type`` replaces the same-node type
 (``dag.compile(_channel_type=TcpType())`` runs every edge over TCP on one machine, for tests
-and benchmarks). The compiler only calls the type objects: it never looks at which transport
-a channel is.
+and benchmarks). An edge that carries tensors gets ``TensorType`` around that type (its GPU
+transports per reader come from the plan: ember/engine/transports.py). The compiler only calls
+the type objects: it never looks at which transport a channel is.
 """
 
 from __future__ import annotations
@@ -22,15 +23,22 @@ from ember.channels.interface import Channel, ChannelType
 from ember.channels.shared_memory import SharedMemoryType
 from ember.channels.tcp import TcpType
 from ember.engine.options import CompileOptions
-from ember.engine.plan import INTRA_PROCESS, Plan
+from ember.engine.plan import ChannelPlan, Plan
 from ember.engine.endpoints import Endpoint
 
 
-def channel_type(writer: Endpoint, readers: list[Endpoint],
+def channel_type(plan: Plan, cp: ChannelPlan, endpoints: dict[str, Endpoint],
                  options: CompileOptions) -> ChannelType:
-    """The type of an edge between processes, from the nodes of its ends (Note [channel choice])."""
+    """The type of an edge between processes, from the nodes of its ends, wrapped in a
+    TensorType when the edge carries tensors (Note [channel choice])."""
     same_node = options.channel_type or SharedMemoryType(slot_capacity=options.buffer_size_bytes)
-    return ByNodeType(writer.node, [r.node for r in readers], same_node, TcpType())
+    kind: ChannelType = ByNodeType(endpoints[cp.writer].node,
+                                   [endpoints[r].node for r in cp.readers], same_node, TcpType())
+    edge = plan.tensor_edges.get(cp.id)
+    if edge is not None:
+        from ember.gpu.tensor_channel import TensorType
+        kind = TensorType(kind, edge)
+    return kind
 
 
 def create_channels(plan: Plan, endpoints: dict[str, Endpoint], options: CompileOptions,
@@ -41,15 +49,11 @@ def create_channels(plan: Plan, endpoints: dict[str, Endpoint], options: Compile
     runs and returns a function that waits for its result. What was made before a failure is in
     ``channels``, for the caller's teardown."""
     for cp in plan.channels:
-        if cp.transport != INTRA_PROCESS:
-            kind = channel_type(endpoints[cp.writer], [endpoints[r] for r in cp.readers], options)
+        if cp.between_processes:   # else the executor hands the value over (plan.py)
+            kind = channel_type(plan, cp, endpoints, options)
             channels[cp.id] = kind.create_channel(len(cp.readers),
                                                   num_slots=options.max_inflight_executions)
     rendezvous(plan, channels, call)
-    if plan.tensor_edges:
-        from ember.gpu.tensor_channel import TensorChannel
-        for cid, edge in plan.tensor_edges.items():
-            channels[cid] = TensorChannel(channels[cid], edge)
 
 
 def rendezvous(plan: Plan, channels: dict[int, Channel],

@@ -61,6 +61,11 @@ class ChannelPlan:
     def reader_index(self, participant: str) -> int:
         return self.readers.index(participant)
 
+    @property
+    def between_processes(self) -> bool:
+        """Whether the edge needs a channel (Note [intra-process hand-off]: else it does not)."""
+        return self.transport != INTRA_PROCESS
+
     def __repr__(self) -> str:
         return (f"c{self.id}(n{self.node} {self.writer} -> {', '.join(self.readers)}, "
                 f"{self.transport})")

@@ -33,14 +33,12 @@ from typing import Any, NamedTuple
 
 import torch
 
-from ember.channels.interface import Channel, ChannelReader, ChannelWriter
+from ember.channels.interface import Channel, ChannelReader, ChannelType, ChannelWriter
 from ember.exceptions import ChannelError, TensorTransportError
 from ember.gpu.communicator import Communicator, communicator_registry
 from ember.gpu.cuda_ipc import CudaIpcReader, CudaIpcWriter, IpcMessage
 from ember.gpu.streams import CommStream, process_comm_stream
 from ember.gpu.tensors import (CPU, IPC, NCCL, TensorEdge, TensorMeta, merge_tensors, split_tensors)
-
-
 
 class TensorPacket(NamedTuple):
     """What travels over the CPU channel (Note [tensor messages])."""
@@ -66,6 +64,16 @@ class TensorChannel(Channel):
     def writer(self) -> "TensorChannelWriter":
         """The writing end (in the process that computes the value)."""
         return TensorChannelWriter(self)
+
+    def rendezvous_readers(self) -> tuple[int, ...]:
+        """The CPU channel's (Note [tcp channel rendezvous] in channels/tcp.py)."""
+        return self.cpu.rendezvous_readers()
+
+    def prepare_reader(self, index: int) -> Any:
+        return self.cpu.prepare_reader(index)
+
+    def set_reader_address(self, index: int, address: Any) -> None:
+        self.cpu.set_reader_address(index, address)
 
     def reader(self, index: int = 0) -> "TensorChannelReader":
         """The reading end of reader ``index``."""
@@ -164,12 +172,13 @@ class TensorChannelReader(ChannelReader):
     def __init__(self, channel: TensorChannel, index: int) -> None:
         edge = self._edge = channel.edge
         self._cpu = channel.cpu.reader(index)
-        self._transport = edge.transports[index]
-        self._comm = _communicator(edge) if self._transport == NCCL else None
+        transport = edge.transports[index]
+        self._comm = _communicator(edge) if transport == NCCL else None
         self._peer = edge.writer_rank
         self._ipc_index = edge.transports[:index].count(IPC)
         self._ipc: CudaIpcReader | None = None
         self._stream = _stream(edge)
+        self._tensors = {CPU: self._host, IPC: self._from_ipc, NCCL: self._recv}[transport]
 
     def attach(self) -> None:
         self._cpu.attach()
@@ -181,16 +190,22 @@ class TensorChannelReader(ChannelReader):
         packet = self._cpu.read(timeout)
         if not packet.metas:
             return packet.skeleton
-        if self._transport == CPU:
-            tensors = packet.host
-        elif self._transport == IPC:
-            tensors = self._ipc_reader().read(packet.ipc)
-            self._stream.before_compute(tensors)
-        else:
-            tensors = self._recv(packet.metas)
-        return merge_tensors(packet.skeleton, tensors)
+        return merge_tensors(packet.skeleton, self._tensors(packet))
 
-    def _recv(self, metas: tuple[TensorMeta, ...] | int) -> list[torch.Tensor]:
+    @staticmethod
+    def _host(packet: TensorPacket) -> tuple[torch.Tensor, ...]:
+        """The host copies that came inside the packet (a "cpu" reader)."""
+        return packet.host
+
+    def _from_ipc(self, packet: TensorPacket) -> list[torch.Tensor]:
+        """The tensors of the writer's CUDA IPC buffer (an "ipc" reader)."""
+        tensors = self._ipc_reader().read(packet.ipc)
+        self._stream.before_compute(tensors)
+        return tensors
+
+    def _recv(self, packet: TensorPacket) -> list[torch.Tensor]:
+        """The tensors received from the writer's rank (an "nccl" reader)."""
+        metas = packet.metas
         if isinstance(metas, int):
             metas = [self._edge.hint.meta(self._edge.device)] * metas
         with self._stream.communicating():
@@ -213,3 +228,20 @@ class TensorChannelReader(ChannelReader):
         if self._ipc is not None:
             self._ipc.close()
         self._cpu.close()
+
+
+class TensorType(ChannelType):
+    """The type of a hinted edge: ``inner``'s channel for the packets, the edge's GPU
+    transports for the tensors (Note [channel choice] in ember/engine/channel_setup.py)."""
+
+    def __init__(self, inner: ChannelType, edge: TensorEdge) -> None:
+        self.inner = inner
+        self.edge = edge
+
+    def create_channel(self, num_readers: int = 1, *, num_slots: int = 1) -> TensorChannel:
+        """A TensorChannel over a new channel of the inner type."""
+        return TensorChannel(self.inner.create_channel(num_readers, num_slots=num_slots),
+                             self.edge)
+
+    def __repr__(self) -> str:
+        return f"TensorType({self.inner!r}, {'/'.join(self.edge.transports)})"
