@@ -161,6 +161,11 @@ class ChannelTimeoutError(ChannelError, TimeoutError):
     """A channel read or write ran past its timeout."""
 
 
+class ResultTimeoutError(ChannelTimeoutError, GetTimeoutError):
+    """A compiled graph's result did not come within a ``get``'s timeout: a GetTimeoutError as
+    for an ObjectRef, and a ChannelTimeoutError (Ray's ``RayChannelTimeoutError``)."""
+
+
 class ChannelValueTooLargeError(ChannelError, ValueError):
     """A value does not fit in a channel that may not grow."""
 

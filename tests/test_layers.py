@@ -33,7 +33,7 @@ def test_the_dynamic_runtime_imports_nothing_of_the_layers_above_it():
 # what the engine's own objects keep (a compiled graph, its refs and loops) and the actor
 # handle's hooks for the engine (ember/dynamic/actor.py)
 ENGINE_OWN = {"_ember_run", "_ember_node", "_thread", "_dag", "_returns_list", "_async_pool",
-              "_get", "_dropped", "_actor_procs", "_graph_id"}
+              "_buffer", "_health", "_graph_id"}
 
 
 def test_the_engine_reads_no_private_attribute_of_graph_nodes():

@@ -18,7 +18,7 @@ Note [dead actors]
 A channel raises ``ChannelBrokenError`` when the process at its other end is gone (a channel
 knows processes, not actors); a loop that sees it closes every channel of the graph (Note [loop exit] in executor.py). The driver also checks
 the processes of all actors between the slices of its waits. Either way the graph is marked
-broken: the driver turns what it saw into ``ActorDiedError`` (``_broken_channel``), and every
+broken: the driver turns what it saw into ``ActorDiedError`` (graph_health.py), and every
 pending and later ``get`` and every ``execute`` raises that, and
 ``teardown`` still frees everything. Surviving actors stay usable, also for a new graph.
 Results that were complete before the death are not lost: an output channel still yields the
@@ -31,7 +31,7 @@ As in Ray, a get on any output of an execution raises as soon as one of its outp
 error: while the driver waits for one output channel it also polls the others of the same
 execution (between the slices of its wait), and the first error becomes the result of every
 output of that execution. Its other outputs are still read from their channels later (each
-channel is read in execution order) and dropped (``_failed_fast``).
+channel is read in execution order) and dropped (``ResultBuffer`` in results.py).
 
 Note [capacity]
 ~~~~~~~~~~~~~~~
@@ -44,15 +44,12 @@ instead of reading another execution into a full buffer, as Ray does.
 from __future__ import annotations
 
 import asyncio
-import copy
 import functools
 import itertools
 import logging
-import socket
 import threading
 import time
 import uuid
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -61,27 +58,22 @@ from ember.dynamic.process import pid_alive
 from ember.engine import registry
 from ember.engine.channel_setup import create_channels
 from ember.engine.comm_schedule import order_communication
-from ember.engine.executor import (ExecutorLoop, RaisedError, pack_inputs, start_actor_loop,
-                                   stop_actor_loop)
+from ember.engine.actor_side import LoopStarted, start_actor_loop, stop_actor_loop
+from ember.engine.executor import ExecutorLoop, pack_inputs
+from ember.engine.graph_health import HOST, GraphHealth
 from ember.engine.groups import store_address
 from ember.engine.options import CompileOptions
 from ember.engine.plan import DRIVER, DRIVER_TASKS, Plan, make_plan
-from ember.engine.refs import CompiledDAGFuture, CompiledDAGRef, CompiledDAGRefList, unwrap
+from ember.engine.refs import CompiledDAGFuture, CompiledDAGRef, CompiledDAGRefList
+from ember.engine.results import ResultBuffer, remaining, submit_timeout_error
 from ember.engine.schedule import Schedule, driver_schedule, dry_run, make_schedules
 from ember.engine.endpoints import Endpoint, describe_process
 from ember.engine.transports import needs_transports, plan_transports
 from ember.engine.validate import input_check, validate
-from ember.exceptions import (ActorDiedError, CapacityExceededError, ChannelBrokenError,
-                              ChannelClosedError, ChannelTimeoutError, CompileError,
-                              DAGTeardownError, EmberError)
+from ember.exceptions import (ChannelBrokenError, ChannelClosedError, ChannelTimeoutError,
+                              CompileError)
 
 logger = logging.getLogger(__name__)
-
-_SLICE_S = 0.25          # how often a waiting driver checks the actors' processes
-_FAILED_FAST = object()  # what a read gives when another output failed (Note [fast fail])
-_DIED = "The actor died unexpectedly before finishing this task. "   # Ray's words
-_HOST = socket.gethostname()
-
 
 def compile_dag(root: DAGNode, **options: Any) -> "CompiledDAG":
     """Compile the graph ending at ``root`` (see ``CompileOptions`` for the options)."""
@@ -98,23 +90,14 @@ class CompiledDAG:
         t0 = time.perf_counter()
         self._options = options
         self._graph_id = f"{next(_GRAPH_COUNTER)}-{uuid.uuid4().hex[:8]}"
-        self._torn_down = False
-        self._broken: BaseException | None = None
         self._channels: dict[int, Any] = {}
+        self._health = GraphHealth(self._channels)
+        self._buffer: ResultBuffer | None = None   # made once the output readers are
         self._driver_loop: ExecutorLoop | None = None
-        self._actor_procs: dict[str, tuple[str, int]] = {}
         self._pool: ThreadPoolExecutor | None = None
         self._submit_lock = threading.Lock()
-        self._read_lock = threading.Lock()
         self._teardown_lock = threading.Lock()
-        self._results_lock = threading.Lock()      # guards _results (never held while waiting)
         self._next_submit = 0
-        self._next_read = 0
-        self._results: dict[int, list] = {}      # seq -> (ok, value) per output, None: taken
-        self._partial: dict[int, Any] = {}       # output node -> value, of the execution read
-        self._dropped: deque[tuple[int, int]] = deque()   # (seq, output) of refs dropped
-        self._dropped_unread: set[tuple[int, int]] = set()
-        self._failed_fast = -1                   # execution failed fast, still being read
 
         graph = validate(root)
         plan = make_plan(graph)
@@ -183,10 +166,10 @@ class CompiledDAG:
         problems = []
         for actor_id, ref in pending:
             reply = _get(ref, options.start_timeout)
-            if reply[0] == "ok":
-                self._actor_procs[actor_id] = (reply[1], reply[2])
+            if isinstance(reply, LoopStarted):
+                self._health.actor_procs[actor_id] = (reply.host, reply.pid)
             else:
-                problems.append(reply[1])
+                problems.append(reply.reason)
         if problems:
             raise CompileError("; ".join(problems))
         if DRIVER_TASKS in schedules:
@@ -198,12 +181,11 @@ class CompiledDAG:
             self._driver_loop.start()
         input_cid = plan.remote.get(graph.input)
         self._input_writer = self._channels[input_cid].writer() if input_cid is not None else None
-        self._output_readers: list[tuple[int, Any]] = []
-        for op in self._driver_schedule.ops:
-            if op.kind == "READ":
-                self._output_readers.append((op.node, self._channels[op.channel].reader(op.reader)))
-        for _, reader in self._output_readers:
+        readers = [(op.node, self._channels[op.channel].reader(op.reader))
+                   for op in self._driver_schedule.ops if op.kind == "READ"]
+        for _, reader in readers:
             reader.attach()
+        self._buffer = ResultBuffer(options, self._health, graph.outputs, readers)
         if self._input_writer is not None:
             self._input_writer.attach()
 
@@ -213,25 +195,26 @@ class CompiledDAG:
         """Start one execution with these arguments and return its ref (for a MultiOutputNode,
         a list of refs, one per output, as Ray does; its ``get()`` gets them all). Returns at
         once unless ``max_inflight_executions`` are pending, then waits (Note [back-pressure])."""
-        if self._torn_down or self._broken is not None:
-            self._check_usable()
+        health = self._health
+        if health.torn_down or health.broken is not None:
+            health.check_usable()
         self._input_check(args, kwargs)
         timeout = self._options.submit_timeout
         with self._submit_lock:
             deadline = None
-            if self._next_submit - self._next_read >= self._options.max_inflight_executions:
+            if self._next_submit - self._buffer.next_read >= self._options.max_inflight_executions:
                 deadline = None if timeout is None else time.monotonic() + timeout
                 self._wait_for_room(deadline, timeout)
             try:
                 self._input_writer.write(pack_inputs(args, kwargs), timeout if deadline is None
-                                         else _remaining(deadline, None))
+                                         else remaining(deadline, None))
             except ChannelTimeoutError:
-                raise self._submit_timeout_error(timeout) from None
+                raise submit_timeout_error(self._options, timeout) from None
             except ChannelClosedError:
-                self._check_usable()
+                health.check_usable()
                 raise
             except ChannelBrokenError as exc:
-                raise self._broken_channel(exc) from None
+                raise health.broken_channel(exc) from None
             seq = self._next_submit
             self._next_submit = seq + 1
         if not self._returns_list:
@@ -240,16 +223,16 @@ class CompiledDAG:
 
     def _wait_for_room(self, deadline: float | None, timeout: float | None) -> None:
         """Read the oldest results into the buffer until fewer than the limit are pending."""
-        limit = self._options.max_inflight_executions
-        while self._next_submit - self._next_read >= limit:
-            if not self._read_lock.acquire(timeout=_remaining(deadline, -1)):
-                raise self._submit_timeout_error(timeout)
+        limit, buffer = self._options.max_inflight_executions, self._buffer
+        while self._next_submit - buffer.next_read >= limit:
+            if not buffer.read_lock.acquire(timeout=remaining(deadline, -1)):
+                raise submit_timeout_error(self._options, timeout)
             try:
-                if self._next_submit - self._next_read >= limit:
-                    self._read_next(deadline, timeout, submitting=True)
+                if self._next_submit - buffer.next_read >= limit:
+                    buffer.read_next(deadline, timeout, submitting=True)
             finally:
-                self._read_lock.release()
-        self._check_usable()
+                buffer.read_lock.release()
+        self._health.check_usable()
 
     async def execute_async(self, *args: Any,
                             **kwargs: Any) -> CompiledDAGFuture | list[CompiledDAGFuture]:
@@ -257,7 +240,7 @@ class CompiledDAG:
         then ``value = await fut`` (a list of futures for a MultiOutputNode). Under
         back-pressure the wait for room runs off the event loop (Note [two awaits] in refs.py);
         ``await cdag.execute(x)`` gives the value with one await."""
-        if self._next_submit - self._next_read >= self._options.max_inflight_executions:
+        if self._next_submit - self._buffer.next_read >= self._options.max_inflight_executions:
             refs = await asyncio.get_running_loop().run_in_executor(
                 self._async_pool(), functools.partial(self.execute, *args, **kwargs))
         else:
@@ -265,200 +248,6 @@ class CompiledDAG:
         if isinstance(refs, list):
             return [CompiledDAGFuture(ref) for ref in refs]
         return CompiledDAGFuture(refs)
-
-    def _submit_timeout_error(self, timeout: float | None) -> ChannelTimeoutError:
-        return ChannelTimeoutError(
-            f"execute waited {timeout} s for room: max_inflight_executions="
-            f"{self._options.max_inflight_executions} executions are pending and the oldest has "
-            f"not finished; get results sooner, or compile with a larger submit_timeout or "
-            f"max_inflight_executions")
-
-    def _get(self, seq: int, index: int, timeout: float | None) -> Any:
-        """Return output ``index`` of execution ``seq`` (for ``CompiledDAGRef.get``)."""
-        if seq not in self._results:
-            self._wait_for(seq, timeout)
-        return unwrap(self._take(seq, index))
-
-    def _wait_for(self, seq: int, timeout: float | None) -> None:
-        """Read results (in execution order) until execution ``seq``'s is in the buffer."""
-        if timeout is None:
-            timeout = self._options.get_timeout
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while seq not in self._results:
-            if seq < self._next_read:
-                raise EmberError(f"the result of execution {seq} was already handed out")
-            self._check_pending(seq)
-            if not self._read_lock.acquire(timeout=_remaining(deadline, -1)):
-                raise self._get_timeout_error(seq, timeout)
-            try:
-                while seq not in self._results and seq >= self._next_read:
-                    self._check_pending(seq)
-                    self._read_next(deadline, timeout, submitting=False, waiting_for=seq)
-            finally:
-                self._read_lock.release()
-
-    def _take(self, seq: int, index: int, missing_ok: bool = False) -> tuple[bool, Any] | None:
-        """Hand out output ``index`` of a buffered execution; forget the execution once every
-        output was handed out (or its ref dropped)."""
-        with self._results_lock:
-            parts = self._results.get(seq)
-            part = parts[index] if parts is not None else None
-            if part is None:
-                if missing_ok:
-                    return None
-                raise EmberError(f"output {index} of execution {seq} was already handed out")
-            parts[index] = None
-            if not any(parts):
-                del self._results[seq]
-        return part
-
-    def _check_pending(self, seq: int) -> None:
-        if seq in self._results:
-            return
-        if self._broken is not None:
-            raise _copy_error(self._broken)
-        if self._torn_down:
-            raise DAGTeardownError(f"Channel closed: the compiled graph was torn down before "
-                                   f"execution {seq} finished; compile the graph again to run it")
-
-    def _get_timeout_error(self, seq: int, timeout: float | None) -> ChannelTimeoutError:
-        return ChannelTimeoutError(
-            f"execution {seq} of the compiled graph did not finish within {timeout} s; it is "
-            f"still running: call get again, or pass a longer timeout")
-
-    def _read_next(self, deadline: float | None, timeout: float | None, submitting: bool,
-                   waiting_for: int = -1) -> None:
-        """Read the outputs of the oldest unread execution into the result buffer (under the
-        read lock). A timeout keeps what was read, so the next call goes on from there."""
-        seq = self._next_read
-        limit = self._options.max_buffered_results
-        if limit is not None and len(self._results) >= limit and seq != self._failed_fast:
-            raise CapacityExceededError(
-                f"The compiled graph can't have more than {limit} buffered results, and you "
-                f"currently have {len(self._results)} buffered results. Call `ray.get()` on "
-                "CompiledDAGRef's (or await on CompiledDAGFuture's) to retrieve results, or "
-                "increase `_max_buffered_results` if buffering is desired, note that this "
-                "will increase driver memory usage.")
-        for node, reader in self._output_readers:
-            if node in self._partial:
-                continue
-            value = self._read_output(reader, deadline, timeout, submitting, waiting_for)
-            if value is _FAILED_FAST:
-                return
-            self._partial[node] = value
-            if type(value) is RaisedError and self._fail_fast(seq, value):
-                return
-        parts: list[tuple[bool, Any] | None] = []
-        for node in self._plan.graph.outputs:
-            value = self._partial[node]
-            parts.append((False, value.exc) if type(value) is RaisedError else (True, value))
-        self._partial.clear()
-        if seq == self._failed_fast:     # its result is the error, handed out already
-            self._failed_fast = -1
-        else:
-            self._results[seq] = parts   # before _next_read moves: see _wait_for
-        self._next_read = seq + 1
-        while self._dropped:  # refs dropped without get: their outputs are not kept
-            dropped, index = self._dropped.popleft()
-            if dropped >= self._next_read:
-                self._dropped_unread.add((dropped, index))
-            else:
-                self._take(dropped, index, missing_ok=True)
-        if self._dropped_unread:
-            for index in range(len(parts)):
-                if (seq, index) in self._dropped_unread:
-                    self._dropped_unread.discard((seq, index))
-                    self._take(seq, index, missing_ok=True)
-
-    def _fail_fast(self, seq: int, error: RaisedError) -> bool:
-        """Make ``error`` the result of every output of execution ``seq`` while some of its
-        outputs are unread; return whether it did (Note [fast fail])."""
-        if seq == self._failed_fast or len(self._partial) == len(self._output_readers):
-            return False
-        self._failed_fast = seq
-        with self._results_lock:
-            self._results[seq] = [(False, copy.copy(error.exc)) for _ in range(self._num_outputs)]
-        return True
-
-    def _poll_outputs(self, reading: Any) -> bool:
-        """Read the outputs of the current execution that are already there (all but the
-        one being waited for); return whether one of them failed fast."""
-        for node, reader in self._output_readers:
-            if reader is reading or node in self._partial:
-                continue
-            try:
-                value = reader.read_nowait()
-            except ChannelTimeoutError:
-                continue
-            except (ChannelClosedError, ChannelBrokenError):
-                return False     # the read waited for sees it too, and reports it
-            self._partial[node] = value
-            if type(value) is RaisedError and self._fail_fast(self._next_read, value):
-                return True
-        return False
-
-    def _read_output(self, reader: Any, deadline: float | None, timeout: float | None,
-                     submitting: bool, waiting_for: int) -> Any:
-        poll = len(self._output_readers) > 1 and self._next_read != self._failed_fast
-        while True:
-            remaining = _remaining(deadline, None)
-            wait = _SLICE_S if remaining is None else min(_SLICE_S, remaining)
-            try:
-                value = reader.read(wait)
-            except ChannelTimeoutError:
-                if poll and self._poll_outputs(reader):
-                    return _FAILED_FAST
-                self._check_actors()
-                if remaining is not None and remaining <= _SLICE_S:
-                    if submitting:
-                        raise self._submit_timeout_error(timeout) from None
-                    raise self._get_timeout_error(waiting_for, timeout) from None
-                continue
-            except ChannelClosedError:
-                if self._torn_down:
-                    raise DAGTeardownError("Channel closed: the compiled graph was torn down "
-                                           "while a result was awaited") from None
-                self._check_actors()
-                self._mark_broken(ActorDiedError(
-                    _DIED + "a loop of the compiled graph ended because a process of the graph "
-                    "died or failed (see the actors' logs); tear the graph down and compile it "
-                    "again"))
-                raise _copy_error(self._broken) from None
-            except ChannelBrokenError as exc:
-                raise self._broken_channel(exc) from None
-            return value   # zero-copy arrays stay valid while they live (Note [zero-copy lifetime])
-
-    # -- failure ---------------------------------------------------------------------------------
-
-    def _check_actors(self) -> None:
-        """Raise ActorDiedError (and mark the graph broken) if an actor's process is gone."""
-        for actor_id, (host, pid) in self._actor_procs.items():
-            if host == _HOST and not pid_alive(pid):
-                self._mark_broken(ActorDiedError(
-                    f"{_DIED}actor {actor_id} (pid {pid}) of the compiled graph died; the graph "
-                    f"cannot run any more: tear it down and compile a new one over live actors"))
-                raise _copy_error(self._broken)
-
-    def _broken_channel(self, exc: ChannelBrokenError) -> ActorDiedError:
-        """The ActorDiedError of a channel whose peer process died; the graph is broken."""
-        self._mark_broken(ActorDiedError(_DIED + str(exc)))
-        return _copy_error(self._broken)
-
-    def _mark_broken(self, exc: BaseException) -> None:
-        if self._broken is None:
-            self._broken = exc
-            for channel in self._channels.values():
-                try:
-                    channel.close()
-                except Exception:  # noqa: BLE001 - closing is best effort
-                    pass
-
-    def _check_usable(self) -> None:
-        if self._torn_down:
-            raise DAGTeardownError("Channel closed: this compiled graph was torn down; compile "
-                                   "the graph again to run it")
-        if self._broken is not None:
-            raise _copy_error(self._broken)
 
     # -- teardown --------------------------------------------------------------------------------
 
@@ -472,9 +261,9 @@ class CompiledDAG:
         """End every loop of the graph and free every channel; idempotent. Pending results
         are lost (their ``get`` raises DAGTeardownError); the actors stay usable."""
         with self._teardown_lock:
-            if self._torn_down:
+            if self._health.torn_down:
                 return
-            self._torn_down = True
+            self._health.torn_down = True
         registry.unregister(self)
         for channel in self._channels.values():
             try:
@@ -486,8 +275,8 @@ class CompiledDAG:
             self._driver_loop.stop(wait)
         stops = []
         for actor_id, handle in self._plan.actors.items():
-            proc = self._actor_procs.get(actor_id)
-            if proc is None or (proc[0] == _HOST and not pid_alive(proc[1])):
+            proc = self._health.actor_procs.get(actor_id)
+            if proc is None or (proc[0] == HOST and not pid_alive(proc[1])):
                 continue
             try:
                 stops.append((actor_id, _run_in_actor(handle, stop_actor_loop, self._graph_id,
@@ -513,9 +302,10 @@ class CompiledDAG:
 
     def __del__(self) -> None:
         # A dropped graph frees its memory; its loops end when they see the channels closed.
-        if getattr(self, "_torn_down", True):
+        health = getattr(self, "_health", None)
+        if health is None or health.torn_down:
             return
-        self._torn_down = True
+        health.torn_down = True
         for channel in getattr(self, "_channels", {}).values():
             try:
                 channel.destroy()
@@ -554,7 +344,8 @@ class CompiledDAG:
         return render(self, filename=filename, format=format, view=view)
 
     def __repr__(self) -> str:
-        state = "torn down" if self._torn_down else ("broken" if self._broken else "live")
+        health = self._health
+        state = "torn down" if health.torn_down else ("broken" if health.broken else "live")
         return (f"CompiledDAG({self._graph_id}, {len(self._plan.graph.nodes)} nodes, "
                 f"{len(self._plan.actors)} actors, {state})")
 
@@ -569,20 +360,6 @@ class CompiledDAG:
 
 
 # -- helpers --------------------------------------------------------------------------------------
-
-def _copy_error(exc: BaseException) -> BaseException:
-    """A fresh instance of a stored error, so each raise has its own traceback."""
-    try:
-        return type(exc)(*exc.args)
-    except Exception:  # noqa: BLE001
-        return exc
-
-
-def _remaining(deadline: float | None, none_value: Any) -> Any:
-    if deadline is None:
-        return none_value
-    return max(0.0, deadline - time.monotonic())
-
 
 def _run_in_actor(handle: Any, fn: Any, *args: Any) -> Any:
     """Run ``fn(actor_instance, *args)`` in the actor's process; return the ObjectRef."""

@@ -39,7 +39,7 @@ class CompiledDAGRef:
         RayCgraphCapacityExceeded (only with ``max_buffered_results``)."""
         if not self._done:
             try:
-                value = (True, self._dag._get(self._seq, self._index, timeout))
+                value = (True, self._dag._buffer.get(self._seq, self._index, timeout))
             except (ChannelError, CapacityExceededError):
                 raise           # not the execution's outcome: it may still come, or never
             except EmberError as exc:   # the execution's own error, or ActorDiedError
@@ -56,7 +56,7 @@ class CompiledDAGRef:
     def __del__(self) -> None:
         if not self._done:
             try:
-                self._dag._dropped.append((self._seq, self._index))
+                self._dag._buffer.dropped.append((self._seq, self._index))
             except Exception:  # noqa: BLE001
                 pass
 

@@ -28,7 +28,7 @@ def to_dot(dag: Any) -> str:
         clusters[host].append(f"    n{pos} [label={_quote(node.label)}];")
     clusters[DRIVER].append('    output [label="output", shape=oval];')
     for i, participant in enumerate(plan.participants):
-        proc = dag._actor_procs.get(participant)
+        proc = dag._health.actor_procs.get(participant)
         if participant in plan.actors:
             title = f"actor {participant}" + (f" (pid {proc[1]})" if proc else "")
         else:

@@ -13,8 +13,9 @@ import pytest
 import ember
 from ember.dag import InputNode, MultiOutputNode
 from ember.engine.compiled_dag import _run_in_actor
-from ember.engine.executor import running_loops
-from ember.exceptions import (ChannelTimeoutError, CompileError, DAGTeardownError, TaskError)
+from ember.engine.actor_side import running_loops
+from ember.exceptions import (ChannelTimeoutError, CompileError, DAGTeardownError,
+                              GetTimeoutError, TaskError)
 
 from .conftest import channel_files, process_cpu_seconds
 
@@ -180,6 +181,8 @@ def test_slow_method_get_timeout(actors):
         with pytest.raises(ChannelTimeoutError) as info:
             ref.get(timeout=0.2)
         assert isinstance(info.value, TimeoutError)
+        with pytest.raises(GetTimeoutError):   # as for an ObjectRef, through ember.get too
+            ember.get(ref, timeout=0.2)
         assert ref.get(timeout=10) == 1.0
 
 
@@ -401,7 +404,7 @@ def test_dropped_refs_do_not_pile_up_results(actors):
         for i in range(20):
             cdag.execute(i)                       # dropped at once
         assert cdag.execute(100).get(timeout=10) == 101
-        assert len(cdag._results) <= 2
+        assert len(cdag._buffer) <= 2
 
 
 @pytest.mark.timeout(60)
@@ -421,7 +424,7 @@ def test_multi_output_gives_one_ref_per_output_and_an_error_fails_every_output(a
         later = cdag.execute(1)
         del refs
         assert ember.get(later) == [1, 11]
-        assert cdag._results == {}
+        assert len(cdag._buffer) == 0
 
 
 @pytest.mark.timeout(60)

@@ -139,7 +139,7 @@ def test_shutdown_tears_down_live_graphs():
     pending = cdag.execute(2)
     ours = set(channel_files())
     ember.shutdown()
-    assert cdag._torn_down
+    assert cdag._health.torn_down
     assert not ours & set(channel_files())
     with pytest.raises(DAGTeardownError):
         cdag.execute(1)
