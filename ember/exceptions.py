@@ -1,4 +1,17 @@
-"""The one exception hierarchy of ember: every error a user can catch lives here."""
+"""The one exception hierarchy of ember: every error a user can catch lives here.
+
+Note [timeouts]
+~~~~~~~~~~~~~~~
+Every call of ember that can block takes ``timeout``: seconds as a float; ``None`` waits
+without limit (in a compiled graph: for the compile option that stands in, ``get_timeout`` or
+``submit_timeout``, None by default); ``0`` tries once without waiting. A call that runs out of
+time raises a ``TimeoutError``, and changes nothing, so it can be retried: ``GetTimeoutError``
+for a result (``ember.get`` of an ObjectRef, and of a compiled ref as ``ResultTimeoutError``),
+``ChannelTimeoutError`` for a channel's read or write and for an ``execute`` that found no room
+(Note [channel timeouts] in ember/channels/interface.py). ``ember.wait`` does not raise: at its
+timeout it returns what is ready. A dead peer is never waited for: it is its own error
+(``ActorDiedError``, ``ChannelBrokenError``, ``ObjectLostError``) within a bounded time.
+"""
 
 from __future__ import annotations
 

@@ -6,8 +6,9 @@ channel blocks its writer (back-pressure), an empty one blocks its readers.
 
 Note [channel timeouts]
 ~~~~~~~~~~~~~~~~~~~~~~~
-Every blocking call takes ``timeout``: seconds as a float; ``None`` waits without limit (a
-shared-memory channel still notices a dead peer and a close while it waits); ``0`` tries once.
+Channels follow Note [timeouts] in ember/exceptions.py. Every blocking call takes ``timeout``:
+seconds as a float; ``None`` waits without limit (a channel still notices a dead peer and a
+close while it waits); ``0`` tries once.
 A call that runs out of time raises ``ChannelTimeoutError``, which is also a ``TimeoutError``,
 and changes nothing: the same call can be retried. ``*_nowait`` is the call with ``timeout=0``.
 

@@ -241,7 +241,8 @@ def put(value: Any, _tensor_transport: str | None = None) -> ObjectRef:
 
 
 def get(refs: Any, timeout: float | None = None, _use_object_store: bool = False) -> Any:
-    """The value(s) of a ref or a list of refs; raises the task's error or GetTimeoutError.
+    """The value(s) of a ref or a list of refs; raises the task's error or GetTimeoutError
+    (Note [timeouts] in ember/exceptions.py).
 
     Tensors kept in an actor (Note [value transports]) arrive as a host copy through the object
     store with or without ``_use_object_store`` (accepted for Ray's API)."""
@@ -262,7 +263,8 @@ def get(refs: Any, timeout: float | None = None, _use_object_store: bool = False
 
 def wait(refs: list[ObjectRef], num_returns: int = 1, timeout: float | None = None,
          fetch_local: bool = True) -> tuple[list[ObjectRef], list[ObjectRef]]:
-    """Split ``refs`` into (ready, not ready) once ``num_returns`` are ready or at timeout."""
+    """Split ``refs`` into (ready, not ready) once ``num_returns`` are ready or at timeout
+    (Note [timeouts] in ember/exceptions.py)."""
     if not isinstance(refs, (list, tuple)) or not all(isinstance(r, ObjectRef) for r in refs):
         raise TypeError("ember.wait takes a list of ObjectRefs")
     if not refs:

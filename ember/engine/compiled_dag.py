@@ -194,7 +194,8 @@ class CompiledDAG:
     def execute(self, *args: Any, **kwargs: Any) -> CompiledDAGRef | CompiledDAGRefList:
         """Start one execution with these arguments and return its ref (for a MultiOutputNode,
         a list of refs, one per output, as Ray does; its ``get()`` gets them all). Returns at
-        once unless ``max_inflight_executions`` are pending, then waits (Note [back-pressure])."""
+        once unless ``max_inflight_executions`` are pending, then waits (Note [back-pressure])
+        up to ``submit_timeout`` (Note [timeouts] in ember/exceptions.py)."""
         health = self._health
         if health.torn_down or health.broken is not None:
             health.check_usable()

@@ -35,8 +35,9 @@ class CompiledDAGRef:
 
     def get(self, timeout: float | None = None) -> Any:
         """Wait for the result and return it, or raise the method's error (a TaskError that is
-        also the original class), ChannelTimeoutError, ActorDiedError, DAGTeardownError, or
-        RayCgraphCapacityExceeded (only with ``max_buffered_results``)."""
+        also the original class), ResultTimeoutError (Note [timeouts] in ember/exceptions.py),
+        ActorDiedError, DAGTeardownError, or RayCgraphCapacityExceeded (only with
+        ``max_buffered_results``)."""
         if not self._done:
             try:
                 value = (True, self._dag._buffer.get(self._seq, self._index, timeout))
