@@ -21,9 +21,10 @@ runs once per execution, in step with the others).
 
 Note [intra-process hand-off]
 ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
-An edge whose two ends run in the same participant gets an ``intra-process`` channel in the
-plan; at run time it is the executor's own table of this execution's values: the producer's
-COMPUTE stores the value, the consumer's COMPUTE takes it. No lock, no copy.
+An edge whose two ends run in the same participant gets a channel plan that does not cross
+processes (``between_processes`` False); at run time it is the executor's own table of this
+execution's values: the producer's COMPUTE stores the value, the consumer's COMPUTE takes it.
+No lock, no copy.
 """
 
 from __future__ import annotations
@@ -44,31 +45,26 @@ if TYPE_CHECKING:
 
 DRIVER = _schedule.DRIVER          # "driver"
 DRIVER_TASKS = "driver-tasks"
-SHARED_MEMORY = "shared-memory"
-INTRA_PROCESS = "intra-process"
 
 
 @dataclass(frozen=True)
 class ChannelPlan:
-    """One channel: the value of ``node``, from ``writer`` to ``readers`` over ``transport``."""
+    """One channel: the value of ``node``, from ``writer`` to ``readers``, in other processes
+    (a channel is made for it; its type comes from where they run: channel_setup.py) or in the
+    writer's own (Note [intra-process hand-off]: no channel at all)."""
 
     id: int
     node: int
     writer: str
     readers: tuple[str, ...]
-    transport: str
+    between_processes: bool
 
     def reader_index(self, participant: str) -> int:
         return self.readers.index(participant)
 
-    @property
-    def between_processes(self) -> bool:
-        """Whether the edge needs a channel (Note [intra-process hand-off]: else it does not)."""
-        return self.transport != INTRA_PROCESS
-
     def __repr__(self) -> str:
-        return (f"c{self.id}(n{self.node} {self.writer} -> {', '.join(self.readers)}, "
-                f"{self.transport})")
+        return (f"c{self.id}(n{self.node} {self.writer} -> {', '.join(self.readers)}"
+                f"{'' if self.between_processes else ', in-process'})")
 
 
 @dataclass
@@ -81,7 +77,7 @@ class Plan:
     computed_by: list[tuple[str, ...]]    # participants that compute each node
     participants: list[str]               # actors (bind order), then DRIVER_TASKS, then DRIVER
     channels: list[ChannelPlan]
-    remote: dict[int, int] = field(default_factory=dict)   # node -> its shared-memory channel
+    remote: dict[int, int] = field(default_factory=dict)   # node -> its channel to other processes
     actors: dict[str, Any] = field(default_factory=dict)   # actor id -> handle
     # GPU transports (ember.engine.transports): tensor edges by channel id, communicator groups,
     # and per collective output node: (the collective's id, its group's key)
@@ -144,9 +140,9 @@ def make_plan(graph: Graph) -> Plan:
         far = tuple(p for p in participants if p in readers and p != host)
         if far:
             remote[i] = len(channels)
-            channels.append(ChannelPlan(len(channels), i, host, far, SHARED_MEMORY))
+            channels.append(ChannelPlan(len(channels), i, host, far, True))
         if host in readers:
-            channels.append(ChannelPlan(len(channels), i, host, (host,), INTRA_PROCESS))
+            channels.append(ChannelPlan(len(channels), i, host, (host,), False))
     return Plan(graph=graph, hosts=hosts, deps=deps, computed_by=computed_by,
                 participants=participants, channels=channels, remote=remote, actors=actors)
 

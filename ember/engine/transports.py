@@ -32,15 +32,12 @@ from typing import TYPE_CHECKING, Any
 from ember.dag.collective import CollectiveOutputNode
 from ember.engine.groups import GLOO_BACKEND, NCCL_BACKEND, USER_BACKEND, GroupPlan, group_key
 from ember.engine.endpoints import Endpoint
-from ember.engine.plan import SHARED_MEMORY, Plan
+from ember.engine.plan import Plan
 from ember.exceptions import CompileError
-from ember.gpu.tensors import AUTO, CPU, IPC, NCCL
+from ember.gpu.tensors import AUTO, CPU, HANDOFF, IPC, NCCL
 
 if TYPE_CHECKING:
     from ember.gpu.tensors import TensorEdge
-
-HANDOFF = "handoff"
-
 
 def choose_transport(requested: str, writer: Endpoint, reader: Endpoint, where: str = "") -> str:
     """The transport from ``writer`` to ``reader`` for a hint asking ``requested`` (Note [auto transport])."""
@@ -123,7 +120,7 @@ def plan_transports(plan: Plan, endpoints: dict[str, Endpoint], graph_id: str,
     edges: dict[int, TensorEdge] = {}
     for cp in plan.channels:
         hint = graph.nodes[cp.node].type_hint
-        if cp.transport != SHARED_MEMORY or hint is None:
+        if not cp.between_processes or hint is None:
             continue
         where = graph.nodes[cp.node].describe()
         requested = hint.transport if isinstance(hint.transport, str) else NCCL

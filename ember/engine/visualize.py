@@ -6,9 +6,9 @@ import shutil
 import subprocess
 from typing import Any
 
-from ember.engine.plan import DRIVER, INTRA_PROCESS, SHARED_MEMORY
+from ember.engine.plan import DRIVER
 
-_STYLE = {SHARED_MEMORY: 'color="#1f77b4"', INTRA_PROCESS: 'color="#2ca02c", style=dashed'}
+_STYLE = {True: 'color="#1f77b4"', False: 'color="#2ca02c", style=dashed'}   # between processes?
 
 
 def _quote(text: str) -> str:
@@ -52,11 +52,11 @@ def _edge(plan: Any, up: int, pos: int | None, target: str) -> str:
     if host is None:  # an input attribute, picked out of the input where it is read
         return f"  n{up} -> {target};"
     if pos is not None and plan.hosts[pos] == host:
-        return f"  n{up} -> {target} [label=\"in-process\", {_STYLE[INTRA_PROCESS]}];"
+        return f"  n{up} -> {target} [label=\"in-process\", {_STYLE[False]}];"
     channel = plan.channel_of(up)
     edge = plan.tensor_edges.get(channel.id)
     what = "shm" if edge is None else "shm + " + "/".join(dict.fromkeys(edge.transports))
-    return f"  n{up} -> {target} [label=\"c{channel.id} {what}\", {_STYLE[SHARED_MEMORY]}];"
+    return f"  n{up} -> {target} [label=\"c{channel.id} {what}\", {_STYLE[True]}];"
 
 
 def render(dag: Any, filename: str | None = None, format: str | None = None,

@@ -64,10 +64,8 @@ from ember.dynamic.serialization import deserialize, serialize
 from ember.exceptions import (EmberError, GetTimeoutError, ObjectLostError,
                               TensorTransportError)
 from ember.gpu.communicator import communicator_registry
-from ember.gpu.tensors import TensorMeta, merge_tensors, split_tensors
-
-GLOO, NCCL, IPC, AUTO = "gloo", "nccl", "ipc", "auto"
-TRANSPORTS = (GLOO, NCCL, IPC, AUTO)
+from ember.gpu.tensors import (AUTO, GLOO, IPC, NCCL, OBJECT_TRANSPORTS, TensorMeta,
+                               merge_tensors, split_tensors)
 FETCH_TIMEOUT_S = 300.0
 _LIVENESS_SLICE_S = 0.2
 
@@ -419,4 +417,4 @@ def _open_ipc(handle: tuple) -> torch.Tensor:
 
 
 objects = GpuObjects()
-value_transport.register(TRANSPORTS, objects, TensorStub, objects.resolve)
+value_transport.register(OBJECT_TRANSPORTS, objects, TensorStub, objects.resolve)

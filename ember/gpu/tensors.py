@@ -15,8 +15,14 @@ if TYPE_CHECKING:
 
     from ember.gpu.communicator import Communicator
 
-AUTO, IPC, NCCL, CPU = "auto", "ipc", "nccl", "cpu"
-TRANSPORTS = (AUTO, IPC, NCCL, CPU)
+# Note [transport names]: the one vocabulary of how tensors travel, for compiled-graph edges
+# and GPU objects alike. "auto" lets ember choose; "ipc" is CUDA IPC on one GPU; "nccl" a
+# communicator's send/recv (NCCL on GPUs, gloo on CPUs); "gloo" asks for gloo by name (GPU
+# objects); "cpu" host copies in the CPU message; "handoff" is what the planner answers for two
+# ends in one process (never asked for). Channels themselves are type objects, not names.
+AUTO, IPC, NCCL, CPU, GLOO, HANDOFF = "auto", "ipc", "nccl", "cpu", "gloo", "handoff"
+TRANSPORTS = (AUTO, IPC, NCCL, CPU)             # what a compiled graph's hint may ask for
+OBJECT_TRANSPORTS = (GLOO, NCCL, IPC, AUTO)     # what a GPU object may ask for
 REDUCE_OPS = ("sum", "product", "min", "max", "avg")
 
 

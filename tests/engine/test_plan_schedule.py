@@ -7,7 +7,7 @@ import pickle
 import pytest
 
 from ember.dag import InputNode, MultiOutputNode
-from ember.engine.plan import DRIVER, DRIVER_TASKS, INTRA_PROCESS, SHARED_MEMORY, make_plan
+from ember.engine.plan import DRIVER, DRIVER_TASKS, make_plan
 from ember.engine.schedule import (COMPUTE, READ, WRITE, Op, Schedule, driver_schedule, dry_run,
                                    make_schedules)
 from ember.engine.validate import validate
@@ -48,10 +48,10 @@ def test_linear_pipeline_uses_shared_memory_between_actors():
         dag = b.fwd.bind(a.fwd.bind(inp))
     plan, schedules = plan_of(dag)
     assert plan.participants == [a._actor_id, b._actor_id, DRIVER]
-    assert [(c.writer, c.readers, c.transport) for c in plan.channels] == [
-        (DRIVER, (a._actor_id,), SHARED_MEMORY),
-        (a._actor_id, (b._actor_id,), SHARED_MEMORY),
-        (b._actor_id, (DRIVER,), SHARED_MEMORY)]
+    assert [(c.writer, c.readers, c.between_processes) for c in plan.channels] == [
+        (DRIVER, (a._actor_id,), True),
+        (a._actor_id, (b._actor_id,), True),
+        (b._actor_id, (DRIVER,), True)]
     assert repr(schedules[a._actor_id]).endswith("R(c0:n0) C(n1) W(n1:c1)")
     assert repr(schedules[b._actor_id]).endswith("R(c1:n1) C(n2) W(n2:c2)")
     assert repr(driver_schedule(plan)) == "driver: W(n0:c0) R(c2:n2)"
@@ -66,8 +66,8 @@ def test_same_actor_edges_are_intra_process_and_run_in_bind_order():
         z = a.add.bind(x, y)       # a again, after b
     plan, schedules = plan_of(z)
     ax = plan.graph.position(x)
-    transports = {(c.node, c.transport) for c in plan.channels}
-    assert (ax, INTRA_PROCESS) in transports and (ax, SHARED_MEMORY) in transports
+    crossing = {(c.node, c.between_processes) for c in plan.channels}
+    assert (ax, False) in crossing and (ax, True) in crossing
     assert kinds(schedules[a._actor_id]) == "R C W R C W"
     ops = schedules[a._actor_id].ops
     assert [op.node for op in ops if op.kind == COMPUTE] == [ax, plan.graph.position(z)]

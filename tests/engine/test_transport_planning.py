@@ -10,7 +10,8 @@ from ember.engine.comm_schedule import order_communication
 from ember.engine.plan import DRIVER, DRIVER_TASKS, make_plan
 from ember.engine.schedule import COMPUTE, dry_run, make_schedules
 from ember.engine.endpoints import Endpoint
-from ember.engine.transports import HANDOFF, choose_transport, plan_transports
+from ember.engine.transports import choose_transport, plan_transports
+from ember.gpu.tensors import HANDOFF
 from ember.engine.validate import validate
 from ember.exceptions import CompileError
 
