@@ -42,7 +42,13 @@ def _bind(kind: str, target: Any, args: tuple, kwargs: dict) -> Any:
     return BINDERS[kind](target, args, kwargs)
 
 
-graph_binding.register(_bind)
+def _warm_up() -> None:
+    """What a new actor imports ahead for compiled graphs (Note [warm actors])."""
+    import ember.channels.shared_memory  # noqa: F401
+    import ember.engine.executor  # noqa: F401
+
+
+graph_binding.register(_bind, _warm_up)
 
 
 def _make_remote(target: Any, options: dict) -> Any:

@@ -19,7 +19,8 @@ LAYERS_ABOVE_DYNAMIC = ("ember.dag", "ember.engine", "ember.channels", "ember.gp
 
 def test_the_dynamic_runtime_imports_nothing_of_the_layers_above_it():
     """ember.dynamic is the lowest layer: no module of it imports ember.dag, ember.engine,
-    ember.channels or ember.gpu, not even inside a function (Note [bind hook])."""
+    ember.channels or ember.gpu, not even inside a function or by name (Notes [bind hook] and
+    [warm actors]: the layers above register hooks)."""
     found = []
     for path, tree in _modules("dynamic"):
         for node in ast.walk(tree):
@@ -27,6 +28,10 @@ def test_the_dynamic_runtime_imports_nothing_of_the_layers_above_it():
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             found += [f"{path.name}:{node.lineno} {name}" for name in names
                       if name.startswith(LAYERS_ABOVE_DYNAMIC)]
+            if (isinstance(node, ast.Call) and isinstance(node.func, (ast.Name, ast.Attribute))
+                    and getattr(node.func, "id", getattr(node.func, "attr", "")) in
+                    ("import_module", "__import__")):
+                found.append(f"{path.name}:{node.lineno} imports a module by name")
     assert not found, found
 
 

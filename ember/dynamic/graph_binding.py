@@ -1,7 +1,13 @@
-"""Note [bind hook]: ``.bind()`` on a remote function, an actor class or an actor method makes a
-node of a graph, which the graph layer (``ember.dag``) builds. The dynamic runtime sits below that
-layer and imports nothing of it: the package above both (``ember/__init__.py``) registers the
-builders here, and ``ember.dag`` loads only when a graph is first bound.
+"""The graph layer's hooks into the dynamic runtime, which sits below it and imports nothing of
+it: the package above both (``ember/__init__.py``) registers them here.
+
+Note [bind hook]: ``.bind()`` on a remote function, an actor class or an actor method makes a
+node of a graph, which the graph layer (``ember.dag``) builds; ``ember.dag`` loads only when a
+graph is first bound.
+
+Note [warm actors]: an actor is where compiled-graph executor loops run, and importing their
+modules on first compile costs tens of ms per actor, so a new actor runs ``warm_up()`` in the
+background: whatever the graph layer registered to load ahead.
 """
 
 from __future__ import annotations
@@ -11,12 +17,21 @@ from typing import Any, Callable
 FUNCTION, ACTOR_CLASS, ACTOR_METHOD = "function", "actor class", "actor method"
 
 _builder: Callable[[str, Any, tuple, dict], Any] | None = None
+_warm_up: Callable[[], None] | None = None
 
 
-def register(builder: Callable[[str, Any, tuple, dict], Any]) -> None:
-    """Make ``builder(kind, target, args, kwargs)`` the maker of graph nodes."""
-    global _builder
-    _builder = builder
+def register(builder: Callable[[str, Any, tuple, dict], Any],
+             warm_up: Callable[[], None] | None = None) -> None:
+    """Make ``builder(kind, target, args, kwargs)`` the maker of graph nodes, and ``warm_up()``
+    what a new actor loads ahead (Note [warm actors])."""
+    global _builder, _warm_up
+    _builder, _warm_up = builder, warm_up
+
+
+def warm_up() -> None:
+    """Load what compiled graphs will need in this process, if the graph layer said what."""
+    if _warm_up is not None:
+        _warm_up()
 
 
 def bind(kind: str, target: Any, args: tuple, kwargs: dict) -> Any:

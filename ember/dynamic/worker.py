@@ -11,7 +11,6 @@ Run as ``python -m ember.dynamic.worker <nm_address> <gcs_address> <worker_id>``
 from __future__ import annotations
 
 import asyncio
-import importlib
 import inspect
 import logging
 import os
@@ -25,7 +24,8 @@ from concurrent import futures
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from ember.dynamic import api, gpu_env, placement_group, remote_function, shm, value_transport
+from ember.dynamic import (api, gpu_env, graph_binding, placement_group, remote_function, shm,
+                           value_transport)
 from ember.dynamic import runtime_context as context
 from ember.dynamic.actor import (EXIT_METHOD, GROUP_ATTR, ActorHandle, handle_from_info,
                                  method_table)
@@ -239,7 +239,7 @@ class WorkerProcess:
                 self.pool = ThreadPoolExecutor(concurrency, thread_name_prefix="ember-actor")
             self.group_pools = {name: ThreadPoolExecutor(n, thread_name_prefix=f"ember-{name}")
                                 for name, n in self.group_limits.items()}
-        threading.Thread(target=_warm_graph_runtime, name="ember-warm", daemon=True).start()
+        threading.Thread(target=graph_binding.warm_up, name="ember-warm", daemon=True).start()
         early, self.early_calls = self.early_calls, []
         for fields in early:
             self.actor_call(fields)
@@ -403,20 +403,6 @@ def _failed(error: BaseException, return_ids: list[str]) -> list:
     except Exception:  # noqa: BLE001 - an unpicklable exception travels as text
         error = TaskError(str(error))
     return [(FAILED, error)] * max(1, len(return_ids))
-
-
-# Note [warm actors]: an actor is where compiled-graph executor loops run, and importing their
-# modules on first compile costs tens of ms per actor. A new actor imports them in the
-# background, by name, so the dynamic layer does not depend on the engine.
-WARM_MODULES = ("ember.engine.executor", "ember.channels.shared_memory")
-
-
-def _warm_graph_runtime() -> None:
-    for name in WARM_MODULES:
-        try:
-            importlib.import_module(name)
-        except ImportError:
-            return
 
 
 def _has_coroutines(cls: type) -> bool:
