@@ -43,6 +43,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
+from ember.dag.handles import actor_class_name, given_options, python_function
 from ember.dynamic import graph_binding
 from ember.exceptions import InvalidArgumentsError
 from ember.gpu.tensors import AUTO, TorchTensorType
@@ -423,7 +424,7 @@ class ClassMethodNode(DAGNode):
     def _label(self) -> str:
         if isinstance(self._actor, ClassNode):
             return f"{self._actor._actor_class.__name__}.{self._method_name} (class node)"
-        return f"{_actor_class_name(self._actor)}.{self._method_name} (actor {self.actor_id})"
+        return f"{actor_class_name(self._actor)}.{self._method_name} (actor {self.actor_id})"
 
 
 class ClassMethodOutputNode(DAGNode):
@@ -471,7 +472,7 @@ class FunctionNode(DAGNode):
 
     def get_options(self) -> dict:
         from ember.dynamic.remote_function import TASK_DEFAULTS
-        return _given_options(self._remote_function, TASK_DEFAULTS)
+        return given_options(self._remote_function, TASK_DEFAULTS)
 
 
 class ClassNode(DAGNode):
@@ -500,7 +501,7 @@ class ClassNode(DAGNode):
 
     def get_options(self) -> dict:
         from ember.dynamic.actor import ACTOR_DEFAULTS
-        return _given_options(self._actor_class, ACTOR_DEFAULTS)
+        return given_options(self._actor_class, ACTOR_DEFAULTS)
 
     def _label(self) -> str:
         return f"{self._actor_class.__name__}.bind()"
@@ -566,39 +567,6 @@ class _CachingFn:
 
 def _unique(nodes: list[DAGNode]) -> list[DAGNode]:
     return list({id(n): n for n in nodes}.values())
-
-
-def _given_options(remote: Any, defaults: dict) -> dict:
-    """The options of a remote function or actor class that differ from the defaults."""
-    options = getattr(remote, "_options", {})
-    return {k: v for k, v in options.items() if k not in defaults or defaults[k] != v}
-
-
-def _actor_class_name(handle: Any) -> str:
-    for attr in ("_class_name", "_ember_class_name"):
-        name = getattr(handle, attr, None)
-        if isinstance(name, str):
-            return name
-    cls = actor_class(handle)
-    return cls.__name__ if cls is not None else "Actor"
-
-
-def actor_class(handle: Any) -> type | None:
-    """Return the user class behind an actor handle, where the handle says."""
-    for attr in ("_ember_class", "_cls", "_class", "_actor_class", "_user_class"):
-        cls = getattr(handle, attr, None)
-        if isinstance(cls, type):
-            return cls
-    return None
-
-
-def python_function(remote_function: Any) -> Any:
-    """Return the plain Python function behind a remote function, where it says."""
-    for attr in ("_function", "_func", "func", "__wrapped__"):
-        fn = getattr(remote_function, attr, None)
-        if callable(fn):
-            return fn
-    return remote_function
 
 
 def bind_actor_method(method: Any, args: tuple, kwargs: dict) -> Any:

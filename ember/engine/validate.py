@@ -10,9 +10,10 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from ember.dag.handles import actor_class, python_function
 from ember.dag.nodes import (ClassMethodNode, ClassMethodOutputNode, ClassNode, DAGNode,
                              FunctionNode, InputAttributeNode, InputNode, MultiOutputNode,
-                             actor_class, collect_nodes, nested_nodes, python_function)
+                             collect_nodes, nested_nodes)
 from ember.exceptions import CompileError, InvalidArgumentsError
 
 
