@@ -45,7 +45,7 @@ def _bind(kind: str, target: Any, args: tuple, kwargs: dict) -> Any:
 def _warm_up() -> None:
     """What a new actor imports ahead for compiled graphs (Note [warm actors])."""
     import ember.channels.shared_memory  # noqa: F401
-    import ember.engine.executor  # noqa: F401
+    import ember.engine.actor_side  # noqa: F401 - and the executor loop with it
 
 
 graph_binding.register(_bind, _warm_up)
