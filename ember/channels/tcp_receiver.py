@@ -169,8 +169,8 @@ class ReceiverEnd:
 
     def _wait(self, timeout: float | None) -> memoryview:
         """Receive or wait until a frame is in the ring (Note [tcp receiving]), then take it."""
-        if timeout != 0:
-            spin.pay_debts()   # before the recv below: the value may come meanwhile
+        if timeout != 0:   # every wait below is this call's: pay once, before the recv
+            spin.pay_debts()
         deadline = None if timeout is None else time.monotonic() + timeout
         ring = self._ring
         while True:
@@ -243,7 +243,6 @@ class ReceiverEnd:
 
     def _wait_on_ring(self, deadline: float | None) -> None:
         """Wait until a frame or a state change comes, or the receive lock is free to take."""
-        spin.pay_debts()
         with self._cond:
             self._waiting += 1
             try:
@@ -261,7 +260,6 @@ class ReceiverEnd:
         with self._cond:
             if not self._ring:
                 if self._state == CLOSING:   # what the close still takes in comes first
-                    spin.pay_debts()
                     self._waiting += 1
                     try:
                         self._cond.wait_for(self._ready, _CLOSING_WAIT_S if timeout == 0
