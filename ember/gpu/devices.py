@@ -1,13 +1,12 @@
-"""GPU discovery through NVML, and the CUDA_VISIBLE_DEVICES value that gives an actor its GPUs
-(NVML start-up and the variable itself: ember/dynamic/gpu_env.py)."""
+"""GPU discovery through NVML: the machine's GPUs, a node's GPU ids, a process's visible GPUs
+(NVML start-up and CUDA_VISIBLE_DEVICES itself: ember/dynamic/gpu_env.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ember.dynamic.gpu_env import CUDA_VISIBLE_DEVICES, gpu_count, nvml, visible_ids
-from ember.dynamic.gpu_env import visible_value as cuda_visible_devices
+from ember.dynamic.gpu_env import gpu_count, nvml, visible_ids
 
 
 @dataclass(frozen=True)
@@ -72,11 +71,6 @@ def node_gpu_ids(environ: Mapping[str, str] | None = None) -> list[str]:
     if visible is not None:
         return visible
     return [str(index) for index in range(gpu_count())]
-
-
-def visible_devices_env(gpu_ids: Sequence[int | str]) -> dict[str, str]:
-    """Environment entries that restrict a worker process to ``gpu_ids``."""
-    return {CUDA_VISIBLE_DEVICES: cuda_visible_devices(gpu_ids)}
 
 
 def visible_gpu_uuids(environ: Mapping[str, str] | None = None) -> list[str]:

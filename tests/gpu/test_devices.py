@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import pytest
 
+from ember.dynamic import gpu_env
 from ember.gpu import devices
 
 
@@ -66,11 +68,13 @@ def test_fake_nvml_reports_gpus(monkeypatch):
 
 
 @pytest.mark.timeout(10)
-def test_visible_devices_for_an_assignment():
+def test_visible_devices_for_an_assignment(monkeypatch):
     assert devices.node_gpu_ids({"CUDA_VISIBLE_DEVICES": "2, 3"}) == ["2", "3"]
     assert devices.node_gpu_ids({"CUDA_VISIBLE_DEVICES": ""}) == []
-    assert devices.cuda_visible_devices([3, "1", 3]) == "3,1"  # fractional GPUs repeat an id
-    assert devices.cuda_visible_devices([]) == ""
-    assert devices.visible_devices_env(["GPU-abc"]) == {"CUDA_VISIBLE_DEVICES": "GPU-abc"}
+    assert gpu_env.visible_value([3, "1", 3]) == "3,1"  # fractional GPUs repeat an id
+    assert gpu_env.visible_value([]) == ""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    gpu_env.show_gpus(["GPU-abc"])   # what a worker given that GPU does
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "GPU-abc"
     with pytest.raises(ValueError, match="empty GPU id"):
-        devices.cuda_visible_devices([" "])
+        gpu_env.visible_value([" "])
