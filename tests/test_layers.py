@@ -52,9 +52,10 @@ def test_the_engine_reads_no_private_attribute_of_graph_nodes():
     read = {}
     for path, tree in _modules("engine"):
         for node in ast.walk(tree):
-            if (isinstance(node, ast.Attribute) and node.attr.startswith("_")
-                    and not node.attr.startswith("__")
-                    and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))):
+            if not isinstance(node, ast.Attribute):
+                continue
+            own = isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")
+            if node.attr.startswith("_") and not node.attr.startswith("__") and not own:
                 read.setdefault(node.attr, f"{path.name}:{node.lineno}")
     assert set(read) <= ENGINE_OWN, {k: v for k, v in read.items() if k not in ENGINE_OWN}
     assert not (ENGINE_OWN & node_privates)

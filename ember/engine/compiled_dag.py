@@ -16,8 +16,9 @@ waits for a slot and ``execute`` blocks instead of failing.
 Note [dead actors]
 ~~~~~~~~~~~~~~~~~~
 A channel raises ``ChannelBrokenError`` when the process at its other end is gone (a channel
-knows processes, not actors); a loop that sees it closes every channel of the graph (Note [loop exit] in executor.py). The driver also checks
-the processes of all actors between the slices of its waits. Either way the graph is marked
+knows processes, not actors); a loop that sees it closes every channel of the graph (Note
+[loop exit] in executor.py). The driver also checks the processes of all actors between the
+slices of its waits. Either way the graph is marked
 broken: the driver turns what it saw into ``ActorDiedError`` (graph_health.py), and every
 pending and later ``get`` and every ``execute`` raises that, and
 ``teardown`` still frees everything. Surviving actors stay usable, also for a new graph.

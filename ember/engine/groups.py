@@ -5,11 +5,11 @@ Note [group rendezvous]
 Every actor of a compiled graph lives on the driver's node, so the driver hosts the TCPStore
 (``host_store``, once per process) and every member connects to it: no extra round trip to learn
 a rank 0's address first. Each member joins its groups in the plan's order inside
-``start_actor_loop`` (actor_side.py); the driver starts all actors at once, so the blocking rendezvous of a group
-meets all its members. A group is registered in the actor's ``communicator_registry`` under its
-key (backend and actors in rank order), so a second graph over the same actors reuses the live
-group instead of building another (its fresh name is then unused); the loop releases its keys
-when it ends, and the last release destroys the group.
+``start_actor_loop`` (actor_side.py); the driver starts all actors at once, so the blocking
+rendezvous of a group meets all its members. A group is registered in the actor's
+``communicator_registry`` under its key (backend and actors in rank order), so a second graph
+over the same actors reuses the live group instead of building another (its fresh name is then
+unused); the loop releases its keys when it ends, and the last release destroys the group.
 
 Note [shared groups]
 ~~~~~~~~~~~~~~~~~~~~
