@@ -8,14 +8,14 @@ from __future__ import annotations
 from typing import Any
 
 from ember import exceptions, util
-from ember.dynamic.actor import ActorHandle, get_actor, kill, make_actor_class, method
-from ember.dynamic.api import (available_resources, cancel, cluster_resources, get,
-                               get_gpu_ids, init, is_initialized, nodes, put, shutdown, wait)
-from ember.dynamic.object_ref import ObjectRef
-from ember.dynamic.remote_function import RemoteFunction
+from ember.dynamic.api.actor import ActorHandle, get_actor, kill, make_actor_class, method
+from ember.dynamic.api.driver import (available_resources, cancel, cluster_resources, get,
+                                      init, is_initialized, nodes, put, shutdown, wait)
+from ember.dynamic.core.object_ref import ObjectRef
+from ember.dynamic.api.remote_function import RemoteFunction
 from ember import experimental  # noqa: F401 - registers the tensor transports' provider
 from ember.dynamic import graph_binding
-from ember.dynamic.runtime_context import get_runtime_context
+from ember.dynamic.api.runtime_context import get_gpu_ids, get_runtime_context
 
 __version__ = "0.1.0"
 
@@ -38,7 +38,7 @@ def remote(*args: Any, **options: Any) -> Any:
 
 def _bind(kind: str, target: Any, args: tuple, kwargs: dict) -> Any:
     """Build a graph node with ember.dag, loaded on first use (Note [bind hook])."""
-    from ember.dag.nodes import BINDERS
+    from ember.dag.binders import BINDERS
     return BINDERS[kind](target, args, kwargs)
 
 
@@ -48,7 +48,13 @@ def _warm_up() -> None:
     import ember.engine.actor_side  # noqa: F401 - and the executor loop with it
 
 
-graph_binding.register(_bind, _warm_up)
+def _compile(root: Any, **options: Any) -> Any:
+    """Compile a bound graph with ember.engine, loaded on first use (Note [compile hook])."""
+    from ember.engine.compiled_dag import compile_dag
+    return compile_dag(root, **options)
+
+
+graph_binding.register(_bind, _warm_up, _compile)
 
 
 def _make_remote(target: Any, options: dict) -> Any:

@@ -1,9 +1,9 @@
 """The ``ember`` command: ``start`` and ``stop`` cluster nodes, ``status`` of a cluster or machine.
 
-``ember start --head`` / ``ember start --address HOST:PORT`` run a node (ember/dynamic/node.py);
+``ember start --head`` / ``ember start --address HOST:PORT`` run a node (ember/dynamic/cluster/node.py);
 without ``--block`` the node runs in the background, its output in ``node.log`` of its session
 folder, and the command returns once the node is up. ``ember stop`` ends the nodes this user
-started on this machine (Note [node records] in ember/dynamic/node_records.py).
+started on this machine (Note [node records] in ember/dynamic/cluster/node_records.py).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def _json_dict(text: str) -> dict:
 
 def start(args: argparse.Namespace) -> int:
     """Start a head or a node that joins ``--address``; in the foreground with ``--block``."""
-    from ember.dynamic import node
+    from ember.dynamic.cluster import node
     if args.head == bool(args.address):
         print("ember start: give exactly one of --head or --address HOST:PORT", file=sys.stderr)
         return 2
@@ -42,7 +42,7 @@ def start(args: argparse.Namespace) -> int:
         return node.run(options)
     read_fd, write_fd = os.pipe()
     log = tempfile.NamedTemporaryFile(prefix="ember-node-", suffix=".log", delete=False)
-    proc = subprocess.Popen([sys.executable, "-m", "ember.dynamic.node", json.dumps(options),
+    proc = subprocess.Popen([sys.executable, "-m", "ember.dynamic.cluster.node", json.dumps(options),
                              str(write_fd)], pass_fds=(write_fd,), start_new_session=True,
                             stdin=subprocess.DEVNULL, stdout=log, stderr=log)
     os.close(write_fd)
@@ -62,7 +62,7 @@ def start(args: argparse.Namespace) -> int:
 
 def stop(_: argparse.Namespace) -> int:
     """Stop every node this user started on this machine."""
-    from ember.dynamic.node_records import stop_all
+    from ember.dynamic.cluster.node_records import stop_all
     stopped = stop_all()
     for record in stopped:
         print(f"stopped ember node {record['node_id']} (pid {record['pid']})")
@@ -73,7 +73,7 @@ def stop(_: argparse.Namespace) -> int:
 
 def status(args: argparse.Namespace) -> int:
     """Print the cluster's nodes and resources, or this machine's when no cluster runs."""
-    from ember.dynamic import node_records
+    from ember.dynamic.cluster import node_records
     address = args.address
     if address is None:
         record = node_records.local_node()
@@ -109,8 +109,8 @@ def _amount(name: str, used: float, total: float) -> str:
 
 
 def _cluster_tables(gcs_address: str) -> tuple[list, list, list]:
-    from ember.dynamic import cluster_auth
-    from ember.dynamic.messaging import Endpoint
+    from ember._system import cluster_auth
+    from ember.dynamic.rpc.messaging import Endpoint
     os.environ.setdefault(cluster_auth.CLUSTER_ENV, "1")
     import socket
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:   # sends nothing
@@ -128,7 +128,7 @@ def _cluster_tables(gcs_address: str) -> tuple[list, list, list]:
 
 
 def _machine_status() -> int:
-    from ember.dynamic.resources import detect_memory
+    from ember.dynamic.common.resources import detect_memory
     print(f"CPUs: {os.cpu_count()}")
     print(f"memory: {detect_memory() / 2**30:.1f} GiB")
     _print_gpus()

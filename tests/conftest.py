@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from ember.dynamic import shm
+from ember._system import shm
 
 _sessions: set[str] = set()
 _adopt = shm.set_session_id

@@ -50,5 +50,5 @@ def test_start_in_the_background_status_and_stop(tmp_path):
     assert not os.path.exists(record["session_dir"])
     assert not list((tmp_path / ".ember" / "nodes").iterdir())
     assert not glob.glob(f"/dev/shm/ember_{record['node_id']}_*")
-    from ember.dynamic.process import pid_alive
+    from ember._system.process import pid_alive
     assert not pid_alive(record["pid"])   # exited (a zombie until its new parent reaps it)

@@ -19,9 +19,9 @@ from ember.channels.interface import (DEFAULT_NUM_SLOTS, Channel, ChannelReader,
                                       ChannelWriter)
 from ember.channels.shm_layout import (PAGE, Control, Line, Mapping, SlotRecord, buffer_path,
                                        header_size, init_header, round_up)
-from ember.dynamic.process import start_time
-from ember.dynamic.serialization import deserialize, serialize
-from ember.dynamic.shm import Segment, segment_path, unlink
+from ember._system.process import start_time
+from ember._system.serialization import deserialize, serialize
+from ember._system.shm import Segment, segment_path, unlink
 from ember.exceptions import (ChannelBrokenError, ChannelClosedError, ChannelTimeoutError,
                               ChannelValueTooLargeError)
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import ctypes
 
 from ember.channels import futex
-from ember.dynamic.shm import POPULATE_READ, POPULATE_WRITE, Segment, populate, unlink
+from ember._system.shm import POPULATE_READ, POPULATE_WRITE, Segment, populate, unlink
 
 MAGIC = 0x52424D45  # b"EMBR"
 VERSION = 3

@@ -64,7 +64,7 @@ from ember.channels import spin, tcp_receiver, tcp_wire
 from ember.channels.interface import (DEFAULT_NUM_SLOTS, Channel, ChannelReader, ChannelType,
                                       ChannelWriter)
 from ember.channels.tcp_wire import ACK, ASK, ASKER, CLOSE, CLOSED, CLOSER, HELLO, RECORD, WRITER
-from ember.dynamic.serialization import deserialize, serialize
+from ember._system.serialization import deserialize, serialize
 from ember.exceptions import ChannelBrokenError, ChannelClosedError, ChannelTimeoutError
 
 _CLOSE_TIMEOUT_S = 2.0

@@ -19,8 +19,8 @@ import socket
 import struct
 import threading
 
-from ember.dynamic import auth, cluster_auth
-from ember.dynamic.serialization import Serialized
+from ember._system import auth, cluster_auth
+from ember._system.serialization import Serialized
 from ember.exceptions import ChannelBrokenError
 
 RECORD = struct.Struct("<BQ")        # kind, length of what follows

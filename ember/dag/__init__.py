@@ -27,9 +27,10 @@ from ember.lazy_exports import lazy_exports
 
 _EXPORTS = {name: module for module, names in {
     "ember.dag.collective": ["CollectiveOutputNode"],
+    "ember.dag.class_node": ["ClassNode"],
     "ember.dag.context": ["DAGContext"],
     "ember.dag.nodes": ["PARENT_CLASS_NODE_KEY", "PREV_CLASS_METHOD_CALL_KEY", "ClassMethodNode",
-                        "ClassMethodOutputNode", "ClassNode", "DAGNode", "FunctionNode",
+                        "ClassMethodOutputNode", "DAGNode", "FunctionNode",
                         "InputAttributeNode", "InputNode", "MultiOutputNode"],
     "ember.gpu.tensors": ["TorchTensorType"],
 }.items() for name in names}

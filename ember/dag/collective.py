@@ -52,6 +52,10 @@ class CollectiveOutputNode(DAGNode):
         """The collective this output belongs to."""
         return self._call
 
+    def _run_uncompiled(self, call_args, call_kwargs, results, inputs):
+        raise TypeError(f"{self.describe()} is a collective, which runs only in a compiled "
+                        f"graph: call dag.compile() and execute that")
+
     def _label(self) -> str:
         return f"{self._call.kind}[{self._rank}] (actor {self.actor_id})"
 

@@ -268,8 +268,12 @@ class DAGNode:
         ``f.remote(...)`` tasks, chained by ObjectRefs; returns the ObjectRef of this node (a
         list of them for a MultiOutputNode).
         """
-        from ember.dag._execute import execute_uncompiled
         return execute_uncompiled(self, args, kwargs)
+
+    def _run_uncompiled(self, call_args: tuple, call_kwargs: dict, results: dict[int, Any],
+                        inputs: tuple[tuple, dict]) -> Any:
+        """This node's value in an uncompiled run (``execute``), its arguments resolved."""
+        raise TypeError(f"cannot execute {self.describe()}: unknown node type")
 
     def compile(self, **options: Any):
         """Compile the graph ending at this node into a ``CompiledDAG``.
@@ -282,8 +286,7 @@ class DAGNode:
         spellings with a leading underscore are accepted too; an option not given comes from
         ``ember.dag.DAGContext.get_current()``. See ``ember.engine.CompileOptions``.
         """
-        from ember.engine.compiled_dag import compile_dag
-        return compile_dag(self, **options)
+        return graph_binding.compile_graph(self, options)   # Note [compile hook]
 
     def experimental_compile(self, **options: Any):
         """Ray's name for ``compile``."""
@@ -355,6 +358,9 @@ class InputAttributeNode(DAGNode):
     def get_other_args_to_resolve(self) -> dict:
         return {"key": self._key, "accessor_method": self._accessor}
 
+    def _run_uncompiled(self, call_args, call_kwargs, results, inputs):
+        return self._extract(*inputs)
+
     def _extract(self, args: tuple, kwargs: dict) -> Any:
         """Return this argument from the arguments of one uncompiled ``execute``: as Ray, of
         the single positional argument when there is only that (``value[key]``, or
@@ -383,7 +389,7 @@ class ClassMethodNode(DAGNode):
         self._method_name: str = method._method_name
         self._num_returns: int = int(getattr(method, "_num_returns", 1) or 1)
         self._prev_call: ClassMethodNode | None = None
-        if isinstance(self._actor, ClassNode):
+        if isinstance(self._actor, DAGNode):
             self._prev_call = self._actor._last_call
             self._actor._last_call = self
         super().__init__(args, kwargs)
@@ -411,18 +417,25 @@ class ClassMethodNode(DAGNode):
         return dict(getattr(self._method, "_bind_options", {}))
 
     def get_other_args_to_resolve(self) -> dict:
-        if not isinstance(self._actor, ClassNode):
+        if not isinstance(self._actor, DAGNode):
             return {}
         return {PARENT_CLASS_NODE_KEY: self._actor, PREV_CLASS_METHOD_CALL_KEY: self._prev_call}
 
+    def _run_uncompiled(self, call_args, call_kwargs, results, inputs):
+        method = self._method   # of a handle, or of the actor its ClassNode created
+        if isinstance(self._actor, DAGNode):
+            method = getattr(results[id(self._actor)], self._method_name).options(
+                num_returns=self._num_returns)
+        return method.remote(*call_args, **call_kwargs)
+
     def _replace_others(self, table: dict[int, Any]) -> None:
-        if isinstance(self._actor, ClassNode):
+        if isinstance(self._actor, DAGNode):
             self._actor = table[id(self._actor)]
             if self._prev_call is not None:
                 self._prev_call = table[id(self._prev_call)]
 
     def _label(self) -> str:
-        if isinstance(self._actor, ClassNode):
+        if isinstance(self._actor, DAGNode):
             return f"{self._actor._actor_class.__name__}.{self._method_name} (class node)"
         return f"{actor_class_name(self._actor)}.{self._method_name} (actor {self.actor_id})"
 
@@ -452,6 +465,9 @@ class ClassMethodOutputNode(DAGNode):
     def _label(self) -> str:
         return f"{self._parent._label()}[{self._index}]"
 
+    def _run_uncompiled(self, call_args, call_kwargs, results, inputs):
+        return call_args[0][self._index]
+
 
 class FunctionNode(DAGNode):
     """A call of a remote function, ``f.bind(...)``; runs as a dynamic task."""
@@ -465,68 +481,17 @@ class FunctionNode(DAGNode):
         """The remote function this node calls."""
         return self._remote_function
 
+    def _run_uncompiled(self, call_args, call_kwargs, results, inputs):
+        return self._remote_function.remote(*call_args, **call_kwargs)
+
     def _label(self) -> str:
         fn = python_function(self._remote_function)
         name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or "function"
         return f"{name}()"
 
     def get_options(self) -> dict:
-        from ember.dynamic.remote_function import TASK_DEFAULTS
+        from ember.dynamic.api.remote_function import TASK_DEFAULTS
         return given_options(self._remote_function, TASK_DEFAULTS)
-
-
-class ClassNode(DAGNode):
-    """``ActorClass.bind(*args)``: an actor the uncompiled graph creates (Note [class nodes])."""
-
-    def __init__(self, actor_class: Any, args: tuple, kwargs: dict) -> None:
-        self._actor_class = actor_class
-        self._last_call: ClassMethodNode | None = None
-        super().__init__(args, kwargs)
-        if any(isinstance(n, (InputNode, InputAttributeNode)) for n in self._all_upstream()):
-            raise InvalidArgumentsError(
-                "InputNode handles user dynamic input the the DAG, and cannot be used as args, "
-                "kwargs, or other_args_to_resolve in ClassNode constructor because it is not "
-                "available at class construction or binding time.")
-
-    def __getattr__(self, name: str) -> "ClassNodeMethod":
-        if name.startswith("_"):
-            raise AttributeError(name)
-        if name == "bind":
-            raise AttributeError(f".bind() cannot be used again on {self._label()}; bind "
-                                 f"one of its methods: node.method.bind(...)")
-        methods = self._actor_class._methods
-        if name not in methods:
-            raise AttributeError(f"'{self._actor_class.__name__}' has no attribute '{name}'")
-        return ClassNodeMethod(self, name, methods[name], {})
-
-    def get_options(self) -> dict:
-        from ember.dynamic.actor import ACTOR_DEFAULTS
-        return given_options(self._actor_class, ACTOR_DEFAULTS)
-
-    def _label(self) -> str:
-        return f"{self._actor_class.__name__}.bind()"
-
-
-class ClassNodeMethod:
-    """``class_node.method``: ``.bind(*args)`` gives a ClassMethodNode, ``.options(...)`` a copy."""
-
-    def __init__(self, class_node: ClassNode, name: str, num_returns: int,
-                 options: dict) -> None:
-        self._actor = class_node
-        self._method_name = name
-        self._num_returns = int(options.get("num_returns") or num_returns)
-        self._bind_options = options
-
-    def options(self, **options: Any) -> "ClassNodeMethod":
-        return ClassNodeMethod(self._actor, self._method_name, self._num_returns,
-                               {**self._bind_options, **options})
-
-    def bind(self, *args: Any, **kwargs: Any) -> Any:
-        return bind_actor_method(self, args, kwargs)
-
-    def remote(self, *args: Any, **kwargs: Any) -> Any:
-        raise AttributeError(".remote() cannot be used on ClassMethodNodes; call .bind() and "
-                             "run the graph with .execute()")
 
 
 class MultiOutputNode(DAGNode):
@@ -541,6 +506,9 @@ class MultiOutputNode(DAGNode):
                 raise InvalidArgumentsError(f"MultiOutputNode element {i} is {node!r}, not a "
                                             f"node; bind it with actor.method.bind(...) first")
         super().__init__(tuple(nodes))
+
+    def _run_uncompiled(self, call_args, call_kwargs, results, inputs):
+        return list(call_args)
 
     def _label(self) -> str:
         return f"MultiOutputNode({len(self._bound_args)})"
@@ -565,10 +533,6 @@ class _CachingFn:
         return self.cache[node._seq]
 
 
-def _unique(nodes: list[DAGNode]) -> list[DAGNode]:
-    return list({id(n): n for n in nodes}.values())
-
-
 def bind_actor_method(method: Any, args: tuple, kwargs: dict) -> Any:
     """``actor.method.bind(*args, **kwargs)``: a ClassMethodNode, or a tuple of one
     ClassMethodOutputNode per output when the method has ``num_returns > 1`` (as Ray does)."""
@@ -578,15 +542,50 @@ def bind_actor_method(method: Any, args: tuple, kwargs: dict) -> Any:
     return node
 
 
-def bind_function(remote_function: Any, args: tuple, kwargs: dict) -> FunctionNode:
-    """``f.bind(*args, **kwargs)`` on a remote function: a FunctionNode."""
-    return FunctionNode(remote_function, tuple(args), dict(kwargs))
+def _unique(nodes: list[DAGNode]) -> list[DAGNode]:
+    return list({id(n): n for n in nodes}.values())
 
 
-def bind_actor_class(actor_class: Any, args: tuple, kwargs: dict) -> ClassNode:
-    """``ActorClass.bind(*args, **kwargs)``: a ClassNode (Note [class nodes])."""
-    return ClassNode(actor_class, tuple(args), dict(kwargs))
+# -- running a graph once, uncompiled ---------------------------------------------------------
+# Note [uncompiled execution]: ``dag.execute(...)`` runs the graph once through the dynamic layer,
+# each node becoming a ``.remote()`` call (its ``_run_uncompiled``, dispatched once by type). The
+# nodes run in bind order (Note [bind order]); an upstream node's result travels as its
+# ObjectRef, which the dynamic layer resolves before the call. A node inside a container argument
+# (``f.bind({"x": g.bind()})``) reaches ``f`` as an ObjectRef inside the container, as in Ray
+# (only top-level arguments are resolved).
+
+def input_value(args: tuple, kwargs: dict, node: DAGNode) -> Any:
+    """The value of the InputNode itself: the single positional argument of ``execute``."""
+    if len(args) != 1 or kwargs:
+        raise TypeError(f"the graph reads its InputNode directly ({node.describe()}), so "
+                        f"execute takes exactly one positional argument; it got {len(args)} "
+                        f"positional and keyword arguments {sorted(kwargs)}. Use inp[i] or "
+                        f"inp.key to read several arguments")
+    return args[0]
 
 
-BINDERS = {graph_binding.FUNCTION: bind_function, graph_binding.ACTOR_CLASS: bind_actor_class,
-           graph_binding.ACTOR_METHOD: bind_actor_method}   # Note [bind hook]
+def execute_uncompiled(output: DAGNode, args: tuple, kwargs: dict) -> Any:
+    """Submit every node of the graph ending at ``output``; return the output's ObjectRef(s)."""
+    results: dict[int, Any] = {}
+    nodes = collect_nodes(output)
+    inputs = [n for n in nodes if isinstance(n, InputNode)]
+    if len(inputs) > 1:
+        raise AssertionError("Each DAG should only have one unique InputNode.")
+    if inputs and not inputs[0]._in_context:
+        raise AssertionError("InputNode is a singleton instance that should be only used in "
+                             "context manager: build the graph inside `with InputNode() as inp:`")
+    for node in nodes:
+        if isinstance(node, InputNode):
+            results[id(node)] = (input_value(args, kwargs, node)
+                                 if _reads_input_directly(node, nodes) else None)
+            continue
+        results[id(node)] = node._run_uncompiled(replace_nodes(node._bound_args, results),
+                                                 replace_nodes(node._bound_kwargs, results),
+                                                 results, (args, kwargs))
+    return results[id(output)]
+
+
+def _reads_input_directly(node: InputNode, nodes: list[DAGNode]) -> bool:
+    """Whether a node of the graph takes the InputNode itself (not one of its attributes)."""
+    return any(not isinstance(n, InputAttributeNode) and any(u is node for u in n._all_upstream())
+               for n in nodes)

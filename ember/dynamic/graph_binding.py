@@ -8,6 +8,12 @@ graph is first bound.
 Note [warm actors]: an actor is where compiled-graph executor loops run, and importing their
 modules on first compile costs tens of ms per actor, so a new actor runs ``warm_up()`` in the
 background: whatever the graph layer registered to load ahead.
+
+Note [compile hook]: the compiler (``ember.engine``) reads graphs through dag's public node view
+(Note [node view]), so it imports ``ember.dag``; were a node's ``compile()`` to import the engine
+back, dag and engine would form one import circle. Instead ``compile()`` calls the compiler
+registered here by the same package above, which loads the engine on first compile. The hook
+sits here, beside the other two, so that importing ``ember`` loads no graph module.
 """
 
 from __future__ import annotations
@@ -18,14 +24,24 @@ FUNCTION, ACTOR_CLASS, ACTOR_METHOD = "function", "actor class", "actor method"
 
 _builder: Callable[[str, Any, tuple, dict], Any] | None = None
 _warm_up: Callable[[], None] | None = None
+_compiler: Callable[..., Any] | None = None
 
 
 def register(builder: Callable[[str, Any, tuple, dict], Any],
-             warm_up: Callable[[], None] | None = None) -> None:
-    """Make ``builder(kind, target, args, kwargs)`` the maker of graph nodes, and ``warm_up()``
-    what a new actor loads ahead (Note [warm actors])."""
-    global _builder, _warm_up
-    _builder, _warm_up = builder, warm_up
+             warm_up: Callable[[], None] | None = None,
+             compiler: Callable[..., Any] | None = None) -> None:
+    """Make ``builder(kind, target, args, kwargs)`` the maker of graph nodes, ``warm_up()``
+    what a new actor loads ahead (Note [warm actors]) and ``compiler(root, **options)`` what
+    compiles a graph (Note [compile hook])."""
+    global _builder, _warm_up, _compiler
+    _builder, _warm_up, _compiler = builder, warm_up, compiler
+
+
+def compile_graph(root: Any, options: dict[str, Any]) -> Any:
+    """Compile the graph that ends at ``root`` with the registered compiler."""
+    if _compiler is None:
+        raise RuntimeError("no compiler is registered: import ember first")
+    return _compiler(root, **options)
 
 
 def warm_up() -> None:

@@ -24,18 +24,20 @@ from concurrent import futures
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from ember.dynamic import (api, gpu_env, graph_binding, placement_group, remote_function, shm,
-                           value_transport)
-from ember.dynamic import runtime_context as context
-from ember.dynamic.actor import (EXIT_METHOD, GROUP_ATTR, ActorHandle, handle_from_info,
+from ember._system import gpu_env, shm
+from ember.dynamic import graph_binding
+from ember.dynamic.api import driver, placement_group, remote_function
+from ember.dynamic.core import value_transport
+from ember.dynamic.api import runtime_context as context
+from ember.dynamic.api.actor import (EXIT_METHOD, GROUP_ATTR, ActorHandle, handle_from_info,
                                  method_table)
-from ember.dynamic.core_worker import FAILED, CoreWorker
-from ember.dynamic.messaging import listen_address
-from ember.dynamic.process import bind_to_parent, session_dir
-from ember.dynamic.remote_function import DEFAULT_TASK_RESOURCES
-from ember.dynamic.serialization import serialize
-from ember.dynamic.submitter import Submitter
-from ember.dynamic.task_spec import decode_args
+from ember.dynamic.core.core_worker import FAILED, CoreWorker
+from ember.dynamic.rpc.messaging import listen_address
+from ember._system.process import bind_to_parent, session_dir
+from ember.dynamic.api.remote_function import DEFAULT_TASK_RESOURCES
+from ember._system.serialization import serialize
+from ember.dynamic.core.submitter import Submitter
+from ember.dynamic.core.task_spec import decode_args
 from ember.exceptions import SerializationError, TaskCancelledError, TaskError
 
 EMBER_RUN = "__ember_run__"
@@ -50,7 +52,7 @@ class WorkerProcess:
         address = listen_address(session_dir(shm.session_id()), f"w_{worker_id}")
         self.core = CoreWorker(address, nm_address, gcs_address, worker_id)
         self.submitter = Submitter(self.core)
-        api.set_runtime(self.core, self.submitter)
+        driver.set_runtime(self.core, self.submitter)
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()
         self.instance: Any = None
         self.actor_id: str | None = None

@@ -55,7 +55,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ember.dag.nodes import DAGNode
-from ember.dynamic.process import pid_alive
+from ember._system.process import pid_alive
+from ember.dynamic.api.driver import get
 from ember.engine import registry
 from ember.engine.channel_setup import create_channels
 from ember.engine.comm_schedule import order_communication
@@ -374,7 +375,6 @@ def _get(ref: Any, timeout: float | None) -> Any:
     """Wait for an ObjectRef of the dynamic layer (or anything with ``__ember_get__``)."""
     if hasattr(ref, "__ember_get__"):
         return ref.__ember_get__(timeout)
-    import ember
-    return ember.get(ref, timeout=timeout)
+    return get(ref, timeout=timeout)
 
 

@@ -12,7 +12,7 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
-from ember.dynamic.shm import session_id
+from ember._system.shm import session_id
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ import traceback
 from typing import Any, Callable
 
 from ember.channels.interface import ChannelReader
+from ember.dynamic.api.driver import get
 from ember.engine.schedule import COMPUTE, READ, WRITE, NodeRef, NodeSpec, Schedule
 from ember.exceptions import (ActorDiedError, ChannelBrokenError, ChannelClosedError,
                               GetTimeoutError, SerializationError, TaskError,
@@ -313,13 +314,11 @@ def _returns_checker(spec: NodeSpec) -> Callable[[Any], None] | None:
 
 def _task_runner(remote_function: Any, stopping: Callable[[], bool]) -> Callable[..., Any]:
     """Run a remote function as a dynamic task and wait for it (Note [function nodes])."""
-    import ember
-
     def run(*args: Any, **kwargs: Any) -> Any:
         ref = remote_function.remote(*args, **kwargs)
         while True:
             try:
-                return ember.get(ref, timeout=1.0)
+                return get(ref, timeout=1.0)
             except GetTimeoutError:
                 if stopping():
                     raise ChannelClosedError("the graph was torn down while a task ran") from None

@@ -6,7 +6,7 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-from ember.dynamic.process import pid_alive
+from ember._system.process import pid_alive
 from ember.exceptions import ActorDiedError, ChannelBrokenError, DAGTeardownError
 
 DIED = "The actor died unexpectedly before finishing this task. "   # Ray's words

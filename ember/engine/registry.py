@@ -36,7 +36,7 @@ _atexit_registered = False
 def register(dag: Any) -> None:
     """Track ``dag`` so that ``ember.shutdown`` and interpreter exit tear it down."""
     global _atexit_registered
-    from ember.dynamic.api import add_shutdown_hook, remove_shutdown_hook
+    from ember.dynamic.api.driver import add_shutdown_hook, remove_shutdown_hook
     _LIVE.add(dag)
     with _hooks_lock:
         if not _atexit_registered:
@@ -55,13 +55,13 @@ def unregister(dag: Any) -> None:
 
 
 def _core() -> Any:
-    from ember.dynamic.api import runtime
+    from ember.dynamic.api.driver import runtime
     return runtime()[0]
 
 
 def _publish(kind: str, *fields: Any) -> None:
     """Tell the GCS of a graph that starts or ends (best effort: never fails a compile)."""
-    from ember.dynamic.api import is_initialized
+    from ember.dynamic.api.driver import is_initialized
     if is_initialized():
         core = _core()
         core.endpoint.request(core.gcs_address, kind, "compiled_graphs", *fields)

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ember.dag.handles import actor_class, python_function
-from ember.dag.nodes import (ClassMethodNode, ClassMethodOutputNode, ClassNode, DAGNode,
+from ember.dag.class_node import ClassNode
+from ember.dag.nodes import (ClassMethodNode, ClassMethodOutputNode, DAGNode,
                              FunctionNode, InputAttributeNode, InputNode, MultiOutputNode,
                              collect_nodes, nested_nodes)
 from ember.exceptions import CompileError, InvalidArgumentsError

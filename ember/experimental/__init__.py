@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ember.dynamic import value_transport
+from ember.dynamic.core import value_transport
 
 
 def _load_gpu_objects() -> None:

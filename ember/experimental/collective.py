@@ -20,8 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import ember
-from ember.dynamic.actor import ActorHandle
+from ember.dynamic.api.actor import ActorHandle
+from ember.dynamic.api.driver import get
 from ember.exceptions import EmberError
 
 BACKENDS = {"torch_gloo": "gloo", "gloo": "gloo", "nccl": "nccl"}
@@ -63,7 +63,7 @@ def create_collective_group(actors: Sequence[ActorHandle], backend: str = "torch
     address = host_store()[1]
     refs = [a._ember_run.remote(_join, name, group.key, address) for a in actors]
     try:
-        ember.get(refs, timeout=JOIN_TIMEOUT_S)
+        get(refs, timeout=JOIN_TIMEOUT_S)
     except BaseException:
         _run_each(actors, _leave, group.key)
         raise
@@ -95,14 +95,14 @@ def _run_each(actors: Sequence[ActorHandle], fn: Any, *args: Any) -> None:
     refs = [a._ember_run.remote(fn, *args) for a in actors]
     for ref in refs:
         try:
-            ember.get(ref, timeout=JOIN_TIMEOUT_S)
+            get(ref, timeout=JOIN_TIMEOUT_S)
         except EmberError:
             pass
 
 
 def _join(instance: Any, name: str, key: tuple, address: tuple[str, int]) -> None:
     """In a member: acquire the group's communicator (a compiled graph's, if it has one)."""
-    from ember.dynamic.core_worker import current_core
+    from ember.dynamic.core.process_runtime import current_core
     from ember.gpu.communicator import TorchCommunicator, communicator_registry, connect_store
     from ember.gpu.objects import objects
     core = current_core()

@@ -12,7 +12,7 @@ from collections.abc import Callable, Hashable
 import torch
 import torch.distributed as dist
 
-from ember.dynamic.cluster_auth import NODE_IP_ENV
+from ember._system.cluster_auth import NODE_IP_ENV
 from ember.exceptions import ChannelTimeoutError, TensorTransportError
 from ember.gpu.recv_pool import receive_pool
 from ember.gpu.tensors import REDUCE_OPS, TensorMeta

@@ -1,12 +1,12 @@
 """GPU discovery through NVML: the machine's GPUs, a node's GPU ids, a process's visible GPUs
-(NVML start-up and CUDA_VISIBLE_DEVICES itself: ember/dynamic/gpu_env.py)."""
+(NVML start-up and CUDA_VISIBLE_DEVICES itself: ember/_system/gpu_env.py)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ember.dynamic.gpu_env import gpu_count, nvml, visible_ids
+from ember._system.gpu_env import gpu_count, nvml, visible_ids
 
 
 @dataclass(frozen=True)

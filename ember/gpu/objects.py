@@ -57,10 +57,11 @@ from typing import Any
 
 import torch
 
-from ember.dynamic import value_transport
-from ember.dynamic.core_worker import INLINE, current_core
-from ember.dynamic.process import pid_alive
-from ember.dynamic.serialization import deserialize, serialize
+from ember.dynamic.core import value_transport
+from ember.dynamic.core.core_worker import INLINE
+from ember.dynamic.core.process_runtime import current_core
+from ember._system.process import pid_alive
+from ember._system.serialization import deserialize, serialize
 from ember.exceptions import (EmberError, GetTimeoutError, ObjectLostError,
                               TensorTransportError)
 from ember.gpu.communicator import communicator_registry

@@ -13,8 +13,6 @@ from ember.exceptions import TensorTransportError
 if TYPE_CHECKING:
     import torch
 
-    from ember.gpu.communicator import Communicator
-
 # Note [transport names]: the one vocabulary of how tensors travel, for compiled-graph edges
 # and GPU objects alike. "auto" lets ember choose; "ipc" is CUDA IPC on one GPU; "nccl" a
 # communicator's send/recv (NCCL on GPUs, gloo on CPUs); "gloo" asks for gloo by name (GPU
@@ -135,11 +133,12 @@ class TorchTensorType:
     """A type hint for tensors on a graph edge: fixed shape/dtype (checked at run time) and a transport.
 
     Mirrors Ray's ``TorchTensorType``. ``shape`` entries may be None for a free dimension;
-    ``transport`` is "auto", "ipc", "nccl", "cpu", or a user ``Communicator`` to send through.
+    ``transport`` is "auto", "ipc", "nccl", "cpu", or a user ``Communicator`` to send through
+    (typed ``Any`` here: communicator.py builds on this module, not the other way).
     """
 
     def __init__(self, shape: Sequence[int | None] | None = None, dtype: "torch.dtype | None" = None,
-                 transport: "str | Communicator" = AUTO) -> None:
+                 transport: "str | Any" = AUTO) -> None:
         if isinstance(transport, str) and transport not in TRANSPORTS:
             raise ValueError(f"transport {transport!r} is not one of {TRANSPORTS} or a Communicator")
         self.shape = None if shape is None else tuple(shape)

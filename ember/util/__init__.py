@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ember.dynamic import api
-from ember.dynamic.runtime_context import current_namespace
+from ember.dynamic.api import driver
+from ember.dynamic.api.runtime_context import current_namespace
 from ember.util import scheduling_strategies
 from ember.util.actor_pool import ActorPool
 from ember.util.placement_group import (PlacementGroup, get_current_placement_group,
@@ -17,13 +17,13 @@ __all__ = ["ActorPool", "PlacementGroup", "get_current_placement_group", "get_no
 
 def get_node_ip_address() -> str:
     """The IP address this node is reached at (its ``--node-ip-address`` in a cluster)."""
-    return api.node_ip_address()
+    return driver.node_ip_address()
 
 
 def list_named_actors(all_namespaces: bool = False) -> list:
     """Names of the live named actors: of this job's namespace, or (``all_namespaces``) of
     every namespace as ``{"name": ..., "namespace": ...}`` dicts, as Ray returns them."""
-    core, _ = api.runtime()
+    core, _ = driver.runtime()
     entries = [key.split("/", 1) for key, _ in
                core.endpoint.call(core.gcs_address, "kv_items", "named_actors")]
     if all_namespaces:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, Callable, Iterable, Iterator
 
-from ember.dynamic import api
-from ember.dynamic.object_ref import ObjectRef
+from ember.dynamic.api import driver
+from ember.dynamic.core.object_ref import ObjectRef
 from ember.exceptions import GetTimeoutError
 
 
@@ -67,26 +67,26 @@ class ActorPool:
         ref = self._by_index.get(self._next_return)
         if ref is None:
             raise ValueError("get_next cannot follow get_next_unordered; use one of the two")
-        if (timeout is not None and not api.wait([ref], timeout=timeout)[0]
+        if (timeout is not None and not driver.wait([ref], timeout=timeout)[0]
                 and not ignore_if_timedout):
             raise TimeoutError(f"timed out after {timeout} s waiting for result "
                                f"{self._next_return}")
         self._next_return += 1
         self._forget(ref)
-        return api.get(ref)
+        return driver.get(ref)
 
     def get_next_unordered(self, timeout: float | None = None,
                            ignore_if_timedout: bool = False) -> Any:
         """Whichever result finishes first; TimeoutError when none does in time."""
         if not self.has_next():
             raise StopIteration("no more results to get")
-        ready, _ = api.wait(list(self._busy), num_returns=1, timeout=timeout)
+        ready, _ = driver.wait(list(self._busy), num_returns=1, timeout=timeout)
         if not ready:
             if ignore_if_timedout:
                 return None
             raise TimeoutError(f"timed out after {timeout} s waiting for a result")
         self._forget(ready[0])
-        return api.get(ready[0])
+        return driver.get(ready[0])
 
     def has_free(self) -> bool:
         """Whether an actor is idle and nothing waits for one."""

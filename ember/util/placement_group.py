@@ -1,8 +1,8 @@
-"""Ray's ``ray.util.placement_group`` module (the code is in ember/dynamic/placement_group.py)."""
+"""Ray's ``ray.util.placement_group`` module (the code is in ember/dynamic/api/placement_group.py)."""
 
 from __future__ import annotations
 
-from ember.dynamic.placement_group import (PlacementGroup, get_current_placement_group,
+from ember.dynamic.api.placement_group import (PlacementGroup, get_current_placement_group,
                                            get_placement_group, placement_group,
                                            placement_group_table, remove_placement_group)
 

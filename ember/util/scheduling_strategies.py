@@ -7,6 +7,6 @@ over several nodes is left to the cluster's lease routing.
 
 from __future__ import annotations
 
-from ember.dynamic.placement_group import PlacementGroupSchedulingStrategy
+from ember.dynamic.api.placement_group import PlacementGroupSchedulingStrategy
 
 __all__ = ["PlacementGroupSchedulingStrategy"]

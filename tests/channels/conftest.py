@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from ember.dynamic import shm
+from ember._system import shm
 
 
 @pytest.fixture(autouse=True)

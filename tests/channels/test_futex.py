@@ -11,7 +11,7 @@ import time
 import pytest
 
 from ember.channels import futex
-from ember.dynamic.shm import Segment, segment_path
+from ember._system.shm import Segment, segment_path
 
 
 def wait_in_child(path: str, timeout_s: float) -> None:

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from ember.channels.shared_memory import SharedMemoryChannel
-from ember.dynamic import shm
-from ember.dynamic.serialization import BYTES, BYTEARRAY, PICKLED, deserialize, serialize
+from ember._system import shm
+from ember._system.serialization import BYTES, BYTEARRAY, PICKLED, deserialize, serialize
 
 from . import peers
 from .peers import running

@@ -16,7 +16,7 @@ import pytest
 
 from ember.channels import SharedMemoryType
 from ember.channels.shared_memory import SharedMemoryChannel
-from ember.dynamic import shm
+from ember._system import shm
 from ember.exceptions import (ChannelBrokenError, ChannelClosedError, ChannelError,
                               ChannelTimeoutError, ChannelValueTooLargeError)
 

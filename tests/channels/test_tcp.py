@@ -15,7 +15,7 @@ from ember.channels import TcpType, tcp, tcp_receiver, tcp_wire
 from ember.channels.shared_memory import SharedMemoryChannel
 from ember.channels.tcp import TcpChannel
 from ember.channels.tcp_wire import HELLO, WRITER, connect
-from ember.dynamic import cluster_auth
+from ember._system import cluster_auth
 from ember.exceptions import (ActorDiedError, AuthenticationError, ChannelBrokenError,
                               ChannelClosedError, ChannelError, ChannelTimeoutError)
 

@@ -235,7 +235,6 @@ def test_a_wrong_token_and_garbage_are_refused_and_the_cluster_serves_on(cluster
     """A driver with another token gets AuthenticationError naming where its token came from;
     garbage sent to the head's port and to a node manager's port is dropped."""
     import json
-    import socket
     cluster.start_node("--num-cpus", "1", head=True)
     cluster.start_node("--num-cpus", "1", "--resources", '{"B": 1}')
     out = cluster.driver(BAD_TOKEN.format(address=cluster.address))

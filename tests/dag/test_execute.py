@@ -6,7 +6,7 @@ import pytest
 
 import ember
 from ember.dag import InputNode, MultiOutputNode
-from ember.dynamic.object_ref import ObjectRef
+from ember.dynamic.core.object_ref import ObjectRef
 
 pytestmark = [pytest.mark.usefixtures("cluster"), pytest.mark.timeout(60)]
 

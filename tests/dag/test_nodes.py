@@ -9,7 +9,7 @@ import ember.gpu
 from ember.dag import (ClassMethodNode, ClassMethodOutputNode, DAGNode, FunctionNode,
                        InputAttributeNode, InputNode, MultiOutputNode)
 
-from ember.dag.nodes import bind_actor_method, bind_function
+from ember.dag.binders import bind_actor_method, bind_function
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -7,7 +7,7 @@ import time
 import pytest
 
 import ember
-from ember.dynamic.process import pid_alive
+from ember._system.process import pid_alive
 
 
 @pytest.fixture(scope="module")

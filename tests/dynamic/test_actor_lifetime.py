@@ -1,4 +1,4 @@
-"""An actor lives while a handle to it exists (Note [actor lifetime] in ember/dynamic/actor.py).
+"""An actor lives while a handle to it exists (Note [actor lifetime] in ember/dynamic/api/actor.py).
 
 Handles in the creator, handles pickled into tasks and other actors (borrowers) keep it alive;
 when the last one goes, the calls already submitted finish, then the process exits and its

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import zmq
 
-from ember.dynamic.auth import TAG_SIZE, MessageKey
-from ember.dynamic.cluster_auth import TOKEN_ENV, token_key
-from ember.dynamic.messaging import Endpoint
+from ember._system.auth import TAG_SIZE, MessageKey
+from ember._system.cluster_auth import TOKEN_ENV, token_key
+from ember.dynamic.rpc.messaging import Endpoint
 
 TOKEN = secrets.token_hex(16)
 
@@ -104,7 +104,7 @@ def test_a_send_from_another_thread_goes_after_what_the_io_thread_holds(wire):
 
 @pytest.mark.timeout(30)
 def test_bad_batches_are_dropped_and_a_bad_message_in_a_batch_drops_alone(wire, caplog):
-    caplog.set_level(logging.WARNING, logger="ember.dynamic.messaging")
+    caplog.set_level(logging.WARNING, logger="ember.dynamic.rpc.messaging")
     ping = header("ping", 1, wire.address)
     wire.send(batch(ping), key=MessageKey(secrets.token_bytes(32)))   # another key's tag
     wire.send(batch(ping)[:-1])                                       # runs past its end

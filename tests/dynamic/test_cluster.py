@@ -80,14 +80,14 @@ def test_public_api_names():
 
 
 def _gcs(kind, *fields):
-    from ember.dynamic.api import runtime
+    from ember.dynamic.api.driver import runtime
     core, _ = runtime()
     return core.endpoint.call(core.gcs_address, kind, *fields)
 
 
 @pytest.mark.timeout(30)
 def test_gcs_tables():
-    from ember.dynamic import shm
+    from ember._system import shm
     nodes = dict(_gcs("kv_items", "nodes"))
     assert nodes[shm.session_id()]["resources"]["CPU"] == 2
     jobs = dict(_gcs("kv_items", "jobs"))
@@ -124,7 +124,7 @@ def test_gcs_tables():
 @pytest.mark.timeout(30)
 def test_gcs_kv_and_pubsub():
     import threading
-    from ember.dynamic.api import runtime
+    from ember.dynamic.api.driver import runtime
     core, _ = runtime()
     seen = []
     got = threading.Event()

@@ -16,7 +16,7 @@ import time
 import pytest
 
 import ember
-from ember.dynamic import api
+from ember.dynamic.api import driver
 from ember.exceptions import (ActorDiedError, ActorNotFoundError, NodeDiedError,
                               ObjectFreedError, OwnerDiedError)
 
@@ -60,7 +60,7 @@ class Sleeper:
 def workers_of(nm_pid: int, processes) -> list[int]:
     """Live workers the node manager ``nm_pid`` started (their ids begin with its pid)."""
     tag = f" {nm_pid:x}w"
-    return [pid for pid, cmdline in processes({api._driver.sid})
+    return [pid for pid, cmdline in processes({driver._driver.sid})
             if "ember.dynamic.worker" in cmdline and tag in cmdline]
 
 
@@ -74,7 +74,7 @@ def wait_for(predicate, timeout: float, what: str) -> None:
 
 def kill_node_manager() -> tuple[int, float]:
     """SIGKILL the driver's node manager; return its pid and the kill time."""
-    pid = api._driver.procs[1].pid
+    pid = driver._driver.procs[1].pid
     os.kill(pid, signal.SIGKILL)
     return pid, time.monotonic()
 
@@ -102,7 +102,7 @@ def test_node_manager_killed_fails_pending_calls_then_restarts(processes, tmp_pa
         [borrowed] = ember.get(named.borrowed.remote(), timeout=30)
         call = actor.nap.remote(600)
         wait_for((tmp_path / "running").exists, 30, "a task started")
-        assert len(workers_of(api._driver.procs[1].pid, processes)) >= 4  # 3 actors, tasks
+        assert len(workers_of(driver._driver.procs[1].pid, processes)) >= 4  # 3 actors, tasks
         nm_pid, killed_at = kill_node_manager()
 
         for ref in [running, *queued]:
@@ -115,7 +115,7 @@ def test_node_manager_killed_fails_pending_calls_then_restarts(processes, tmp_pa
 
         wait_for(lambda: not workers_of(nm_pid, processes), 10,
                  "the dead node manager's workers exited")
-        new_nm = api._driver.procs[1]
+        new_nm = driver._driver.procs[1]
         assert new_nm.pid != nm_pid and new_nm.poll() is None
         # Calls made after the death run on the restarted node manager.
         assert ember.get(plus_one.remote(1), timeout=30) == 2
@@ -132,7 +132,7 @@ def test_node_manager_out_of_restarts_fails_later_calls_at_once():
     ember.init(num_cpus=1)
     try:
         assert ember.get(plus_one.remote(1), timeout=30) == 2
-        api._driver.NODE_MANAGER_RESTARTS = 0
+        driver._driver.NODE_MANAGER_RESTARTS = 0
         running = sleep_for.remote(600)
         _, killed_at = kill_node_manager()
         assert_fails_fast(running, killed_at, NodeDiedError)
@@ -164,23 +164,23 @@ def test_gcs_killed_keeps_functions_names_kv_and_jobs(tmp_path, backend):
     storage = "memory" if backend == "memory" else f"sqlite://{tmp_path}/gcs.db"
     ember.init(num_cpus=1, _gcs_storage=storage)
     try:
-        core, _ = api.runtime()
+        core, _ = driver.runtime()
         keeper = Keeper.options(name="keeper").remote()
         assert ember.get(keeper.ping.remote(), timeout=30) == "pong"
         never_run_before.function_id(core)  # exported, never run: a worker must fetch it
         assert core.endpoint.call(core.gcs_address, "kv_put", "kv", "answer", 42, True)
-        driver = api._driver
-        old_pid = driver.procs[0].pid
+        watch = driver._driver
+        old_pid = watch.procs[0].pid
         os.kill(old_pid, signal.SIGKILL)
         # At once: a request the dying GCS never reads is asked again of the new one.
         assert ember.get(never_run_before.remote(2), timeout=30) == 6
-        wait_for(lambda: driver.procs[0].pid != old_pid and driver.procs[0].poll() is None,
+        wait_for(lambda: watch.procs[0].pid != old_pid and watch.procs[0].poll() is None,
                  20, "the GCS was restarted")
         assert ember.get(Keeper.remote().ping.remote(), timeout=30) == "pong"  # known class
         again = ember.get_actor("keeper")
         assert ember.get(again.ping.remote(), timeout=30) == "pong"
         assert core.endpoint.call(core.gcs_address, "kv_get", "kv", "answer") == 42
-        job = core.endpoint.call(core.gcs_address, "kv_get", "jobs", driver.sid)
+        job = core.endpoint.call(core.gcs_address, "kv_get", "jobs", watch.sid)
         assert job["driver_pid"] == os.getpid()
 
         @ember.remote
@@ -198,13 +198,13 @@ def test_runtime_started_from_a_thread_outlives_the_thread():
     started.join(timeout=30)
     assert not started.is_alive()
     try:
-        procs = list(api._driver.procs)
+        procs = list(driver._driver.procs)
         time.sleep(0.5)  # the thread is gone: a parent-death signal would have fired by now
         assert [p.poll() for p in procs] == [None, None]
         began = time.monotonic()
         assert ember.get(plus_one.remote(1), timeout=10) == 2
         assert time.monotonic() - began < 5
-        assert api._driver.procs == procs  # nothing died and was restarted
+        assert driver._driver.procs == procs  # nothing died and was restarted
     finally:
         ember.shutdown()
 

@@ -17,7 +17,7 @@ DRIVER = textwrap.dedent("""
     import sys, threading, time
     import numpy as np
     import ember
-    from ember.dynamic import shm
+    from ember._system import shm
 
     if sys.argv[1] == "sigkill-after-init-in-a-thread":  # the runtime outlives that thread
         starter = threading.Thread(target=ember.init, kwargs={"num_cpus": 2})
@@ -83,8 +83,8 @@ def test_node_manager_ends_cleanly_on_two_sigterms():
     """Two SIGTERMs back to back (a dying parent plus a kill) end the node manager cleanly."""
     ember.init(num_cpus=1)
     try:
-        from ember.dynamic import api
-        manager = api._driver.procs[1]
+        from ember.dynamic.api import driver
+        manager = driver._driver.procs[1]
         ember.get(ember.put(np.zeros(1 << 20)))  # a segment for it to clean up
         os.kill(manager.pid, signal.SIGTERM)
         os.kill(manager.pid, signal.SIGTERM)

@@ -7,7 +7,7 @@ import sqlite3
 import pytest
 
 import ember
-from ember.dynamic import shm
+from ember._system import shm
 from ember.exceptions import ReinitError
 
 
@@ -53,7 +53,7 @@ def test_sqlite_gcs_storage_persists_the_kv_table(tmp_path):
     path = tmp_path / "gcs.db"
     ember.init(num_cpus=1, _gcs_storage=f"sqlite://{path}")
     try:
-        from ember.dynamic.api import runtime
+        from ember.dynamic.api.driver import runtime
         core, _ = runtime()
         assert core.endpoint.call(core.gcs_address, "kv_put", "kv", "answer", 42, True)
         assert core.endpoint.call(core.gcs_address, "kv_get", "kv", "answer") == 42

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import ember
-from ember.dynamic import shm
-from ember.dynamic.api import runtime
+from ember._system import shm
+from ember.dynamic.api.driver import runtime
 
 
 def _segments() -> list[str]:
@@ -86,8 +86,8 @@ def test_spilling_over_the_cap_and_restore(small_store):
         firsts = [first.remote(r) for r in refs]
         np.testing.assert_array_equal(ember.get(refs[3]), arrays[3])
         assert ember.get(firsts) == [float(i) for i in range(10)]
-    from ember.dynamic import shm
-    from ember.dynamic.process import session_dir
+    from ember._system import shm
+    from ember._system.process import session_dir
     spill_dir = os.path.join(session_dir(shm.session_id()), "spill")
     del refs, ref
     deadline = time.monotonic() + 10

@@ -8,7 +8,7 @@ import time
 import pytest
 
 import ember
-from ember.dynamic import lease_pool, submitter
+from ember.dynamic.core import lease_pool, submitter
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -15,10 +15,10 @@ import time
 import pytest
 
 import ember
-from ember.dynamic import api
-from ember.dynamic.bundles import bundle_resources, request_in_bundle
-from ember.dynamic.placement_policy import place_bundles
-from ember.dynamic.resources import NodeResources
+from ember.dynamic.api import driver
+from ember.dynamic.node_manager.bundles import bundle_resources, request_in_bundle
+from ember.dynamic.gcs.placement_policy import place_bundles
+from ember.dynamic.common.resources import NodeResources
 from ember.exceptions import ActorDiedError, GetTimeoutError, SchedulingError, WorkerCrashedError
 from ember.util import (get_current_placement_group, get_placement_group, placement_group,
                         placement_group_table, remove_placement_group)
@@ -162,10 +162,10 @@ def test_groups_survive_a_gcs_restart(tmp_path, backend):
     try:
         pg = placement_group([{"CPU": 1}], name="kept")
         assert pg.wait(20)
-        driver = api._driver
-        old_pid = driver.procs[0].pid
+        watch = driver._driver
+        old_pid = watch.procs[0].pid
         os.kill(old_pid, signal.SIGKILL)
-        wait_for(lambda: driver.procs[0].pid != old_pid and driver.procs[0].poll() is None,
+        wait_for(lambda: watch.procs[0].pid != old_pid and watch.procs[0].poll() is None,
                  20, "the GCS restarted")
         assert placement_group_table(pg)["state"] == "CREATED"
         assert get_placement_group("kept") == pg
@@ -183,10 +183,10 @@ def test_a_restarted_node_manager_gets_its_bundles_again():
     try:
         pg = placement_group([{"CPU": 1}, {"CPU": 1}], strategy="STRICT_PACK")
         assert pg.wait(20)
-        driver = api._driver
-        old_pid = driver.procs[1].pid
+        watch = driver._driver
+        old_pid = watch.procs[1].pid
         os.kill(old_pid, signal.SIGKILL)
-        wait_for(lambda: driver.procs[1].pid != old_pid and driver.procs[1].poll() is None,
+        wait_for(lambda: watch.procs[1].pid != old_pid and watch.procs[1].poll() is None,
                  20, "the node manager restarted")
         wait_for(lambda: f"CPU_group_1_{pg.id.hex()}" in ember.cluster_resources(), 20,
                  "the bundles are reserved on the new node manager")

@@ -24,9 +24,10 @@ import pytest
 import zmq
 
 import ember
-from ember.dynamic import api, auth, shm
-from ember.dynamic.auth import SMALL_MESSAGE, TAG_SIZE, MessageKey
-from ember.dynamic.process import session_dir
+from ember._system import auth, shm
+from ember.dynamic.api import driver
+from ember._system.auth import SMALL_MESSAGE, TAG_SIZE, MessageKey
+from ember._system.process import session_dir
 from ember.exceptions import UnsafeSessionDirError
 
 NOBODY = 65534
@@ -130,13 +131,13 @@ def dropped_lines(err: str, pid: int) -> list[str]:
 def test_hostile_messages_are_dropped_and_every_process_keeps_serving(capfd, tmp_path):
     ember.init(num_cpus=2)
     try:
-        core, _ = api.runtime()
+        core, _ = driver.runtime()
         counter = Counter.remote()
         worker_pid = ember.get(counter.pid.remote())
         info = core.endpoint.call(core.gcs_address, "kv_get", "actors", counter._actor_id)
         key = auth.process_key()
         marker = tmp_path / "pwned"
-        gcs, manager = api._driver.procs
+        gcs, manager = driver._driver.procs
         targets = [  # (address, pid, wrong arity, a request it answers, its answer's check)
             (core.gcs_address, gcs.pid, ("kv_put", "x"),
              lambda p: ("kv_get", p.address, 7, "kv", "nothing"),
@@ -181,7 +182,7 @@ def test_auth_token_replaces_the_session_secret(capfd, tmp_path, monkeypatch):
     ember.init(num_cpus=1)
     try:
         assert ember.get(plus_one.remote(1), timeout=20) == 2
-        core, _ = api.runtime()
+        core, _ = driver.runtime()
         session_key = auth.read_session_secret(session_dir(shm.session_id()))
         peer = RawPeer(core.gcs_address, tmp_path, auth.process_key())
         try:
@@ -190,7 +191,7 @@ def test_auth_token_replaces_the_session_secret(capfd, tmp_path, monkeypatch):
             assert peer.answer() == ("reply", 2, None, None)
         finally:
             peer.close()
-        assert len(dropped_lines(capfd.readouterr().err, api._driver.procs[0].pid)) == 1
+        assert len(dropped_lines(capfd.readouterr().err, driver._driver.procs[0].pid)) == 1
     finally:
         ember.shutdown()
 
@@ -208,8 +209,8 @@ DRIVER = textwrap.dedent("""
     import os, sys
     os.umask(0)
     import ember
-    from ember.dynamic import shm
-    from ember.dynamic.process import session_dir
+    from ember._system import shm
+    from ember._system.process import session_dir
 
     ember.init(num_cpus=1)
 

@@ -10,8 +10,8 @@ import os
 import numpy as np
 import pytest
 
-from ember.dynamic import shm
-from ember.dynamic.segment_writer import SegmentWriter
+from ember._system import shm
+from ember.dynamic.objects.segment_writer import SegmentWriter
 
 SIZE = 16 * 1024 * 1024
 

@@ -8,8 +8,8 @@ import threading
 import numpy as np
 import pytest
 
-from ember.dynamic.fresh_copy import SKEW_MIN, address
-from ember.dynamic.serialization import ARRAY, PICKLED, deserialize, serialize
+from ember._system.fresh_copy import SKEW_MIN, address
+from ember._system.serialization import ARRAY, PICKLED, deserialize, serialize
 from ember.exceptions import SerializationError
 
 ARRAYS = [

@@ -8,7 +8,7 @@ import os
 import pytest
 
 import ember
-from ember.dynamic import shm
+from ember._system import shm
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from ember.dag.nodes import bind_actor_method, bind_function
+from ember.dag.binders import bind_actor_method, bind_function
 
 
 class FakeRef:

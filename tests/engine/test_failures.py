@@ -88,7 +88,7 @@ def test_actor_killed_while_the_graph_is_idle():
 _EXIT_SCRIPT = textwrap.dedent("""
     import ember
     from ember.dag import InputNode
-    from ember.dynamic import shm
+    from ember._system import shm
 
     @ember.remote
     class Stage:

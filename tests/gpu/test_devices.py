@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from ember.dynamic import gpu_env
+from ember._system import gpu_env
 from ember.gpu import devices
 
 
