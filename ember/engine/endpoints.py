@@ -14,6 +14,8 @@ from typing import Any
 
 from ember._system.shm import session_id
 
+DRIVER = "driver"   # the driver participant of every graph (plan, schedules, endpoints)
+
 
 @dataclass(frozen=True)
 class Endpoint:

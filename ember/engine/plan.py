@@ -36,14 +36,13 @@ from typing import TYPE_CHECKING, Any
 from ember.dag.collective import CollectiveOutputNode
 from ember.dag.nodes import (ClassMethodNode, ClassMethodOutputNode, DAGNode, FunctionNode,
                              InputAttributeNode, InputNode)
-from ember.engine import schedule as _schedule
+from ember.engine.endpoints import DRIVER
 from ember.engine.validate import Graph
 
 if TYPE_CHECKING:
     from ember.engine.groups import GroupPlan
     from ember.gpu.tensors import TensorEdge
 
-DRIVER = _schedule.DRIVER          # "driver"
 DRIVER_TASKS = "driver-tasks"
 
 

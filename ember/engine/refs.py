@@ -13,12 +13,22 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any
+from concurrent.futures import Executor
+from typing import Any, Protocol
 
 from ember.exceptions import CapacityExceededError, ChannelError, EmberError
 
-if TYPE_CHECKING:
-    from ember.engine.compiled_dag import CompiledDAG
+
+class CompiledDAG(Protocol):
+    """What a ref needs of the compiled graph that made it (``compiled_dag.CompiledDAG``,
+    which builds on this module, not the other way)."""
+
+    _buffer: Any          # its ResultBuffer (results.py)
+    _returns_list: bool   # a MultiOutputNode: one ref per output
+
+    def get_id(self) -> str: ...
+
+    def _async_pool(self) -> Executor: ...
 
 
 class CompiledDAGRef:

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ember.engine.endpoints import DRIVER
 from ember.exceptions import CompileError
 
 if TYPE_CHECKING:
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
 
 # The builders below import the graph and plan modules when called: an actor process only
 # unpickles schedules and must not pay for those imports on the compile's critical path.
-DRIVER = "driver"   # the driver participant; ember.engine.plan takes its DRIVER from here
 
 READ = "READ"
 COMPUTE = "COMPUTE"
